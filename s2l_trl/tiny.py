@@ -1,0 +1,138 @@
+"""Tiny local models and data, so the whole pipeline runs on a CPU with no Hub access.
+
+Everything here is built from scratch in seconds: a byte-level BPE tokenizer trained on arithmetic text, a randomly
+initialised Qwen3-architecture model of a chosen width, and a synthetic addition data set whose prompts are in the
+conversational format TRL expects. Used by the README's main job, the tiny recipe and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+# A Qwen3-style chat template (ChatML markers) small enough to read; the Qwen3 soft switch (`/think`,
+# `/no_think`) lives in the user text, so the template needs no special handling for it.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SYSTEM_PROMPT = "Add the numbers. Put the final answer in \\boxed{}."
+
+
+def _arithmetic_corpus(rng: random.Random, n: int = 3000) -> list[str]:
+    lines = []
+    for _ in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        lines.append(f"What is {a} + {b}? The answer is \\boxed{{{a + b}}}.")
+        lines.append(f"user assistant system {a} plus {b} equals {a + b} so \\boxed{{{a + b}}}")
+    return lines
+
+
+def build_tokenizer(output_dir: str | Path, vocab_size: int = 512, seed: int = 0):
+    """Train a byte-level BPE tokenizer on arithmetic text and save it as a `transformers` tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_arithmetic_corpus(rng), trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    hf_tok.save_pretrained(output_dir)
+    return hf_tok
+
+
+def build_model(output_dir: str | Path, tokenizer_dir: str | Path, hidden_size: int = 64, num_layers: int = 2,
+                seed: int = 0, max_position_embeddings: int = 512):
+    """Save a randomly initialised Qwen3 model (and a copy of the tokenizer) to ``output_dir``."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    head_dim = 32
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(1, hidden_size // head_dim),
+        num_key_value_heads=max(1, hidden_size // head_dim),
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+    )
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return model
+
+
+def make_addition_rows(n: int, seed: int = 0, max_operand: int = 99) -> list[dict]:
+    """Conversational addition problems with string solutions, in the column layout of TRL's math data sets."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        rows.append({
+            "prompt_id": f"add-{seed}-{i}",
+            "prompt": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": f"What is {a} + {b}?"},
+            ],
+            "solution": str(a + b),
+        })
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def build_tiny_setup(output_dir: str | Path, num_rows: int = 64, seed: int = 0) -> dict[str, Path]:
+    """Build tokenizer, a learner (width 64), a smaller explorer (width 32) and an addition data set.
+
+    Idempotent: existing artefacts in ``output_dir`` are reused, so repeated runs start fast.
+    """
+    output_dir = Path(output_dir)
+    paths = {
+        "tokenizer": output_dir / "tokenizer",
+        "learner": output_dir / "learner",
+        "explorer": output_dir / "explorer",
+        "dataset": output_dir / "addition.jsonl",
+    }
+    if not (paths["tokenizer"] / "tokenizer.json").exists():
+        build_tokenizer(paths["tokenizer"], seed=seed)
+    if not (paths["learner"] / "config.json").exists():
+        build_model(paths["learner"], paths["tokenizer"], hidden_size=64, num_layers=2, seed=seed)
+    if not (paths["explorer"] / "config.json").exists():
+        build_model(paths["explorer"], paths["tokenizer"], hidden_size=32, num_layers=1, seed=seed + 1)
+    if not paths["dataset"].exists():
+        write_jsonl(make_addition_rows(num_rows, seed=seed), paths["dataset"])
+    return paths
