@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny local models built once per session, and one real CPU vLLM explorer server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_EVAL_DATA = REPO.parent / "shared" / "data" / "eval"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """Tokenizer, learner (width 64), explorer (width 32) and an addition data set, all built locally."""
+    from s2l_trl.tiny import build_tiny_setup
+
+    root = Path(os.environ.get("S2L_TINY_DIR", tmp_path_factory.mktemp("tiny")))
+    return build_tiny_setup(root)
+
+
+@pytest.fixture(scope="session")
+def explorer_server(tiny, tmp_path_factory):
+    """A real `trl vllm-serve` serving the tiny explorer on 127.0.0.1, started once and stopped by PID."""
+    from s2l_trl.vllm_server import VLLMServerProcess
+
+    log = tmp_path_factory.mktemp("vllm") / "explorer_server.log"
+    server = VLLMServerProcess(tiny["explorer"], log_path=log, startup_timeout=400)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_eval_data() -> Path:
+    if not SHARED_EVAL_DATA.exists():
+        pytest.skip(f"shared eval data not found at {SHARED_EVAL_DATA}")
+    return SHARED_EVAL_DATA
