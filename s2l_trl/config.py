@@ -137,6 +137,9 @@ class S2LConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        # Checked before GRPOConfig's own checks so that every error names the offending field.
+        validate_schedule(self.mix_schedule, self.mix_steps, self.mix_alpha_start, self.mix_alpha_end,
+                          self.num_generations)
         super().__post_init__()
         if self.explorer_mode not in EXPLORER_MODES:
             raise ValueError(f"explorer_mode must be one of {EXPLORER_MODES}, got {self.explorer_mode!r}.")
@@ -144,8 +147,6 @@ class S2LConfig(GRPOConfig):
             raise ValueError("explorer_model is required when explorer_mode='local' (a model id or path).")
         if self.explorer_mode == "offline" and not self.explorer_rollouts:
             raise ValueError("explorer_rollouts is required when explorer_mode='offline' (a JSONL/parquet path).")
-        validate_schedule(self.mix_schedule, self.mix_steps, self.mix_alpha_start, self.mix_alpha_end,
-                          self.num_generations)
         if self.explorer_importance_sampling not in EXPLORER_IS_MODES:
             raise ValueError(f"explorer_importance_sampling must be one of {EXPLORER_IS_MODES}, got "
                              f"{self.explorer_importance_sampling!r}.")
