@@ -1,0 +1,55 @@
+"""Builders shared by the trainer tests: configs on the tiny models and oracle explorer rollouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets import load_dataset
+from transformers import AutoTokenizer
+
+from s2l_trl import S2LConfig
+
+
+def tiny_dataset(tiny):
+    return load_dataset("json", data_files=str(tiny["dataset"]), split="train")
+
+
+def write_oracle_rollouts(tiny, path: Path, per_prompt: int = 4, logprob: float | None = None) -> Path:
+    """Explorer rollouts that always answer correctly, in the authors' offline schema (one line per sample)."""
+    tok = AutoTokenizer.from_pretrained(tiny["learner"])
+    with open(path, "w") as f:
+        for row in tiny_dataset(tiny):
+            text = f"\\boxed{{{row['solution']}}}"
+            ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            for _ in range(per_prompt):
+                f.write(json.dumps({
+                    "prompt_id": row["prompt_id"], "prompt": row["prompt"], "prompt_ids": [],
+                    "response": text, "response_ids": ids,
+                    "small_model_log_probs": None if logprob is None else [logprob] * len(ids),
+                    "reward": 0.0, "is_correct": False,  # deliberately wrong: stored rewards must be ignored
+                    "data_source": "tiny-addition", "ground_truth": row["solution"],
+                }) + "\n")
+    return path
+
+
+def digit_reward(completions, **kwargs):
+    """A dense reward that varies between completions of random models, so that losses are non-zero."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
+
+
+def s2l_args(tmp_path, rollouts: Path | None = None, **overrides) -> S2LConfig:
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", learning_rate=1e-4,
+        num_generations=4, per_device_train_batch_size=8, max_completion_length=16, max_steps=5, logging_steps=1,
+        save_strategy="no", seed=0, mix_steps=4, disable_tqdm=True, dataloader_num_workers=0,
+    )
+    if rollouts is not None:
+        kwargs.update(explorer_mode="offline", explorer_rollouts=str(rollouts))
+    kwargs.update(overrides)
+    return S2LConfig(**kwargs)
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [h[key] for h in trainer.state.log_history if key in h]
