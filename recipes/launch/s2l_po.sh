@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# Launch one S2L-PO (or baseline GRPO) run on a GPU node: explorer server, learner vLLM server, then training.
+#
+#   recipes/launch/s2l_po.sh --recipe recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml [options] [-- ARGS]
+#
+# What it does, in order:
+#   1. explorer:  CUDA_VISIBLE_DEVICES=<explorer GPUs> trl vllm-serve --model <explorer> --port 8001 ...
+#      The explorer is frozen, so it is a plain vLLM server: no weight sync. Give it several GPUs with
+#      --explorer-dp (data parallel: independent replicas, best for a 1.7B/4B model that fits on one GPU) or
+#      --explorer-tp (tensor parallel: one model split over GPUs, for explorers too big for one GPU);
+#      the explorer GPU count must equal tp x dp.
+#   2. learner vLLM server (if --learner-gpus is not empty and the recipe has use_vllm: true, vllm_mode: server):
+#      CUDA_VISIBLE_DEVICES=<learner GPUs> trl vllm-serve --model <learner> --port 8000 ...
+#      TRL pushes the learner's weights to it after every optimizer step (NCCL, vllm_group_port 51216).
+#   3. waits until every started server answers GET /health (bounded by --health-timeout; fails early, with the
+#      log tail, if a server dies), then
+#   4. CUDA_VISIBLE_DEVICES=<train GPUs> accelerate launch --config_file <accelerate config> --num_processes N ...
+#        -m s2l_trl.cli.train --config <recipe> [ARGS]
+#   5. on exit (normal end, error, Ctrl-C, SIGTERM from the scheduler) stops the servers it started, by the process
+#      group of the PID it recorded, and nothing else.
+#
+# Options (defaults in brackets; models, ports and max_model_len default to the recipe's own values):
+#   --recipe PATH               recipe YAML (required)
+#   --accelerate-config PATH    [recipes/accelerate_configs/zero3.yaml]
+#   --explorer-model ID         [recipe explorer_model]
+#   --explorer-gpus LIST        [0,1]            --explorer-tp N [1]   --explorer-dp N [#GPUs / tp]
+#   --explorer-port N           [port of recipe explorer_server_base_url, else 8001]
+#   --no-explorer               start no explorer (GRPO baselines)
+#   --learner-model ID          [recipe model_name_or_path]
+#   --learner-gpus LIST         [2,3]; '' = no learner server (use_vllm: false or vllm_mode: colocate)
+#   --learner-tp N [1]          --learner-dp N [#GPUs / tp]
+#   --learner-port N            [port of recipe vllm_server_base_url, else 8000]
+#   --max-model-len N           [recipe vllm_max_model_length]
+#   --gpu-memory-utilization F  [0.9] for both servers
+#   --train-gpus LIST           [4,5,6,7] GPUs of the training processes on this node
+#   --health-timeout SECONDS    [1200]
+#   --log-dir DIR               [logs] server logs: DIR/explorer_server.log, DIR/learner_server.log
+#   --dry-run                   print the exact commands and exit without starting anything
+#   -- ARGS                     passed to the trainer, e.g. -- --max_steps 10 --report_to none
+#
+# Multi-node (N nodes, run this script once per node, e.g. from srun): the servers run on machine rank 0 only and
+# bind 0.0.0.0; every node's trainer reaches them at $MASTER_ADDR (the script passes --explorer_server_base_url /
+# --vllm_server_base_url accordingly). Topology comes from the launcher environment:
+#   NUM_MACHINES (or SLURM_NNODES) [1], MACHINE_RANK (or NODE_RANK, SLURM_NODEID) [0],
+#   MASTER_ADDR [127.0.0.1], MASTER_PORT [29500]
+# and --num_processes is (#train GPUs per node) x NUM_MACHINES. Non-zero ranks still use --train-gpus locally.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cd "$repo"
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+die() { echo "[s2l_po] error: $*" >&2; exit 2; }
+
+recipe=""
+accelerate_config="recipes/accelerate_configs/zero3.yaml"
+explorer_model=""
+explorer_gpus="0,1"
+explorer_tp=1
+explorer_dp=""
+explorer_port=""
+use_explorer=1
+learner_model=""
+learner_gpus="2,3"
+learner_tp=1
+learner_dp=""
+learner_port=""
+max_model_len=""
+gpu_memory_utilization="0.9"
+train_gpus="4,5,6,7"
+health_timeout=1200
+log_dir="logs"
+dry_run=0
+trainer_args=()
+
+need() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --recipe) need "$@"; recipe="$2"; shift 2 ;;
+        --accelerate-config) need "$@"; accelerate_config="$2"; shift 2 ;;
+        --explorer-model) need "$@"; explorer_model="$2"; shift 2 ;;
+        --explorer-gpus) need "$@"; explorer_gpus="$2"; shift 2 ;;
+        --explorer-tp) need "$@"; explorer_tp="$2"; shift 2 ;;
+        --explorer-dp) need "$@"; explorer_dp="$2"; shift 2 ;;
+        --explorer-port) need "$@"; explorer_port="$2"; shift 2 ;;
+        --no-explorer) use_explorer=0; shift ;;
+        --learner-model) need "$@"; learner_model="$2"; shift 2 ;;
+        --learner-gpus) need "$@"; learner_gpus="$2"; shift 2 ;;
+        --learner-tp) need "$@"; learner_tp="$2"; shift 2 ;;
+        --learner-dp) need "$@"; learner_dp="$2"; shift 2 ;;
+        --learner-port) need "$@"; learner_port="$2"; shift 2 ;;
+        --max-model-len) need "$@"; max_model_len="$2"; shift 2 ;;
+        --gpu-memory-utilization) need "$@"; gpu_memory_utilization="$2"; shift 2 ;;
+        --train-gpus) need "$@"; train_gpus="$2"; shift 2 ;;
+        --health-timeout) need "$@"; health_timeout="$2"; shift 2 ;;
+        --log-dir) need "$@"; log_dir="$2"; shift 2 ;;
+        --dry-run) dry_run=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; trainer_args=("$@"); break ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+[ -n "$recipe" ] || die "--recipe is required (see --help)"
+[ -f "$recipe" ] || die "recipe $recipe not found"
+[ -f "$accelerate_config" ] || die "accelerate config $accelerate_config not found"
+
+# Read one top-level key of the recipe (empty when absent); pyyaml is a dependency of s2l-trl.
+recipe_value() {
+    python3 - "$recipe" "$1" <<'PY'
+import sys, yaml
+value = (yaml.safe_load(open(sys.argv[1])) or {}).get(sys.argv[2])
+print("" if value is None else str(value).lower() if isinstance(value, bool) else value)
+PY
+}
+url_port() { local p="${1##*:}"; p="${p%%/*}"; case "$p" in ''|*[!0-9]*) echo "$2" ;; *) echo "$p" ;; esac; }
+# shellcheck disable=SC2086  # word splitting on commas is the point
+count_gpus() { local IFS=,; set -- $1; echo "$#"; }
+
+num_machines="${NUM_MACHINES:-${SLURM_NNODES:-1}}"
+machine_rank="${MACHINE_RANK:-${NODE_RANK:-${SLURM_NODEID:-0}}}"
+main_ip="${MASTER_ADDR:-127.0.0.1}"
+main_port="${MASTER_PORT:-29500}"
+if [ "$num_machines" -gt 1 ]; then bind_host="0.0.0.0"; server_host="$main_ip"; else bind_host="127.0.0.1"; server_host="127.0.0.1"; fi
+
+[ -n "$max_model_len" ] || max_model_len="$(recipe_value vllm_max_model_length)"
+if [ "$use_explorer" = 1 ]; then
+    [ -n "$explorer_model" ] || explorer_model="$(recipe_value explorer_model)"
+    [ -n "$explorer_model" ] || die "no explorer model: set explorer_model in the recipe or pass --explorer-model"
+    [ -n "$explorer_port" ] || explorer_port="$(url_port "$(recipe_value explorer_server_base_url)" 8001)"
+    n_explorer_gpus="$(count_gpus "$explorer_gpus")"
+    [ -n "$explorer_dp" ] || explorer_dp=$(( n_explorer_gpus / explorer_tp ))
+    [ $(( explorer_tp * explorer_dp )) -eq "$n_explorer_gpus" ] \
+        || die "explorer GPUs ($explorer_gpus) must number tp x dp = $explorer_tp x $explorer_dp"
+fi
+use_learner_server=0
+if [ -n "$learner_gpus" ] && [ "$(recipe_value use_vllm)" = "true" ] && [ "$(recipe_value vllm_mode)" = "server" ]; then
+    use_learner_server=1
+    [ -n "$learner_model" ] || learner_model="$(recipe_value model_name_or_path)"
+    [ -n "$learner_port" ] || learner_port="$(url_port "$(recipe_value vllm_server_base_url)" 8000)"
+    n_learner_gpus="$(count_gpus "$learner_gpus")"
+    [ -n "$learner_dp" ] || learner_dp=$(( n_learner_gpus / learner_tp ))
+    [ $(( learner_tp * learner_dp )) -eq "$n_learner_gpus" ] \
+        || die "learner GPUs ($learner_gpus) must number tp x dp = $learner_tp x $learner_dp"
+fi
+num_processes=$(( $(count_gpus "$train_gpus") * num_machines ))
+
+server_args() {  # model tp dp port -> the trl vllm-serve arguments, one per line
+    printf '%s\n' --model "$1" --tensor_parallel_size "$2" --data_parallel_size "$3" --host "$bind_host" \
+        --port "$4" --gpu_memory_utilization "$gpu_memory_utilization"
+    [ -z "$max_model_len" ] || printf '%s\n' --max_model_len "$max_model_len"
+}
+explorer=(); learner=(); explorer_cmd=""; learner_cmd=""
+if [ "$use_explorer" = 1 ]; then
+    mapfile -t explorer < <(server_args "$explorer_model" "$explorer_tp" "$explorer_dp" "$explorer_port")
+    explorer=(trl vllm-serve "${explorer[@]}")
+    explorer_cmd="$(printf '%q ' "${explorer[@]}")"
+fi
+if [ "$use_learner_server" = 1 ]; then
+    mapfile -t learner < <(server_args "$learner_model" "$learner_tp" "$learner_dp" "$learner_port")
+    learner=(trl vllm-serve "${learner[@]}")
+    learner_cmd="$(printf '%q ' "${learner[@]}")"
+fi
+
+train=(accelerate launch --config_file "$accelerate_config" --num_processes "$num_processes"
+       --num_machines "$num_machines" --machine_rank "$machine_rank"
+       --main_process_ip "$main_ip" --main_process_port "$main_port"
+       -m s2l_trl.cli.train --config "$recipe")
+# Servers always live on rank 0; point every node's trainer at them (the recipes say 127.0.0.1).
+[ "$use_explorer" = 0 ] || train+=(--explorer_server_base_url "http://$server_host:$explorer_port")
+[ "$use_learner_server" = 0 ] || train+=(--vllm_server_base_url "http://$server_host:$learner_port")
+train+=("${trainer_args[@]}")
+train_cmd="$(printf '%q ' "${train[@]}")"
+
+start_servers=0; [ "$machine_rank" = 0 ] && start_servers=1
+
+if [ "$dry_run" = 1 ]; then
+    echo "# s2l_po.sh dry run: machine rank $machine_rank of $num_machines; commands in launch order"
+    if [ "$start_servers" = 1 ]; then
+        [ -z "$explorer_cmd" ] || echo "CUDA_VISIBLE_DEVICES=$explorer_gpus $explorer_cmd> $log_dir/explorer_server.log 2>&1 &"
+        [ -z "$learner_cmd" ] || echo "CUDA_VISIBLE_DEVICES=$learner_gpus $learner_cmd> $log_dir/learner_server.log 2>&1 &"
+    fi
+    [ -z "$explorer_cmd" ] || echo "# wait for http://$server_host:$explorer_port/health (<= ${health_timeout} s)"
+    [ -z "$learner_cmd" ] || echo "# wait for http://$server_host:$learner_port/health (<= ${health_timeout} s)"
+    echo "CUDA_VISIBLE_DEVICES=$train_gpus $train_cmd"
+    exit 0
+fi
+
+pids=()
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do
+        # setsid made each server the leader of its own process group: signal that group (its vLLM workers
+        # included) by the recorded PID only.
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+healthy() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -sf -o /dev/null --max-time 5 "$1/health"
+    else
+        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=5)' "$1" 2>/dev/null
+    fi
+}
+wait_healthy() {  # url pid(or empty) log
+    local url="$1" pid="$2" log="$3" start=$SECONDS
+    until healthy "$url"; do
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            echo "[s2l_po] server for $url exited before it became healthy; last lines of $log:" >&2
+            tail -n 30 "$log" >&2 || true
+            exit 1
+        fi
+        if [ $(( SECONDS - start )) -ge "$health_timeout" ]; then
+            echo "[s2l_po] $url did not answer /health within ${health_timeout} s" >&2
+            [ -z "$log" ] || tail -n 30 "$log" >&2 || true
+            exit 1
+        fi
+        sleep 5
+    done
+    echo "[s2l_po] $url healthy after $(( SECONDS - start )) s"
+}
+
+mkdir -p "$log_dir"
+explorer_pid=""; learner_pid=""
+if [ "$start_servers" = 1 ] && [ -n "$explorer_cmd" ]; then
+    echo "[s2l_po] starting explorer: $explorer_cmd"
+    # setsid: the server leads its own process group, so cleanup can stop it and its workers by this PID.
+    CUDA_VISIBLE_DEVICES="$explorer_gpus" setsid "${explorer[@]}" >"$log_dir/explorer_server.log" 2>&1 &
+    explorer_pid=$!; pids+=("$explorer_pid")
+fi
+if [ "$start_servers" = 1 ] && [ -n "$learner_cmd" ]; then
+    echo "[s2l_po] starting learner vLLM server: $learner_cmd"
+    CUDA_VISIBLE_DEVICES="$learner_gpus" setsid "${learner[@]}" >"$log_dir/learner_server.log" 2>&1 &
+    learner_pid=$!; pids+=("$learner_pid")
+fi
+[ -z "$explorer_cmd" ] || wait_healthy "http://$server_host:$explorer_port" "$explorer_pid" "$log_dir/explorer_server.log"
+[ -z "$learner_cmd" ] || wait_healthy "http://$server_host:$learner_port" "$learner_pid" "$log_dir/learner_server.log"
+
+echo "[s2l_po] training: $train_cmd"
+CUDA_VISIBLE_DEVICES="$train_gpus" "${train[@]}"
