@@ -1,0 +1,55 @@
+"""Two real CPU processes under `accelerate launch`: groups that straddle processes keep their exact composition."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from s2l_trl.vllm_server import free_port
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).parent / "scripts" / "two_process_mix.py"
+
+
+def test_group_straddling_two_processes_has_exact_composition(tmp_path):
+    # `accelerate launch --cpu --num_processes 2` silently runs one process; --multi_gpu with use_cpu=True (gloo)
+    # really starts two, which the test checks through the world size each rank reports.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), str(SCRIPT), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+
+    expected_g_w = {1: 4, 2: 3, 3: 2, 4: 0}  # G = 4, T_mix = 4, linear
+    for step in expected_g_w:
+        groups = defaultdict(list)
+        for rank in ranks:
+            (record,) = [r for r in rank["records"] if r["step"] == step]
+            assert record["g_w"] == expected_g_w[step]
+            for row in record["rows"]:
+                groups[row["group"]].append(row)
+        assert len(groups) == 3
+        spans = {g: len(rows) for g, rows in groups.items()}
+        assert sorted(spans.values()) == [4, 4, 4]
+        straddling = {row["group"] for row in ranks[0]["records"][step - 1]["rows"]} & \
+            {row["group"] for row in ranks[1]["records"][step - 1]["rows"]}
+        assert straddling, "the test needs a group split across the two processes"
+        for rows in groups.values():
+            explorer = [r for r in rows if r["explorer"]]
+            assert len(explorer) == expected_g_w[step]
+            assert sorted(r["slot"] for r in explorer) == list(range(expected_g_w[step]))
+            # Oracle explorer rows score 1, the random learner's rows 0: each row's completion came from the
+            # source the plan assigned, on whichever process it lives.
+            assert all(r["reward"] == 1.0 for r in explorer)
+            assert all(r["reward"] == 0.0 for r in rows if not r["explorer"])
+    # The learner generated only G_s rows per group (3 groups), summed over both processes.
+    assert ranks[0]["learner_rows_generated"] == [0.0, 3.0, 6.0, 12.0]
