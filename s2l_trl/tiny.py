@@ -136,3 +136,19 @@ def build_tiny_setup(output_dir: str | Path, num_rows: int = 64, seed: int = 0) 
     if not paths["dataset"].exists():
         write_jsonl(make_addition_rows(num_rows, seed=seed), paths["dataset"])
     return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the tiny CPU models and addition data set of s2l-trl.")
+    parser.add_argument("output_dir", nargs="?", default=".tiny", help="where to build (default: .tiny)")
+    parser.add_argument("--num_rows", type=int, default=64, help="rows of the addition data set")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name, path in build_tiny_setup(args.output_dir, num_rows=args.num_rows, seed=args.seed).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
