@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 
@@ -16,6 +17,7 @@ class MixProgressCallback(TrainerCallback):
             value = logs.get(key)
             return "   -  " if value is None else f"{value:6.3f}"
 
-        print(f"[s2l] step {state.global_step:>4} | alpha {fmt('s2l/alpha')} | explorer fraction "
+        # tqdm.write keeps the line intact next to the Trainer's progress bar.
+        tqdm.write(f"[s2l] step {state.global_step:>4} | alpha {fmt('s2l/alpha')} | explorer fraction "
               f"{fmt('s2l/explorer_fraction')} | reward {fmt('reward')} | explorer {fmt('s2l/reward/explorer')} | "
-              f"learner {fmt('s2l/reward/learner')}", flush=True)
+              f"learner {fmt('s2l/reward/learner')}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ def get_field(row: dict[str, Any], column: str) -> Any:
     """`row[column]`, where a dotted column (`reward_model.ground_truth`) reaches into nested dicts."""
     value: Any = row
     for part in column.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(f"column {column!r} not found in data-set row with keys {sorted(row)}")
+        if not isinstance(value, Mapping) or part not in value:
+            raise KeyError(f"column {column!r} not found in data-set row with keys {sorted(row.keys())}")
         value = value[part]
     return value
 

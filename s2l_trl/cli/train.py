@@ -78,13 +78,11 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig, model_args: 
                    "system_prompt": script_args.system_prompt})
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
 
-    training_args.model_init_kwargs = {
-        **(training_args.model_init_kwargs or {}),
-        "revision": model_args.model_revision,
-        "trust_remote_code": model_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        **({"dtype": model_args.dtype} if model_args.dtype not in (None, "auto") else {}),
-    }
+    # GRPOTrainer loads the learner from its id with these (trust_remote_code lives on the config itself).
+    model_init_kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
+                         "dtype": model_args.dtype}
+    training_args.model_init_kwargs = {**{k: v for k, v in model_init_kwargs.items() if v is not None},
+                                       **(training_args.model_init_kwargs or {})}
     from ..trainer import S2LTrainer
 
     trainer = S2LTrainer(
