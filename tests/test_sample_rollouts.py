@@ -1,0 +1,128 @@
+"""`s2l-sample`: rollouts in the authors' schema that the trainer's offline explorer reads back."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from s2l_trl.cli.sample import main as sample_main
+from s2l_trl.evaluation.engine import SamplingEngine
+from s2l_trl.evaluation.rollouts import sample_rollouts, stable_prompt_id
+from s2l_trl.explorers import ExplorerOutput, OfflineExplorer, ROLLOUT_FIELDS, SamplingSettings, read_rollouts
+from s2l_trl.explorers.offline import prompt_text_key
+
+SMALL = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=8, seed=0)
+
+
+def _rows(tiny, n):
+    return [json.loads(line) for line in Path(tiny["dataset"]).open()][:n]
+
+
+def test_transformers_rollouts_round_trip_through_offline_explorer(tiny, tmp_path):
+    path = sample_main(["--model_path", str(tiny["explorer"]), "--dataset", str(tiny["dataset"]), "--output_dir",
+                        str(tmp_path / "r"), "--backend", "transformers", "--num_generations", "4", "--max_prompts",
+                        "5", "--max_tokens", "8"])
+    rows = read_rollouts(path)
+    assert path.name == "rollouts.jsonl" and len(rows) == 20
+    assert all(tuple(r) == ROLLOUT_FIELDS for r in rows)
+    dataset = _rows(tiny, 5)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["explorer"])
+    for example in dataset:
+        mine = [r for r in rows if r["prompt_id"] == example["prompt_id"]]
+        assert len(mine) == 4
+        assert mine[0]["prompt"] == example["prompt"] and mine[0]["ground_truth"] == example["solution"]
+        text = tok.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
+        assert mine[0]["prompt_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+        for r in mine:
+            assert len(r["small_model_log_probs"]) == len(r["response_ids"]) > 0
+            assert r["reward"] == float(r["is_correct"])
+            assert r["data_source"] == str(tiny["dataset"])
+    explorer = OfflineExplorer(path, seed=1)
+    out = explorer.generate([[0]] * 5, n=4, inputs=dataset)
+    for i, example in enumerate(dataset):
+        stored = sorted(r["response_ids"] for r in rows if r["prompt_id"] == example["prompt_id"])
+        assert sorted(out.completion_ids[4 * i:4 * i + 4]) == stored
+
+
+class _ScriptedExplorer:
+    """Answers each prompt with fixed texts (the first one right), to check rewards; counts prompts sampled."""
+
+    def __init__(self, tokenizer, answers):
+        self.tokenizer, self.answers, self.prompts = tokenizer, answers, 0
+
+    def generate(self, prompt_ids, n, inputs=None):
+        self.prompts += len(prompt_ids)
+        ids = []
+        for p in prompt_ids:
+            gold = self.answers[tuple(p)]
+            texts = [f"so \\boxed{{{gold}}}"] + [f"Answer: {gold}1"] * (n - 1)
+            ids += [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return ExplorerOutput(completion_ids=ids, logprobs=[[-0.5] * len(x) for x in ids])
+
+
+def _scripted_engine(tiny, dataset_rows):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["explorer"])
+    engine = SamplingEngine(None, tok)
+    engine.explorer = _ScriptedExplorer(tok, {tuple(engine.encode(r["prompt"])): r["answer"] for r in dataset_rows})
+    return engine
+
+
+def test_text_prompts_without_ids_are_deduped_scored_and_matched_by_text(tiny, tmp_path):
+    data = [{"prompt": "What is 1 + 2?", "answer": 3}, {"prompt": "What is 2 + 2?", "answer": "4"},
+            {"prompt": "What is 1 + 2?", "answer": 3}]
+    engine = _scripted_engine(tiny, data)
+    path = sample_rollouts(data, tmp_path / "r", engine=engine, num_generations=3)
+    rows = read_rollouts(path)
+    assert len(rows) == 6  # the repeated prompt is sampled once
+    assert [r["is_correct"] for r in rows] == [True, False, False] * 2
+    assert [r["reward"] for r in rows[:3]] == [1.0, 0.0, 0.0]
+    assert rows[0]["prompt_id"] == stable_prompt_id("What is 1 + 2?") and rows[0]["prompt"] == "What is 1 + 2?"
+    assert rows[0]["ground_truth"] == "3"
+    out = OfflineExplorer(path).generate([[0], [0]], n=3, inputs=[{"prompt": "What is 2 + 2?"},
+                                                                  {"prompt": "What is 1 + 2?"}])
+    assert sorted(out.completion_ids[:3]) == sorted(r["response_ids"] for r in rows[3:])
+    assert prompt_text_key(rows[0]["prompt"]) == "What is 1 + 2?"
+
+
+def test_shards_merge_and_resume_after_a_torn_write(tiny, tmp_path):
+    data = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}], "reward_model": {"ground_truth": str(i + 1)},
+             "data_source": "math_dapo"} for i in range(7)]
+    engine = _scripted_engine(tiny, [{**r, "answer": r["reward_model"]["ground_truth"]} for r in data])
+    out_dir = tmp_path / "r"
+    first = sample_rollouts(data, out_dir, engine=engine, num_generations=2, num_shards=2, shard_index=0)
+    assert first.name == "rollouts-00000-of-00002.jsonl" and not (out_dir / "rollouts.jsonl").exists()
+    assert engine.explorer.prompts == 4  # rows 0, 2, 4, 6
+
+    # Shard 1 is killed mid-prompt: one whole prompt, one orphan line, one torn line.
+    shard1 = out_dir / "rollouts-00001-of-00002.jsonl"
+    sample_rollouts(data[:2], tmp_path / "scratch", engine=engine, num_generations=2)
+    done_lines = (tmp_path / "scratch" / "rollouts.jsonl").read_text().splitlines(keepends=True)
+    shard1.write_text(done_lines[2] + done_lines[3] + done_lines[0] + done_lines[1][:25])
+    engine.explorer.prompts = 0
+    merged = sample_rollouts(data, out_dir, engine=engine, num_generations=2, num_shards=2, shard_index=1)
+    assert engine.explorer.prompts == 2  # rows 3 and 5; row 1 was already complete
+    assert merged == out_dir / "rollouts.jsonl"
+    rows = read_rollouts(merged)
+    assert len(rows) == 14 and all(r["data_source"] == "math_dapo" for r in rows)
+    assert {r["ground_truth"] for r in rows} == {str(i + 1) for i in range(7)}
+    out = OfflineExplorer(merged).generate([[0]] * 7, n=2, inputs=data)
+    assert len(out.completion_ids) == 14
+
+    with pytest.raises(ValueError, match="num_generations: 2 \\(before\\) vs 3 \\(now\\)"):
+        sample_rollouts(data, out_dir, engine=engine, num_generations=3, num_shards=2, shard_index=1)
+
+
+def test_bad_inputs_are_named(tiny, tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"prompt": "a", "answer": 1}\n{"prompt": \n')
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: malformed JSON"):
+        sample_rollouts(bad, tmp_path / "r", str(tiny["explorer"]))
+    with pytest.raises(ValueError, match="no prompt column 'question'"):
+        sample_rollouts([{"prompt": "a"}], tmp_path / "r2", str(tiny["explorer"]), prompt_column="question")
+    with pytest.raises(ValueError, match="no answer column"):
+        sample_rollouts([{"prompt": "a"}], tmp_path / "r3", engine=_scripted_engine(tiny, [{"prompt": "a",
+                                                                                          "answer": "x"}]))
