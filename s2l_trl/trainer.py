@@ -27,6 +27,7 @@ from trl.trainer.utils import nanstd
 
 from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, ExplorerOutput, SamplingSettings
+from .model_card import S2L_PAPER, create_s2l_model_card
 from .schedule import make_alpha_fn, split_group
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class S2LTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "s2l-po"]
     _name = "S2L-PO"
+    _paper = S2L_PAPER
 
     def __init__(self, model, reward_funcs=None, args: S2LConfig | None = None, *pargs,
                  explorer: Explorer | None = None, mix_schedule: Callable[[int], float] | None = None, **kwargs):
@@ -463,6 +465,13 @@ class S2LTrainer(GRPOTrainer):
         if is_explorer is not None and not self.args.explorer_off_policy_mask:
             keep = torch.where(is_explorer.unsqueeze(1), torch.ones_like(keep), keep)
         return keep
+
+
+    # ------------------------------------------------------------------ model card
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """TRL's model card plus the run's S2L-PO provenance (explorer, schedule, IS policy, grouping, citation)."""
+        create_s2l_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
 
 
 def _lookup_fields(example: dict[str, Any]) -> dict[str, Any]:
