@@ -246,9 +246,10 @@ def test_offline_dry_run_samples_then_trains(tmp_path):
     lines = dry_run("s2l_po_offline.sh", "--recipe", "recipes/Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml",
                     "--rollouts", str(rollouts))
     sample, learner, train = lines
-    assert sample.startswith("CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 s2l-sample --model Qwen/Qwen3-4B-Base ")
-    for flag in ("--num_samples 16", "--temperature 0.7", "--top_p 0.95", "--max_tokens 4096",
-                 "--dataset_name open-r1/DAPO-Math-17k-Processed", f"--output {rollouts}"):
+    assert sample.startswith("CUDA_VISIBLE_DEVICES=0 s2l-sample --model_path Qwen/Qwen3-4B-Base ")
+    for flag in ("--num_generations 16", "--temperature 0.7", "--top_p 0.95", "--max_tokens 4096",
+                 "--dataset open-r1/DAPO-Math-17k-Processed", "--dataset_config all", f"--output_dir {tmp_path}",
+                 "--prompt_column prompt", "--answer_column solution"):
         assert flag in sample
     assert "--model Qwen/Qwen3-8B-Base" in learner
     assert train.endswith(f"--explorer_mode offline --explorer_rollouts {rollouts}")

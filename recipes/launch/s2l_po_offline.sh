@@ -5,16 +5,16 @@
 #   recipes/launch/s2l_po_offline.sh --recipe recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml \
 #       [--rollouts data/rollouts/<explorer>.jsonl] [options] [-- TRAINER ARGS]
 #
-#   1. CUDA_VISIBLE_DEVICES=<sample GPUs> s2l-sample --model <explorer> <the recipe's data set and columns>
-#        --num_samples <G> --temperature <explorer_temperature> --top_p <explorer_top_p>
-#        --max_tokens <max_completion_length> --tensor_parallel_size T --data_parallel_size D --output <rollouts>
+#   1. CUDA_VISIBLE_DEVICES=<sample GPUs> s2l-sample --model_path <explorer> --output_dir <dir of rollouts>
+#        <the recipe's data set and columns> --num_generations <G> --temperature <explorer_temperature>
+#        --top_p <explorer_top_p> --max_tokens <max_completion_length> --tensor_parallel_size T
 #      skipped when the rollouts file exists (or with --skip-sampling): sampling is the expensive, reusable part.
 #   2. recipes/launch/s2l_po.sh --no-explorer --recipe <recipe> ... -- --explorer_mode offline
 #        --explorer_rollouts <rollouts> [TRAINER ARGS]
 #      (learner vLLM server and accelerate launch exactly as in s2l_po.sh; see its --help).
 #
-# Options: --rollouts PATH [data/rollouts/<explorer basename>.jsonl]; --sample-gpus LIST [0,1,2,3,4,5,6,7];
-#   --sample-tp N [1]; --sample-dp N [#GPUs / tp]; --num-samples N [recipe num_generations]; --skip-sampling;
+# Options: --rollouts PATH [data/rollouts/<explorer basename>/rollouts.jsonl]; --sample-gpus LIST [0];
+#   --sample-tp N [1]; --num-samples N [recipe num_generations]; --skip-sampling;
 #   --learner-gpus LIST [0,1,2,3]; --train-gpus LIST [4,5,6,7]; --accelerate-config PATH; --dry-run.
 set -euo pipefail
 
@@ -23,7 +23,7 @@ cd "$here/../.."
 
 die() { echo "[s2l_po_offline] error: $*" >&2; exit 2; }
 need() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
-recipe=""; rollouts=""; sample_gpus="0,1,2,3,4,5,6,7"; sample_tp=1; sample_dp=""; num_samples=""
+recipe=""; rollouts=""; sample_gpus="0"; sample_tp=1; num_samples=""
 skip_sampling=0; dry_run=0; pass=(); trainer_args=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -31,7 +31,6 @@ while [ "$#" -gt 0 ]; do
         --rollouts) need "$@"; rollouts="$2"; shift 2 ;;
         --sample-gpus) need "$@"; sample_gpus="$2"; shift 2 ;;
         --sample-tp) need "$@"; sample_tp="$2"; shift 2 ;;
-        --sample-dp) need "$@"; sample_dp="$2"; shift 2 ;;
         --num-samples) need "$@"; num_samples="$2"; shift 2 ;;
         --skip-sampling) skip_sampling=1; shift ;;
         --learner-gpus|--train-gpus|--accelerate-config|--learner-tp|--learner-dp|--health-timeout|--log-dir)
@@ -60,17 +59,17 @@ for key, default in keys.items():
 PY
 )"
 [ -n "$r_explorer_model" ] || die "the recipe names no explorer_model"
-[ -n "$rollouts" ] || rollouts="data/rollouts/$(basename "$r_explorer_model").jsonl"
+[ -n "$rollouts" ] || rollouts="data/rollouts/$(basename "$r_explorer_model")/rollouts.jsonl"
+[ "$(basename "$rollouts")" = rollouts.jsonl ] || die "--rollouts must end in /rollouts.jsonl (s2l-sample writes <dir>/rollouts.jsonl)"
 [ -n "$num_samples" ] || num_samples="$r_num_generations"
-IFS=, read -r -a _gpus <<<"$sample_gpus"
-[ -n "$sample_dp" ] || sample_dp=$(( ${#_gpus[@]} / sample_tp ))
 
-sample=(s2l-sample --model "$r_explorer_model" --dataset_name "$r_dataset_name")
+# s2l-sample writes <output_dir>/rollouts.jsonl (resumable shards inside <output_dir>).
+sample=(s2l-sample --model_path "$r_explorer_model" --output_dir "$(dirname "$rollouts")" --dataset "$r_dataset_name")
 [ -z "$r_dataset_config" ] || sample+=(--dataset_config "$r_dataset_config")
-sample+=(--dataset_train_split "$r_dataset_train_split" --dataset_prompt_column "$r_dataset_prompt_column"
-         --dataset_solution_column "$r_dataset_solution_column" --num_samples "$num_samples"
+sample+=(--split "$r_dataset_train_split" --prompt_column "$r_dataset_prompt_column"
+         --answer_column "$r_dataset_solution_column" --num_generations "$num_samples"
          --temperature "$r_explorer_temperature" --top_p "$r_explorer_top_p" --max_tokens "$r_max_completion_length"
-         --tensor_parallel_size "$sample_tp" --data_parallel_size "$sample_dp" --output "$rollouts")
+         --tensor_parallel_size "$sample_tp")
 train=("$here/s2l_po.sh" --no-explorer --learner-gpus "0,1,2,3" --recipe "$recipe" "${pass[@]}")
 [ "$dry_run" = 0 ] || train+=(--dry-run)
 train+=(-- --explorer_mode offline --explorer_rollouts "$rollouts" "${trainer_args[@]}")
