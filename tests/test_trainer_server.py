@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from s2l_trl import S2LTrainer
 from s2l_trl.explorers import ExplorerError
 from s2l_trl.vllm_server import VLLMServerProcess
 
-from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset
+from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset, write_oracle_rollouts
 
 pytestmark = pytest.mark.server
 
@@ -62,3 +64,49 @@ def test_explorer_server_killed_mid_run(tiny, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
     assert sum(p.numel() for p in model.parameters()) > 0
     assert not (tmp_path / "out" / "checkpoint-2").exists()
+
+
+def test_learner_on_vllm_server_path_generates_only_its_rows(tiny, tmp_path, explorer_server):
+    """TRL's vLLM-server learner path, with the frozen tiny server standing in for the learner's own server.
+
+    Weight sync needs CUDA, so it is a no-op here; what is exercised is the generation of G_s rows per group through
+    the server, the slicing back to rows, and TRL's learner importance sampling next to the explorer's NaN
+    log-probs (ratio exactly 1 on explorer rows).
+    """
+    from trl.generation.vllm_client import VLLMClient
+
+    rollouts = write_oracle_rollouts(tiny, tmp_path / "oracle.jsonl")
+    args = s2l_args(tmp_path, rollouts, mix_schedule="constant", mix_alpha_start=0.5)
+    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+    client = VLLMClient(base_url=explorer_server.base_url)
+    requests = []
+    original = client.generate
+
+    def recording_generate(**kw):
+        requests.append((len(kw["prompts"]), kw["n"]))
+        return original(**kw)
+
+    client.generate = recording_generate
+    trainer.use_vllm = True
+    trainer._last_loaded_step = 0
+    trainer.vllm_generation = SimpleNamespace(
+        mode="server", vllm_client=client, sync_weights=lambda: None, repetition_penalty=1.0, temperature=1.0,
+        top_p=1.0, top_k=-1, min_p=None, max_completion_length=args.max_completion_length, logprobs=0,
+        structured_outputs_regex=None, generation_kwargs={})
+    rows = [dict(r) for r in tiny_dataset(tiny).select(range(2))]
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([r for r in rows for _ in range(4)])
+    assert requests == [(2, 2)]  # 2 groups, G_s = 2 learner rows each: never G
+    is_explorer = out["s2l_is_explorer"]
+    assert is_explorer.tolist() == [True, True, False, False] * 2
+    ratio = out["importance_sampling_ratio"]  # TRL's default sequence_mask: one ratio per row
+    assert torch.all(ratio[is_explorer] == 1.0)
+    sampling = out["sampling_per_token_logps"]
+    mask = out["completion_mask"].float()
+    tokens = mask.bool()
+    assert torch.isnan(sampling[is_explorer][tokens[is_explorer]]).all()
+    assert not torch.isnan(sampling[~is_explorer]).any()
+    # Learner rows keep TRL's correction: exp(sum(old - sampling)), zeroed outside [clip_min, clip_max].
+    expected = torch.exp(((out["old_per_token_logps"] - sampling) * mask)[~is_explorer].sum(-1, keepdim=True))
+    expected = expected.masked_fill(expected > args.vllm_importance_sampling_clip_max, 0.0)
+    assert torch.allclose(ratio[~is_explorer], expected, rtol=1e-4)
