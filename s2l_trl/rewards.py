@@ -9,6 +9,7 @@ from trl.rewards import accuracy_reward as _trl_accuracy_reward
 from trl.rewards import think_format_reward
 
 _BOXED = re.compile(r"\\boxed\{")
+_ANSWER_LINE = re.compile(r"Answer:\s*(.+)")
 
 
 def _as_messages(completions: list) -> list[list[dict[str, str]]]:
@@ -21,12 +22,23 @@ def _text(completion) -> str:
 
 
 def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[float | None]:
-    r"""1.0 when math-verify judges the completion's (boxed-first) answer equal to `solution`, else 0.0.
+    r"""1.0 when math-verify judges the completion's answer equal to `solution`, else 0.0.
 
-    TRL's `accuracy_reward`, extended to plain-text completions; `None` (row skipped) when the gold answer does not
-    parse. Integer gold answers are accepted.
+    TRL's `accuracy_reward` (boxed answer first), extended to plain-text completions and to the DAPO-Math-17k
+    format, whose prompts ask for a last line `Answer: $Answer` instead of `\boxed{}`: a completion without a boxed
+    answer is judged on the text after its last `Answer:`. `None` (row skipped) when the gold answer does not parse.
+    Integer gold answers are accepted.
     """
-    return _trl_accuracy_reward(_as_messages(completions), [str(s) for s in solution], **kwargs)
+    messages = _as_messages(completions)
+    gold = [str(s) for s in solution]
+    rewards = _trl_accuracy_reward(messages, gold, **kwargs)
+    for i, (message, reward) in enumerate(zip(messages, rewards)):
+        text = message[0]["content"]
+        if reward == 0.0 and not _BOXED.search(text) and (match := _ANSWER_LINE.findall(text)):
+            # Boxing the answer lets TRL's (boxed-first) extraction judge it with the same math-verify settings.
+            answer = [[{"role": "assistant", "content": f"\\boxed{{{match[-1].strip().strip('$')}}}"}]]
+            rewards[i] = _trl_accuracy_reward(answer, [gold[i]])[0]
+    return rewards
 
 
 def format_reward(completions: list, **kwargs) -> list[float]:

@@ -11,7 +11,7 @@ import datasets
 import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from ..callbacks import MixProgressCallback
 from ..config import S2LConfig
@@ -29,6 +29,9 @@ class S2LScriptArguments(ScriptArguments):
     file or saved dataset directory.
 
     Args:
+        trainer (`str`, *optional*, defaults to `"s2l"`):
+            `"s2l"` trains with `S2LTrainer` / `S2LConfig`; `"grpo"` with plain `GRPOTrainer` / `GRPOConfig`, so a
+            baseline recipe differs from its S2L-PO twin only by the explorer block.
         reward_funcs (`list[str]`, *optional*, defaults to `["accuracy", "format"]`):
             Reward functions by name, from `s2l_trl.rewards.REWARD_FUNCS`.
         dataset_prompt_column (`str`, *optional*, defaults to `"prompt"`):
@@ -43,6 +46,8 @@ class S2LScriptArguments(ScriptArguments):
             System message prepended to string prompts.
     """
 
+    trainer: str = field(default="s2l", metadata={"help": "`s2l` (S2LTrainer) or `grpo` (plain GRPOTrainer).",
+                                                  "choices": ["s2l", "grpo"]})
     reward_funcs: list[str] = field(default_factory=lambda: ["accuracy", "format"],
                                     metadata={"help": "Reward functions by name."})
     dataset_prompt_column: str = field(default="prompt", metadata={"help": "Prompt column."})
@@ -52,7 +57,7 @@ class S2LScriptArguments(ScriptArguments):
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt for string prompts."})
 
 
-def main(script_args: S2LScriptArguments, training_args: S2LConfig, model_args: ModelConfig) -> None:
+def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig) -> None:
     set_seed(training_args.seed)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout)])
@@ -83,9 +88,12 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig, model_args: 
                          "dtype": model_args.dtype}
     training_args.model_init_kwargs = {**{k: v for k, v in model_init_kwargs.items() if v is not None},
                                        **(training_args.model_init_kwargs or {})}
-    from ..trainer import S2LTrainer
+    if script_args.trainer == "grpo":
+        trainer_cls = GRPOTrainer
+    else:
+        from ..trainer import S2LTrainer as trainer_cls
 
-    trainer = S2LTrainer(
+    trainer = trainer_cls(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
@@ -105,12 +113,34 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig, model_args: 
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((S2LScriptArguments, S2LConfig, ModelConfig))
+def make_parser(trainer: str = "s2l") -> TrlParser:
+    if trainer not in ("s2l", "grpo"):
+        raise ValueError(f"trainer must be 's2l' or 'grpo', got {trainer!r}.")
+    return TrlParser((S2LScriptArguments, S2LConfig if trainer == "s2l" else GRPOConfig, ModelConfig))
 
 
-def cli() -> None:
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
+def _requested_trainer(argv: list[str]) -> str:
+    """The `trainer` of a run, from `--trainer` or the recipe, read before parsing to pick the config class."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--trainer="):
+            return arg.split("=", 1)[1]
+        if arg == "--trainer" and i + 1 < len(argv):
+            return argv[i + 1]
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+        if path:
+            import yaml
+
+            with open(path) as f:
+                return (yaml.safe_load(f) or {}).get("trainer", "s2l")
+    return "s2l"
+
+
+def cli(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = make_parser(_requested_trainer(argv))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     main(script_args, training_args, model_args)
 
 
