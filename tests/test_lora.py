@@ -1,0 +1,68 @@
+"""LoRA through `peft_config`: only the learner's adapter trains; base weights and the frozen explorer stay put."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from s2l_trl import S2LTrainer
+
+from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset
+
+peft = pytest.importorskip("peft")
+
+
+def _snapshot(named_params) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in named_params}
+
+
+def test_lora_trains_adapter_only_against_local_explorer(tiny, tmp_path):
+    # `s2l-train` builds this same LoraConfig from ModelConfig (`use_peft`, `lora_r`, `lora_target_modules`, ...)
+    # through `trl.get_peft_config`; here it is passed directly, as a notebook user would.
+    lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    # beta > 0 so the KL term runs: with a PEFT learner TRL keeps no separate reference model and computes the
+    # reference log-probs with the adapter disabled, which must be the untouched base model.
+    args = s2l_args(tmp_path, explorer_mode="local", explorer_model=str(tiny["explorer"]), max_steps=3, mix_steps=3,
+                    beta=0.04)
+    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny),
+                         peft_config=lora)
+
+    model = trainer.model
+    assert isinstance(model, peft.PeftModel)
+    assert trainer.ref_model is None  # the disabled adapter is the reference
+    lora_names = {n for n, _ in model.named_parameters() if "lora_" in n}
+    # 2 layers x 4 projections x (A, B)
+    assert len(lora_names) == 16
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == lora_names
+
+    lora_before = _snapshot((n, p) for n, p in model.named_parameters() if n in lora_names)
+    base_before = _snapshot((n, p) for n, p in model.named_parameters() if n not in lora_names)
+    explorer_before = _snapshot(trainer.explorer.model.named_parameters())
+    trainer.train()
+
+    # The run really mixed explorer rows in (alpha 1 -> 0 over 3 steps) and the KL path ran.
+    assert logged(trainer, "s2l/alpha") == pytest.approx([1.0, 0.5, 0.0])
+    assert logged(trainer, "s2l/explorer_fraction") == pytest.approx([1.0, 0.5, 0.0])
+    kl = logged(trainer, "kl")
+    assert len(kl) == 3
+    # Step 1: lora_B is still zero, so the policy IS the base model and the reference (adapter disabled) must match
+    # it exactly; afterwards the adapter has moved the policy away from the reference.
+    assert kl[0] == pytest.approx(0.0, abs=1e-7)
+    assert kl[1] > 0 and kl[2] > 0
+
+    after = dict(model.named_parameters())
+    # LoRA B starts at zero and A's gradient is zero until B moves, so 3 steps must move both.
+    changed = {n for n in lora_names if not torch.equal(after[n].detach(), lora_before[n])}
+    assert any("lora_B" in n for n in changed) and any("lora_A" in n for n in changed), sorted(changed)
+    for name, before in base_before.items():
+        assert torch.equal(after[name].detach(), before), name
+    for name, param in trainer.explorer.model.named_parameters():
+        assert torch.equal(param.detach(), explorer_before[name]), name
+        assert not param.requires_grad, name
+
+    # The saved output is an adapter (what `push_to_hub` would upload), not merged full weights.
+    trainer.save_model(args.output_dir)
+    saved = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "adapter_config.json" in saved and "adapter_model.safetensors" in saved
+    assert "model.safetensors" not in saved
