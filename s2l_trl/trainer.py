@@ -243,7 +243,7 @@ class S2LTrainer(GRPOTrainer):
 
     def _start_explorer_request(self, plan: _MixPlan, prompt_ids: list[list[int]]) -> None:
         """Gather one request per group (from the process holding its slot 0) and start it on the main process."""
-        heads = [(key[0], list(prompt_ids[i]), _lookup_fields(plan.inputs[i]))
+        heads = [(key[0], self._explorer_prompt_ids(prompt_ids[i], plan.inputs[i]), _lookup_fields(plan.inputs[i]))
                  for i, key in enumerate(plan.local_slots) if key[1] == 0]
         all_heads = sorted(gather_object(heads), key=lambda h: h[0])
         if self.accelerator.is_main_process:
@@ -272,6 +272,18 @@ class S2LTrainer(GRPOTrainer):
                 rows[(group, slot)] = (ids, lps)
         plan.explorer_rows = rows
         plan.latency_s = latency
+
+    def _explorer_prompt_ids(self, learner_prompt_ids: list[int], example: dict[str, Any]) -> list[int]:
+        """The prompt in the explorer's tokens: the learner's ids when the tokenizers match, else re-rendered with
+        the explorer's own chat template (its special tokens may differ from the learner's)."""
+        explorer_tok = getattr(self, "_explorer_tokenizer", None)
+        if self.explorer_tokenizer_matches or explorer_tok is None:
+            return list(learner_prompt_ids)
+        prompt = example["prompt"]
+        if isinstance(prompt, list):
+            return list(explorer_tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=True, **self.chat_template_kwargs)["input_ids"])
+        return explorer_tok(prompt, add_special_tokens=False)["input_ids"]
 
     def _to_learner_tokens(self, ids: list[int], logps: list[float] | None) -> tuple[list[int], list[float] | None]:
         """Apply the learner's rules to an explorer completion: same tokenizer, EOS cut, length cap."""

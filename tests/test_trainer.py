@@ -249,3 +249,43 @@ def test_offline_draws_without_replacement_then_with_warning(tiny, tmp_path, cap
     # matching by prompt text when the data set has no prompt_id column
     row.pop("prompt_id")
     assert len(explorer.generate([[1]], 2, inputs=[row]).completion_ids) == 2
+
+
+@pytest.fixture(scope="module")
+def foreign_explorer(tiny, tmp_path_factory):
+    """An explorer with its own tokenizer (a different BPE vocabulary): ids cannot be shared with the learner."""
+    from s2l_trl.tiny import build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("foreign")
+    build_tokenizer(root / "tok", vocab_size=400, seed=7)
+    build_model(root / "explorer", root / "tok", hidden_size=32, num_layers=1, seed=3)
+    return root / "explorer"
+
+
+def test_mismatched_explorer_tokenizer_is_retokenized(tiny, tmp_path, foreign_explorer):
+    from transformers import AutoTokenizer
+
+    args = s2l_args(tmp_path, explorer_mode="local", explorer_model=str(foreign_explorer), mix_schedule="constant",
+                    mix_alpha_start=0.5, max_completion_length=12)
+    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+    assert trainer.explorer_tokenizer_matches is False
+    explorer_tok = AutoTokenizer.from_pretrained(foreign_explorer)
+    row = dict(tiny_dataset(tiny)[0])
+    # The explorer sees the prompt rendered by its own tokenizer, not the learner's ids.
+    expected_prompt = explorer_tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                                       return_dict=True)["input_ids"]
+    assert trainer._explorer_prompt_ids([1, 2, 3], row) == list(expected_prompt)
+    out = _mixed_batch(trainer, tiny)
+    ids = out["completion_ids"][out["s2l_is_explorer"]]
+    mask = out["completion_mask"][out["s2l_is_explorer"]].bool()
+    # Explorer completions arrive as learner tokens: decoding with the learner tokenizer and re-encoding is a fixpoint.
+    for row_ids, row_mask in zip(ids, mask):
+        tokens = row_ids[row_mask].tolist()
+        text = trainer.processing_class.decode(tokens, skip_special_tokens=True)
+        eos = [trainer.eos_token_ids[0]] if tokens and tokens[-1] == trainer.eos_token_ids[0] else []
+        assert trainer.processing_class(text, add_special_tokens=False)["input_ids"][:12 - len(eos)] + eos == tokens
+    assert "s2l/logp_gap" not in trainer._metrics["train"]  # explorer log-probs are dropped
+    with pytest.raises(ValueError, match="explorer_importance_sampling"):
+        S2LTrainer(str(tiny["learner"]), [digit_reward], train_dataset=tiny_dataset(tiny),
+                   args=s2l_args(tmp_path, explorer_mode="local", explorer_model=str(foreign_explorer),
+                                 explorer_importance_sampling="token_truncate"))
