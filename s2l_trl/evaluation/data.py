@@ -12,7 +12,7 @@ Hub sources (used when ``--data_dir`` is not given; the split and columns are ma
 | aime25         | ``yentinglin/aime_2025``         |                      | train      | problem / answer     |
 | math500        | ``HuggingFaceH4/MATH-500``       |                      | test       | problem / answer     |
 | olympiadbench  | ``Hothan/OlympiadBench``         | OE_TO_maths_en_COMP  | train      | question / final_answer[0] |
-| commonsenseqa  | ``tau/commonsense_qa``           |                      | validation | question, choices / answerKey |
+| commonsenseqa  | ``tau/commonsense_qa``           |                      | validation | question+choices / answerKey |
 """
 
 from __future__ import annotations

@@ -262,7 +262,8 @@ def run_extraction(args: EvalArguments, bench: str) -> Path:
             judge = make_judge(record["answer"], spec.kind, (record.get("choices") or {}).get("label"))
             verdicts = [judge.judge(text) for text in record["outputs"]]
             record = {**record, "predicted_answers": [v.predicted for v in verdicts],
-                      "correct": [v.correct for v in verdicts], "official_compat": [v.official_compat for v in verdicts]}
+                      "correct": [v.correct for v in verdicts],
+                      "official_compat": [v.official_compat for v in verdicts]}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp_path, out_path)  # never leave a half-written extraction file behind
     return out_path
