@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .jsonl import read_jsonl
+
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 # DAPO-Math-17k (the paper's training set): `prompt` is already a chat message list holding the full instruction,
@@ -14,10 +16,17 @@ DAPO_MATH_17K = "BytedTsinghua-SIA/DAPO-Math-17k"
 
 
 def load_prompt_dataset(name: str, config: str | None = None, split: str = "train"):
-    """A `datasets.Dataset` from a local JSONL/JSON/parquet/CSV file, a saved dataset directory, or a Hub id."""
+    """A `datasets.Dataset` from a local JSONL/JSON/parquet/CSV file, a saved dataset directory, or a Hub id.
+
+    A local JSONL file is read line by line, so a malformed line is an error naming the file and the line.
+    """
     import datasets
 
     path = Path(name)
+    if path.suffix == ".jsonl":  # read here so that a malformed line is an error naming file and line
+        if not path.exists():
+            raise FileNotFoundError(f"dataset file {name!r} does not exist.")
+        return datasets.Dataset.from_list(read_jsonl(path))
     if path.suffix in LOCAL_FORMATS:
         if not path.exists():
             raise FileNotFoundError(f"dataset file {name!r} does not exist.")

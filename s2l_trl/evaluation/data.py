@@ -17,10 +17,11 @@ Hub sources (used when ``--data_dir`` is not given; the split and columns are ma
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..jsonl import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -95,19 +96,8 @@ def read_benchmark_file(path: str | Path, spec: BenchmarkSpec) -> list[dict[str,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Benchmark file {str(path)!r} not found (expected <data_dir>/{spec.name}.jsonl).")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkDataError(f"{where}: malformed JSON ({exc.msg}).") from exc
-            if not isinstance(raw, dict):
-                raise BenchmarkDataError(f"{where}: expected a JSON object, got {type(raw).__name__}.")
-            rows.append(_normalize_row(raw, spec, where, local=True))
+    rows = [_normalize_row(raw, spec, f"{path}:{lineno}", local=True)
+            for lineno, raw in iter_jsonl(path, BenchmarkDataError)]
     if not rows:
         raise BenchmarkDataError(f"{path}: no problems found.")
     return rows

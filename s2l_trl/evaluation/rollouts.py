@@ -37,6 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..data import get_field, load_prompt_dataset
 from ..explorers.base import SamplingSettings
 from ..explorers.offline import prompt_text_key
 from .answers import MathJudge
@@ -54,54 +55,21 @@ MERGED_NAME = "rollouts.jsonl"
 def load_prompts(dataset: Any, split: str = "train", config: str | None = None) -> list[dict[str, Any]]:
     """Rows of a training data set given as rows, a `datasets.Dataset`, a local file/folder or a Hub id.
 
-    Local ``.jsonl``/``.json`` files are read line by line (a malformed line is an error naming file and line),
-    ``.parquet`` with `datasets`, a folder with ``datasets.load_from_disk``; anything else is a Hub dataset id.
+    Paths and Hub ids are read by :func:`s2l_trl.data.load_prompt_dataset`, the trainer's loader (a malformed JSONL
+    line is an error naming file and line).
     """
     if isinstance(dataset, list):
         return [dict(r) for r in dataset]
     if not isinstance(dataset, (str, os.PathLike)):  # a datasets.Dataset
         return [dict(r) for r in dataset]
-    path = Path(dataset)
-    if path.is_file() and path.suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg}).") from exc
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}.")
-                rows.append(row)
-        return rows
-    import datasets
-
-    if path.is_file() and path.suffix == ".parquet":
-        return [dict(r) for r in datasets.Dataset.from_parquet(str(path))]
-    if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-        return [dict(r) for r in ds]
-    return [dict(r) for r in datasets.load_dataset(str(dataset), config, split=split)]
-
-
-def _get(row: dict[str, Any], column: str) -> Any:
-    value: Any = row
-    for part in column.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(column)
-        value = value[part]
-    return value
+    return [dict(r) for r in load_prompt_dataset(str(dataset), config, split)]
 
 
 def _ground_truth(row: dict[str, Any], answer_column: str | None, where: str) -> str:
     columns = (answer_column,) if answer_column else _ANSWER_COLUMNS
     for column in columns:
         try:
-            value = _get(row, column)
+            value = get_field(row, column)
         except KeyError:
             continue
         if isinstance(value, list) and value:

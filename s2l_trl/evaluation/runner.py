@@ -26,6 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..explorers.base import SamplingSettings
+from ..jsonl import read_jsonl
 from .answers import make_judge
 from .data import DEFAULT_BENCHMARKS, get_spec, load_benchmark, user_turn
 from .engine import SamplingEngine, build_explorer
@@ -191,15 +192,7 @@ def _finished_problems(path: Path, rows: list[dict[str, Any]], k: int) -> int:
 def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {what}.")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg}).") from exc
-    return records
+    return read_jsonl(path)
 
 
 class _LazyEngine:

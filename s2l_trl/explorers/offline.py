@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..jsonl import iter_jsonl
 from .base import ExplorerError, ExplorerOutput
 
 logger = logging.getLogger(__name__)
@@ -43,16 +44,9 @@ def read_rollouts(path: str | Path) -> list[dict[str, Any]]:
             _check_row(row, f"{path} (row {i})")
         return rows
     rows = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ExplorerError(f"{path}:{lineno}: malformed JSON line ({exc.msg}).") from exc
-            _check_row(row, f"{path}:{lineno}")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path, ExplorerError):
+        _check_row(row, f"{path}:{lineno}")
+        rows.append(row)
     if not rows:
         raise ExplorerError(f"{path}: no rollouts found.")
     return rows
