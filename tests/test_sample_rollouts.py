@@ -126,3 +126,34 @@ def test_bad_inputs_are_named(tiny, tmp_path):
     with pytest.raises(ValueError, match="no answer column"):
         sample_rollouts([{"prompt": "a"}], tmp_path / "r3", engine=_scripted_engine(tiny, [{"prompt": "a",
                                                                                           "answer": "x"}]))
+
+
+def test_sampled_rollouts_train_s2l_trainer_offline(tiny, tmp_path):
+    """`s2l-sample` output is directly usable as `explorer_rollouts`: its responses become the explorer rows."""
+    from datasets import Dataset
+
+    from s2l_trl import S2LTrainer
+    from trainer_utils import digit_reward, logged, s2l_args
+
+    path = sample_main(["--model_path", str(tiny["explorer"]), "--dataset", str(tiny["dataset"]), "--output_dir",
+                        str(tmp_path / "r"), "--backend", "transformers", "--num_generations", "4", "--max_prompts",
+                        "4", "--max_tokens", "8"])
+    stored = {(r["prompt_id"], tuple(r["response_ids"])) for r in read_rollouts(path)}
+    dataset = Dataset.from_list(_rows(tiny, 4))
+    args = s2l_args(tmp_path, path, max_steps=2, mix_steps=2, explorer_model=str(tiny["explorer"]))
+    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=dataset)
+    seen = []
+    original = trainer._postprocess_mixed_batch
+
+    def record(output, plan):
+        original(output, plan)
+        for i, is_explorer in enumerate(plan.is_explorer):
+            if is_explorer:
+                ids = output["completion_ids"][i][output["completion_mask"][i].bool()].tolist()
+                seen.append((plan.inputs[i]["prompt_id"], tuple(ids)))
+
+    trainer._postprocess_mixed_batch = record
+    trainer.train()
+    assert logged(trainer, "s2l/alpha") == [1.0, 0.0]
+    assert len(seen) == 8 and all(item in stored for item in seen)  # 2 groups x G_w = 4, each a stored sample
+    assert len(logged(trainer, "s2l/logp_gap")) == 1  # the stored small_model_log_probs are used
