@@ -289,3 +289,44 @@ def test_mismatched_explorer_tokenizer_is_retokenized(tiny, tmp_path, foreign_ex
         S2LTrainer(str(tiny["learner"]), [digit_reward], train_dataset=tiny_dataset(tiny),
                    args=s2l_args(tmp_path, explorer_mode="local", explorer_model=str(foreign_explorer),
                                  explorer_importance_sampling="token_truncate"))
+
+
+class _HandshakeExplorer:
+    """Blocks until the learner has started generating, and makes the learner wait until it has started itself:
+    if the two ran one after the other, one side would time out."""
+
+    def __init__(self, inner, timeout: float = 20.0):
+        import threading
+
+        self.inner, self.timeout = inner, timeout
+        self.explorer_started, self.learner_started = threading.Event(), threading.Event()
+        self.thread_names = []
+
+    def generate(self, prompt_ids, n, inputs=None):
+        import threading
+
+        self.thread_names.append(threading.current_thread().name)
+        self.explorer_started.set()
+        if not self.learner_started.wait(self.timeout):
+            raise RuntimeError("learner generation did not start while the explorer request was in flight")
+        return self.inner.generate(prompt_ids, n, inputs=inputs)
+
+
+def test_explorer_request_overlaps_learner_generation(tiny, tmp_path, oracle):
+    explorer = _HandshakeExplorer(OfflineExplorer(oracle))
+    args = s2l_args(tmp_path, mix_schedule="constant", mix_alpha_start=0.5, explorer_mode="offline",
+                    explorer_rollouts=str(oracle))
+    trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny),
+                         explorer=explorer)
+    model_generate = trainer.model.generate
+
+    def learner_generate(*a, **kw):
+        explorer.learner_started.set()
+        if not explorer.explorer_started.wait(explorer.timeout):
+            raise RuntimeError("the explorer request had not started when the learner generated")
+        return model_generate(*a, **kw)
+
+    trainer.model.generate = learner_generate
+    out = _mixed_batch(trainer, tiny)
+    assert out["s2l_is_explorer"].sum() == 4
+    assert explorer.thread_names == ["s2l-explorer_0"]
