@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from trl import get_peft_config
 
 from s2l_trl import S2LTrainer
+from s2l_trl.cli.train import make_parser
 
 from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset
 
 peft = pytest.importorskip("peft")
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "s2l_po" / "config_cpu.yaml"
+LORA_FLAGS = ["--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
+              "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def _snapshot(named_params) -> dict[str, torch.Tensor]:
@@ -17,10 +24,12 @@ def _snapshot(named_params) -> dict[str, torch.Tensor]:
 
 
 def test_lora_trains_adapter_only_against_local_explorer(tiny, tmp_path):
-    # `s2l-train` builds this same LoraConfig from ModelConfig (`use_peft`, `lora_r`, `lora_target_modules`, ...)
-    # through `trl.get_peft_config`; here it is passed directly, as a notebook user would.
-    lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    # The LoraConfig exactly as `s2l-train` builds it: recipe + LoRA flags -> ModelConfig -> trl.get_peft_config.
+    _, _, model_args = make_parser().parse_args_and_config(["--config", str(RECIPE), *LORA_FLAGS])
+    lora = get_peft_config(model_args)
+    assert isinstance(lora, peft.LoraConfig)
+    assert (lora.r, lora.lora_alpha, lora.task_type) == (8, 16, "CAUSAL_LM")
+    assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     # beta > 0 so the KL term runs: with a PEFT learner TRL keeps no separate reference model and computes the
     # reference log-probs with the adapter disabled, which must be the untouched base model.
     args = s2l_args(tmp_path, explorer_mode="local", explorer_model=str(tiny["explorer"]), max_steps=3, mix_steps=3,
