@@ -89,6 +89,47 @@ def build_model(output_dir: str | Path, tokenizer_dir: str | Path, hidden_size: 
     return model
 
 
+def warm_start(model_dir: str | Path, steps: int = 150, batch_size: int = 32, lr: float = 3e-3, seed: int = 0) -> float:
+    """Teach a tiny model the answer format (`\\boxed{n}` then end of turn) by a short supervised run, in place.
+
+    A random tiny explorer earns no reward, which makes the demo's per-source rewards all zero; a format-trained one
+    earns the format reward from step 1 while the random learner does not, which is what S2L-PO is about: explorer
+    rows bring reward signal the learner cannot find yet. Returns the final loss.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    pairs = []
+    for row in make_addition_rows(2000, seed=seed + 1000):  # other problems than the training set's
+        prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+        answer = tok(f"\\boxed{{{row['solution']}}}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        pairs.append((list(prompt), answer))
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        batch = rng.sample(pairs, batch_size)
+        width = max(len(p) + len(a) for p, a in batch)
+        ids = torch.full((batch_size, width), tok.pad_token_id)
+        labels = torch.full((batch_size, width), -100)
+        attention = torch.zeros((batch_size, width), dtype=torch.long)
+        for i, (p, a) in enumerate(batch):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            attention[i, : len(p) + len(a)] = 1
+            labels[i, len(p): len(p) + len(a)] = torch.tensor(a)  # loss on the answer only
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(model_dir)
+    return float(loss)
+
+
 def make_addition_rows(n: int, seed: int = 0, max_operand: int = 99) -> list[dict]:
     """Conversational addition problems with string solutions, in the column layout of TRL's math data sets."""
     rng = random.Random(seed)
@@ -115,9 +156,11 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def build_tiny_setup(output_dir: str | Path, num_rows: int = 64, seed: int = 0) -> dict[str, Path]:
+def build_tiny_setup(output_dir: str | Path, num_rows: int = 64, seed: int = 0,
+                     warm_start_explorer_steps: int = 0) -> dict[str, Path]:
     """Build tokenizer, a learner (width 64), a smaller explorer (width 32) and an addition data set.
 
+    ``warm_start_explorer_steps > 0`` teaches the explorer the answer format first (:func:`warm_start`), for demos.
     Idempotent: existing artefacts in ``output_dir`` are reused, so repeated runs start fast.
     """
     output_dir = Path(output_dir)
@@ -133,6 +176,10 @@ def build_tiny_setup(output_dir: str | Path, num_rows: int = 64, seed: int = 0) 
         build_model(paths["learner"], paths["tokenizer"], hidden_size=64, num_layers=2, seed=seed)
     if not (paths["explorer"] / "config.json").exists():
         build_model(paths["explorer"], paths["tokenizer"], hidden_size=32, num_layers=1, seed=seed + 1)
+    marker = paths["explorer"] / "warm_start.json"
+    if warm_start_explorer_steps > 0 and not marker.exists():
+        loss = warm_start(paths["explorer"], steps=warm_start_explorer_steps, seed=seed)
+        marker.write_text(json.dumps({"steps": warm_start_explorer_steps, "final_loss": loss}))
     if not paths["dataset"].exists():
         write_jsonl(make_addition_rows(num_rows, seed=seed), paths["dataset"])
     return paths
@@ -145,8 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir", nargs="?", default=".tiny", help="where to build (default: .tiny)")
     parser.add_argument("--num_rows", type=int, default=64, help="rows of the addition data set")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warm_start_explorer_steps", type=int, default=0,
+                        help="supervised steps teaching the explorer the \\boxed{} answer format (demo)")
     args = parser.parse_args(argv)
-    for name, path in build_tiny_setup(args.output_dir, num_rows=args.num_rows, seed=args.seed).items():
+    built = build_tiny_setup(args.output_dir, num_rows=args.num_rows, seed=args.seed,
+                             warm_start_explorer_steps=args.warm_start_explorer_steps)
+    for name, path in built.items():
         print(f"{name}: {path}")
 
 

@@ -261,7 +261,7 @@ def test_offline_dry_run_samples_then_trains(tmp_path):
 
 def test_tiny_cpu_dry_run():
     build, server, train = dry_run("tiny_cpu.sh")
-    assert build == "python -m s2l_trl.tiny .tiny"
+    assert build == "python -m s2l_trl.tiny .tiny --warm_start_explorer_steps 150"
     assert server.startswith("VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model .tiny/explorer "
                              "--host 127.0.0.1 --port 8001 --dtype float32 --enforce_eager true")
     assert train == "s2l-train --config recipes/tiny/s2l_po/config_cpu.yaml"
