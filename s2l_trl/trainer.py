@@ -46,6 +46,7 @@ class _MixPlan:
     inputs: list[dict[str, Any]]
     used: bool = False  # the first generation call of the batch mixes; later ones are tool-loop continuations
     groups: list[int] | None = None  # global group indices of the explorer request, in request order
+    request: tuple | None = None  # (prompt_ids, n, inputs) of the explorer request
     future: Future | None = None
     explorer_rows: dict[tuple[int, int], tuple[list[int], list[float] | None]] | None = None
     latency_s: float = 0.0
@@ -246,17 +247,19 @@ class S2LTrainer(GRPOTrainer):
         heads = [(key[0], self._explorer_prompt_ids(prompt_ids[i], plan.inputs[i]), _lookup_fields(plan.inputs[i]))
                  for i, key in enumerate(plan.local_slots) if key[1] == 0]
         all_heads = sorted(gather_object(heads), key=lambda h: h[0])
-        if self.accelerator.is_main_process:
-            explorer = self.explorer
-            plan.future = self._explorer_pool.submit(
-                _timed_generate, explorer, [h[1] for h in all_heads], plan.g_w, [h[2] for h in all_heads])
         plan.groups = [h[0] for h in all_heads]
+        plan.request = ([h[1] for h in all_heads], plan.g_w, [h[2] for h in all_heads])
+        if self.accelerator.is_main_process and getattr(self.explorer, "runs_in_background", True):
+            plan.future = self._explorer_pool.submit(_timed_generate, self.explorer, *plan.request)
 
     def _finish_explorer_request(self, plan: _MixPlan) -> None:
         payload: list[Any] = [None]
         if self.accelerator.is_main_process:
             try:
-                output, latency = plan.future.result()
+                if plan.future is not None:
+                    output, latency = plan.future.result()
+                else:
+                    output, latency = self._generate_in_foreground(plan)
                 payload = [(output.completion_ids, output.logprobs, latency, None)]
             except Exception as exc:  # re-raised on every process below, so no rank hangs in a collective
                 payload = [(None, None, 0.0, f"{type(exc).__name__}: {exc}")]
@@ -284,6 +287,18 @@ class S2LTrainer(GRPOTrainer):
             return list(explorer_tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
                                                          return_dict=True, **self.chat_template_kwargs)["input_ids"])
         return explorer_tok(prompt, add_special_tokens=False)["input_ids"]
+
+    def _generate_in_foreground(self, plan: _MixPlan) -> tuple[ExplorerOutput, float]:
+        """Run an explorer that samples with torch's global generator (an in-process model) after the learner.
+
+        In a background thread it would race the learner for that generator and make runs irreproducible; here it
+        runs on a generator forked and seeded per step, so the learner's random stream is the one it would have
+        without the explorer.
+        """
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.args.seed * 1_000_003 + plan.step)
+            return _timed_generate(self.explorer, *plan.request)
 
     def _to_learner_tokens(self, ids: list[int], logps: list[float] | None) -> tuple[list[int], list[float] | None]:
         """Apply the learner's rules to an explorer completion: same tokenizer, EOS cut, length cap."""

@@ -330,3 +330,16 @@ def test_explorer_request_overlaps_learner_generation(tiny, tmp_path, oracle):
     out = _mixed_batch(trainer, tiny)
     assert out["s2l_is_explorer"].sum() == 4
     assert explorer.thread_names == ["s2l-explorer_0"]
+
+
+def test_local_explorer_runs_are_reproducible(tiny, tmp_path):
+    """The in-process explorer samples on a forked, per-step seeded generator: same seed, same run."""
+
+    def run(name):
+        args = s2l_args(tmp_path / name, explorer_mode="local", explorer_model=str(tiny["explorer"]), max_steps=3,
+                        mix_steps=3)
+        trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+        trainer.train()
+        return [logged(trainer, k) for k in ("s2l/reward/explorer", "s2l/reward/learner", "loss")]
+
+    assert run("a") == run("b")

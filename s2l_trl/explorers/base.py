@@ -42,6 +42,9 @@ class Explorer(Protocol):
 
     ``prompt_ids`` are token ids in the learner's tokenizer. ``inputs`` are the data-set rows the prompts come from
     (one per prompt), for backends that look completions up rather than sample them (offline rollouts).
+
+    The trainer runs ``generate`` in a background thread, overlapping the learner's generation, unless the backend
+    sets ``runs_in_background = False`` (one that samples with torch's global random generator).
     """
 
     def generate(self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None

@@ -13,6 +13,9 @@ from .base import ExplorerOutput, SamplingSettings
 class LocalExplorer:
     """Samples with ``model.generate`` under ``torch.no_grad`` in eval mode; the model is never trained.
 
+    It samples with torch's global random generator, so the trainer runs it in the foreground on a forked,
+    per-step seeded generator (``runs_in_background = False``) rather than in a thread racing the learner.
+
     Args:
         model: a causal LM or a model id/path (loaded with ``AutoModelForCausalLM``).
         tokenizer: tokenizer of the explorer (its pad/eos ids are used); loaded from ``model`` when omitted.
@@ -20,6 +23,8 @@ class LocalExplorer:
         batch_size: rows generated per ``generate`` call, to bound memory.
         device: where the model runs (default: where it already is).
     """
+
+    runs_in_background = False
 
     def __init__(self, model, tokenizer=None, sampling: SamplingSettings | None = None, batch_size: int = 64,
                  device: str | torch.device | None = None, model_init_kwargs: dict | None = None):
