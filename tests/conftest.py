@@ -15,6 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_EVAL_DATA = REPO.parent / "shared" / "data" / "eval"
 
 
+def pytest_collection_modifyitems(config, items):
+    # Tests that start their own in-process vLLM engine run before anything starts the session's explorer server:
+    # two vLLM engines at once would overload this 2-core CPU (such a test skips if it finds the server up).
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_vllm_engine") else 1)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """Tokenizer, learner (width 64), explorer (width 32) and an addition data set, all built locally."""

@@ -1,6 +1,6 @@
 """`s2l-eval` and `s2l-sample` on the vLLM backends: in-process engine (CPU) and the real explorer server.
 
-The in-process test runs first and in its own process, so that it never overlaps the session's explorer server:
+The in-process test runs first (conftest orders `own_vllm_engine` tests first) and in its own process, so that it never overlaps the session's explorer server:
 at most one vLLM engine is alive at a time on this small CPU.
 """
 
@@ -34,6 +34,7 @@ def _server_running(request) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.own_vllm_engine
 def test_vllm_inprocess_backend_end_to_end(tiny, tmp_path, request):
     if _server_running(request):
         pytest.skip("the session's explorer server is already up; a second vLLM engine would overload this CPU "
