@@ -8,8 +8,9 @@ from collections.abc import Callable
 from trl.rewards import accuracy_reward as _trl_accuracy_reward
 from trl.rewards import think_format_reward
 
+from .evaluation.answers import extract_math_answer
+
 _BOXED = re.compile(r"\\boxed\{")
-_ANSWER_LINE = re.compile(r"Answer:\s*(.+)")
 
 
 def _as_messages(completions: list) -> list[list[dict[str, str]]]:
@@ -34,10 +35,10 @@ def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[fl
     rewards = _trl_accuracy_reward(messages, gold, **kwargs)
     for i, (message, reward) in enumerate(zip(messages, rewards)):
         text = message[0]["content"]
-        if reward == 0.0 and not _BOXED.search(text) and (match := _ANSWER_LINE.findall(text)):
+        if reward == 0.0 and not _BOXED.search(text) and (answer := extract_math_answer(text)):
             # Boxing the answer lets TRL's (boxed-first) extraction judge it with the same math-verify settings.
-            answer = [[{"role": "assistant", "content": f"\\boxed{{{match[-1].strip().strip('$')}}}"}]]
-            rewards[i] = _trl_accuracy_reward(answer, [gold[i]])[0]
+            rewards[i] = _trl_accuracy_reward([[{"role": "assistant", "content": f"\\boxed{{{answer}}}"}]],
+                                              [gold[i]])[0]
     return rewards
 
 
