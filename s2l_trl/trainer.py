@@ -267,12 +267,14 @@ class S2LTrainer(GRPOTrainer):
         completion_ids, logprobs, latency, error = payload[0]
         if error is not None:
             raise ExplorerError(f"Explorer generation failed at step {plan.step}: {error}")
+        # Every process receives the whole answer (as TRL's vLLM-server path does) but converts only its own rows.
+        position = {group: k for k, group in enumerate(plan.groups)}
         rows: dict[tuple[int, int], tuple[list[int], list[float] | None]] = {}
-        for k, group in enumerate(plan.groups):
-            for slot in range(plan.g_w):
-                r = k * plan.g_w + slot
-                ids, lps = self._to_learner_tokens(completion_ids[r], None if logprobs is None else logprobs[r])
-                rows[(group, slot)] = (ids, lps)
+        for (group, slot), is_explorer in zip(plan.local_slots, plan.is_explorer):
+            if is_explorer:
+                r = position[group] * plan.g_w + slot
+                rows[(group, slot)] = self._to_learner_tokens(completion_ids[r],
+                                                              None if logprobs is None else logprobs[r])
         plan.explorer_rows = rows
         plan.latency_s = latency
 
