@@ -28,3 +28,18 @@ def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterato
 def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> list[dict[str, Any]]:
     """All objects of a JSONL file (see :func:`iter_jsonl`)."""
     return [row for _, row in iter_jsonl(path, error)]
+
+
+def drop_torn_tail(path: str | Path) -> bool:
+    """Cut a last line that a killed writer left without its newline; return whether one was cut.
+
+    Appending writers flush whole lines, so anything after the last newline is a half-written record.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    complete_end = data.rfind(b"\n") + 1
+    if complete_end == len(data):
+        return False
+    with path.open("r+b") as f:
+        f.truncate(complete_end)
+    return True

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..data import get_field, load_prompt_dataset
 from ..explorers.base import SamplingSettings
+from ..jsonl import drop_torn_tail, read_jsonl
 from ..explorers.offline import prompt_text_key
 from .answers import MathJudge
 from .engine import SamplingEngine, build_explorer
@@ -94,18 +95,8 @@ def _completed_prompts(path: Path, num_generations: int) -> set[str]:
     """Prompt ids with all G samples in ``path``; a torn last line and incomplete prompts are removed."""
     if not path.exists():
         return set()
-    lines, torn = [], False
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.endswith("\n"):
-                torn = True  # written by a killed process: drop
-                break
-            if not line.strip():
-                continue
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: malformed JSON in earlier rollouts ({exc.msg}).") from exc
+    drop_torn_tail(path)  # written by a killed process
+    lines = read_jsonl(path)
     counts = Counter(str(row["prompt_id"]) for row in lines)
     too_many = [pid for pid, c in counts.items() if c > num_generations]
     if too_many:
@@ -113,8 +104,8 @@ def _completed_prompts(path: Path, num_generations: int) -> set[str]:
                          f"num_generations={num_generations}; it was made with other settings.")
     complete = {pid for pid, c in counts.items() if c == num_generations}
     kept = [row for row in lines if str(row["prompt_id"]) in complete]
-    if torn or len(kept) != len(lines):
-        # Rewrite without the torn line and the partly written prompt, which will be sampled again.
+    if len(kept) != len(lines):
+        # Rewrite without the partly written prompt, which will be sampled again.
         tmp = path.with_suffix(".jsonl.tmp")
         with tmp.open("w", encoding="utf-8") as f:
             for row in kept:

@@ -26,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..explorers.base import SamplingSettings
-from ..jsonl import read_jsonl
+from ..jsonl import drop_torn_tail, iter_jsonl, read_jsonl
 from .answers import make_judge
 from .data import DEFAULT_BENCHMARKS, get_spec, load_benchmark, user_turn
 from .engine import SamplingEngine, build_explorer
@@ -167,19 +167,9 @@ def _finished_problems(path: Path, rows: list[dict[str, Any]], k: int) -> int:
     """Problems already in a raw file; drops a half-written last line left by a killed run."""
     if not path.exists():
         return 0
-    data = path.read_bytes()
-    complete_end = data.rfind(b"\n") + 1
-    if complete_end < len(data):  # the process died mid-line: keep whole lines only
-        with path.open("r+b") as f:
-            f.truncate(complete_end)
+    drop_torn_tail(path)
     done = 0
-    for lineno, line in enumerate(data[:complete_end].decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: malformed JSON in an earlier run's raw outputs ({exc.msg}).") from exc
+    for lineno, record in iter_jsonl(path):
         if done >= len(rows) or record.get("question") != rows[done]["question"]:
             raise ValueError(f"{path}:{lineno}: this raw file was written for different problems than the "
                              "benchmark being evaluated; use another --timestamp or --output_root.")
