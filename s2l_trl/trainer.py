@@ -455,8 +455,7 @@ class S2LTrainer(GRPOTrainer):
             outside = (weight < (-math.inf if lo is None else lo)) | (weight > (math.inf if hi is None else hi))
             weight = weight.masked_fill(outside, 0.0)
         weight = torch.where(is_explorer.unsqueeze(1), weight, torch.ones_like(weight))
-        sel = mask.any(dim=1) if mode.startswith("sequence") else None
-        flat = weight[is_explorer][:, :1].flatten() if sel is not None else weight[mask]
+        flat = weight[is_explorer][:, 0] if mode.startswith("sequence") else weight[mask]
         stats = gather(torch.stack([flat.mean() if flat.numel() else torch.tensor(float("nan"), device=device)]))
         self._metrics["train"]["s2l/explorer_is_weight/mean"].append(torch.nanmean(stats).item())
         # A non-negative per-token weight on the advantage equals a weight on the per-token policy loss for every
