@@ -18,6 +18,8 @@ class MixProgressCallback(TrainerCallback):
             return "   -  " if value is None else f"{value:6.3f}"
 
         # tqdm.write keeps the line intact next to the Trainer's progress bar.
-        tqdm.write(f"[s2l] step {state.global_step:>4} | alpha {fmt('s2l/alpha')} | explorer fraction "
-              f"{fmt('s2l/explorer_fraction')} | reward {fmt('reward')} | explorer {fmt('s2l/reward/explorer')} | "
-              f"learner {fmt('s2l/reward/learner')}")
+        tqdm.write(
+            f"[s2l] step {state.global_step:>4} | alpha {fmt('s2l/alpha')} | explorer fraction "
+            f"{fmt('s2l/explorer_fraction')} | reward {fmt('reward')} | explorer {fmt('s2l/reward/explorer')} | "
+            f"learner {fmt('s2l/reward/learner')}"
+        )

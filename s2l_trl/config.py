@@ -138,8 +138,9 @@ class S2LConfig(GRPOConfig):
 
     def __post_init__(self):
         # Checked before GRPOConfig's own checks so that every error names the offending field.
-        validate_schedule(self.mix_schedule, self.mix_steps, self.mix_alpha_start, self.mix_alpha_end,
-                          self.num_generations)
+        validate_schedule(
+            self.mix_schedule, self.mix_steps, self.mix_alpha_start, self.mix_alpha_end, self.num_generations
+        )
         super().__post_init__()
         if self.explorer_mode not in EXPLORER_MODES:
             raise ValueError(f"explorer_mode must be one of {EXPLORER_MODES}, got {self.explorer_mode!r}.")
@@ -148,14 +149,19 @@ class S2LConfig(GRPOConfig):
         if self.explorer_mode == "offline" and not self.explorer_rollouts:
             raise ValueError("explorer_rollouts is required when explorer_mode='offline' (a JSONL/parquet path).")
         if self.explorer_importance_sampling not in EXPLORER_IS_MODES:
-            raise ValueError(f"explorer_importance_sampling must be one of {EXPLORER_IS_MODES}, got "
-                             f"{self.explorer_importance_sampling!r}.")
+            raise ValueError(
+                f"explorer_importance_sampling must be one of {EXPLORER_IS_MODES}, got "
+                f"{self.explorer_importance_sampling!r}."
+            )
         if self.advantage_grouping not in ADVANTAGE_GROUPINGS:
-            raise ValueError(f"advantage_grouping must be one of {ADVANTAGE_GROUPINGS}, got "
-                             f"{self.advantage_grouping!r}.")
+            raise ValueError(
+                f"advantage_grouping must be one of {ADVANTAGE_GROUPINGS}, got {self.advantage_grouping!r}."
+            )
         if self.advantage_grouping == "per_source" and self.multi_objective_aggregation != "sum_then_normalize":
-            raise ValueError("advantage_grouping='per_source' needs multi_objective_aggregation='sum_then_normalize', "
-                             f"got {self.multi_objective_aggregation!r}.")
+            raise ValueError(
+                "advantage_grouping='per_source' needs multi_objective_aggregation='sum_then_normalize', "
+                f"got {self.multi_objective_aggregation!r}."
+            )
         if not 0.0 < self.explorer_top_p <= 1.0:
             raise ValueError(f"explorer_top_p must be in (0, 1], got {self.explorer_top_p!r}.")
         if self.explorer_temperature < 0.0:

@@ -49,9 +49,14 @@ def get_field(row: dict[str, Any], column: str) -> Any:
     return value
 
 
-def to_conversational(row: dict[str, Any], prompt_column: str = "prompt", solution_column: str = "solution",
-                      prompt_id_column: str | None = None, prompt_template: str | None = None,
-                      system_prompt: str | None = None) -> dict[str, Any]:
+def to_conversational(
+    row: dict[str, Any],
+    prompt_column: str = "prompt",
+    solution_column: str = "solution",
+    prompt_id_column: str | None = None,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
+) -> dict[str, Any]:
     """Map a raw row to `{"prompt": [messages], "solution": str, "prompt_id": str?}`.
 
     A string prompt becomes a user turn (formatted by `prompt_template`, a `str.format` pattern with `{prompt}`),
@@ -60,7 +65,7 @@ def to_conversational(row: dict[str, Any], prompt_column: str = "prompt", soluti
     prompt = get_field(row, prompt_column)
     if isinstance(prompt, str):
         text = prompt_template.format(prompt=prompt) if prompt_template else prompt
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         prompt = messages + [{"role": "user", "content": text}]
     out = {"prompt": prompt, "solution": str(get_field(row, solution_column))}
     if prompt_id_column:

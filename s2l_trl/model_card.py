@@ -75,8 +75,9 @@ def s2l_model_card_metadata(args) -> dict[str, Any]:
         "explorer_off_policy_mask": args.explorer_off_policy_mask,
         "advantage_grouping": args.advantage_grouping,
         # The learner's own rows keep TRL's vLLM importance sampling; record it next to the explorer's policy.
-        "learner_importance_sampling": (args.vllm_importance_sampling_mode
-                                        if args.use_vllm and args.vllm_importance_sampling_correction else "none"),
+        "learner_importance_sampling": (
+            args.vllm_importance_sampling_mode if args.use_vllm and args.vllm_importance_sampling_correction else "none"
+        ),
         "loss_type": args.loss_type,
         "beta": args.beta,
         "paper": f"arXiv:{S2L_PAPER_ID}",
@@ -118,9 +119,12 @@ def s2l_model_card_section(args) -> str:
         f"{'' if args.explorer_top_k is None else f', top-k {args.explorer_top_k}'}, "
         f"max tokens {args.explorer_max_tokens} |",
         f"| Explorer importance sampling | `{args.explorer_importance_sampling}`"
-        + ("" if args.explorer_importance_sampling == "none" else
-           f" (clip min {args.explorer_importance_sampling_clip_min}, "
-           f"max {args.explorer_importance_sampling_clip_max})")
+        + (
+            ""
+            if args.explorer_importance_sampling == "none"
+            else f" (clip min {args.explorer_importance_sampling_clip_min}, "
+            f"max {args.explorer_importance_sampling_clip_max})"
+        )
         + f"; off-policy mask on explorer rows: {args.explorer_off_policy_mask} |",
         f"| Learner importance sampling | `{meta['learner_importance_sampling']}` |",
         f"| Advantage grouping | `{args.advantage_grouping}` |",
@@ -129,9 +133,13 @@ def s2l_model_card_section(args) -> str:
     if args.explorer_mode == "offline":
         lines.append(f"| Offline rollouts | `{args.explorer_rollouts}` |")
     rows = explorer_rows_per_step(args)
-    lines += ["", "Explorer rows per group (`G_w`) at the first optimizer steps: "
-              + ", ".join(f"step {s}: {g}" for s, _, g in rows)
-              + (", ..." if args.mix_steps + 1 > len(rows) else "") + "."]
+    lines += [
+        "",
+        "Explorer rows per group (`G_w`) at the first optimizer steps: "
+        + ", ".join(f"step {s}: {g}" for s, _, g in rows)
+        + (", ..." if args.mix_steps + 1 > len(rows) else "")
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -151,7 +159,7 @@ def add_s2l_provenance(card, args):
         end_framework = text.find("\n### Framework versions", start + 1)
         ends = [e for e in (end, end_framework) if e != -1]
         end = min(ends) if ends else len(text)
-        text = text[:start] + section + "\n" + text[end + 1:]
+        text = text[:start] + section + "\n" + text[end + 1 :]
     elif "### Framework versions" in text:
         text = text.replace("### Framework versions", section + "\n### Framework versions", 1)
     else:
@@ -167,10 +175,18 @@ def add_s2l_provenance(card, args):
     return card
 
 
-def build_s2l_model_card(args, *, base_model: str | None = None, model_name: str | None = None,
-                         hub_model_id: str | None = None, dataset_name: str | None = None,
-                         tags: list[str] | None = None, wandb_url: str | None = None, trackio_url: str | None = None,
-                         comet_url: str | None = None):
+def build_s2l_model_card(
+    args,
+    *,
+    base_model: str | None = None,
+    model_name: str | None = None,
+    hub_model_id: str | None = None,
+    dataset_name: str | None = None,
+    tags: list[str] | None = None,
+    wandb_url: str | None = None,
+    trackio_url: str | None = None,
+    comet_url: str | None = None,
+):
     """TRL's model card (`trl.trainer.utils.generate_model_card`) for an S2L-PO run, with the provenance added.
 
     Pure: no trainer, no network. `create_s2l_model_card` is the trainer-facing variant.
@@ -178,15 +194,25 @@ def build_s2l_model_card(args, *, base_model: str | None = None, model_name: str
     from trl.trainer.utils import generate_model_card
 
     card = generate_model_card(
-        base_model=base_model, model_name=model_name, hub_model_id=hub_model_id, dataset_name=dataset_name,
-        tags=[S2L_TAG, *(tags or [])], wandb_url=wandb_url, trackio_url=trackio_url, comet_url=comet_url,
-        trainer_name="S2L-PO", trainer_citation=S2L_CITATION, paper_title=S2L_PAPER_TITLE, paper_id=S2L_PAPER_ID,
+        base_model=base_model,
+        model_name=model_name,
+        hub_model_id=hub_model_id,
+        dataset_name=dataset_name,
+        tags=[S2L_TAG, *(tags or [])],
+        wandb_url=wandb_url,
+        trackio_url=trackio_url,
+        comet_url=comet_url,
+        trainer_name="S2L-PO",
+        trainer_citation=S2L_CITATION,
+        paper_title=S2L_PAPER_TITLE,
+        paper_id=S2L_PAPER_ID,
     )
     return add_s2l_provenance(card, args)
 
 
-def create_s2l_model_card(trainer, model_name: str | None = None, dataset_name: str | None = None,
-                          tags: str | list[str] | None = None) -> None:
+def create_s2l_model_card(
+    trainer, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+) -> None:
     """`create_model_card` for `S2LTrainer`: TRL's own card (links, versions, Hub ids), then the S2L-PO provenance.
 
     Runs TRL's `_BaseTrainer.create_model_card` unchanged (so W&B/Trackio/Comet links, `hf_jobs`/unsloth tags and
@@ -197,8 +223,7 @@ def create_s2l_model_card(trainer, model_name: str | None = None, dataset_name: 
     from trl.trainer.base_trainer import _BaseTrainer
 
     tags = [tags] if isinstance(tags, str) else list(tags or [])
-    _BaseTrainer.create_model_card(trainer, model_name=model_name, dataset_name=dataset_name,
-                                   tags=[S2L_TAG, *tags])
+    _BaseTrainer.create_model_card(trainer, model_name=model_name, dataset_name=dataset_name, tags=[S2L_TAG, *tags])
     if not trainer.is_world_process_zero():
         return
     path = os.path.join(trainer.args.output_dir, "README.md")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from trl.rewards import accuracy_reward as _trl_accuracy_reward
 from trl.rewards import think_format_reward
 
-from .evaluation.answers import extract_math_answer
+from .answers import extract_math_answer
 
 _BOXED = re.compile(r"\\boxed\{")
 
@@ -37,8 +37,9 @@ def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[fl
         text = message[0]["content"]
         if reward == 0.0 and not _BOXED.search(text) and (answer := extract_math_answer(text)):
             # Boxing the answer lets TRL's (boxed-first) extraction judge it with the same math-verify settings.
-            rewards[i] = _trl_accuracy_reward([[{"role": "assistant", "content": f"\\boxed{{{answer}}}"}]],
-                                              [gold[i]])[0]
+            rewards[i] = _trl_accuracy_reward([[{"role": "assistant", "content": f"\\boxed{{{answer}}}"}]], [gold[i]])[
+                0
+            ]
     return rewards
 
 

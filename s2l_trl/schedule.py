@@ -30,13 +30,12 @@ def validate_schedule(
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
     if num_generations is not None and num_generations < 2:
-        raise ValueError(
-            f"num_generations (G) must be >= 2 for group-relative advantages, got {num_generations!r}."
-        )
+        raise ValueError(f"num_generations (G) must be >= 2 for group-relative advantages, got {num_generations!r}.")
 
 
-def mix_alpha(step: int, schedule: str = "linear", mix_steps: int = 8, alpha_start: float = 1.0,
-              alpha_end: float = 0.0) -> float:
+def mix_alpha(
+    step: int, schedule: str = "linear", mix_steps: int = 8, alpha_start: float = 1.0, alpha_end: float = 0.0
+) -> float:
     """Explorer fraction ``alpha_i`` at optimizer step ``step`` (1-based).
 
     ``linear`` interpolates from ``alpha_start`` at step 1 to ``alpha_end`` at step ``mix_steps``; ``cosine``
@@ -69,8 +68,9 @@ def split_group(alpha: float, num_generations: int) -> tuple[int, int]:
 AlphaFn = Callable[[int], float]
 
 
-def make_alpha_fn(schedule: str | AlphaFn, mix_steps: int = 8, alpha_start: float = 1.0,
-                  alpha_end: float = 0.0) -> AlphaFn:
+def make_alpha_fn(
+    schedule: str | AlphaFn, mix_steps: int = 8, alpha_start: float = 1.0, alpha_end: float = 0.0
+) -> AlphaFn:
     """Return ``step -> alpha`` for a named schedule, or wrap a user callable so its values are checked."""
     if callable(schedule):
         user_fn = schedule
@@ -78,8 +78,9 @@ def make_alpha_fn(schedule: str | AlphaFn, mix_steps: int = 8, alpha_start: floa
         def checked(step: int) -> float:
             alpha = float(user_fn(step))
             if not 0.0 <= alpha <= 1.0:
-                raise ValueError(f"The mix_schedule callable returned alpha={alpha!r} at step {step}; "
-                                 "expected a value in [0, 1].")
+                raise ValueError(
+                    f"The mix_schedule callable returned alpha={alpha!r} at step {step}; expected a value in [0, 1]."
+                )
             return alpha
 
         return checked

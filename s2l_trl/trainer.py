@@ -74,17 +74,30 @@ class S2LTrainer(GRPOTrainer):
     _name = "S2L-PO"
     _paper = S2L_PAPER
 
-    def __init__(self, model, reward_funcs=None, args: S2LConfig | None = None, *pargs,
-                 explorer: Explorer | None = None, mix_schedule: Callable[[int], float] | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: S2LConfig | None = None,
+        *pargs,
+        explorer: Explorer | None = None,
+        mix_schedule: Callable[[int], float] | None = None,
+        **kwargs,
+    ):
         if args is None:
-            raise ValueError("S2LTrainer needs an S2LConfig (`args=S2LConfig(...)`): it holds the explorer and the "
-                             "mixing schedule.")
+            raise ValueError(
+                "S2LTrainer needs an S2LConfig (`args=S2LConfig(...)`): it holds the explorer and the mixing schedule."
+            )
         if not isinstance(args, S2LConfig):
             raise TypeError(f"S2LTrainer needs `args` to be an S2LConfig, got {type(args).__name__}.")
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
 
-        self.alpha_fn = make_alpha_fn(mix_schedule if mix_schedule is not None else args.mix_schedule,
-                                      args.mix_steps, args.mix_alpha_start, args.mix_alpha_end)
+        self.alpha_fn = make_alpha_fn(
+            mix_schedule if mix_schedule is not None else args.mix_schedule,
+            args.mix_steps,
+            args.mix_alpha_start,
+            args.mix_alpha_end,
+        )
         self._mix_plan: _MixPlan | None = None
         self._last_rewards_per_func: torch.Tensor | None = None
         self._s2l_loss_inputs: dict[str, Any] | None = None
@@ -93,22 +106,30 @@ class S2LTrainer(GRPOTrainer):
         # Multi-turn tool loops and custom rollouts continue completions with the learner, so the explorer is off.
         self.mixing_enabled = not (self.tools or self.rollout_func is not None or self.environment_factories)
         if not self.mixing_enabled:
-            logger.warning("S2LTrainer: tools, environments or a rollout_func are set; these loops use the learner "
-                           "only, so no explorer rows are mixed in (plain GRPO).")
-        if (self.use_vllm and args.vllm_mode == "colocate" and args.vllm_tensor_parallel_size > 1
-                and (args.per_device_train_batch_size * args.steps_per_generation) % self.num_generations != 0):
+            logger.warning(
+                "S2LTrainer: tools, environments or a rollout_func are set; these loops use the learner "
+                "only, so no explorer rows are mixed in (plain GRPO)."
+            )
+        if (
+            self.use_vllm
+            and args.vllm_mode == "colocate"
+            and args.vllm_tensor_parallel_size > 1
+            and (args.per_device_train_batch_size * args.steps_per_generation) % self.num_generations != 0
+        ):
             raise ValueError(
                 "With vllm_mode='colocate' and vllm_tensor_parallel_size > 1, every process must hold whole groups "
                 "so that tensor-parallel ranks generate equal numbers of learner rows: make "
                 "per_device_train_batch_size * steps_per_generation a multiple of num_generations "
                 f"(got {args.per_device_train_batch_size} * {args.steps_per_generation} and "
-                f"{self.num_generations}).")
+                f"{self.num_generations})."
+            )
 
         self.explorer_tokenizer_matches = self._check_explorer_tokenizer()
         if args.explorer_importance_sampling != "none" and not self.explorer_tokenizer_matches:
             raise ValueError(
                 f"explorer_importance_sampling={args.explorer_importance_sampling!r} needs explorer log-probs, which "
-                "are unusable when the explorer tokenizer differs from the learner's; use 'none'.")
+                "are unusable when the explorer tokenizer differs from the learner's; use 'none'."
+            )
         # The explorer is built on the main process only (it serves the whole global batch); building it must not
         # consume the torch RNG, so that alpha=0 reproduces GRPOTrainer exactly.
         self.explorer: Explorer | None = None
@@ -119,26 +140,42 @@ class S2LTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ set-up
     def _explorer_sampling(self) -> SamplingSettings:
         a = self.args
-        return SamplingSettings(temperature=a.explorer_temperature, top_p=a.explorer_top_p, top_k=a.explorer_top_k,
-                                max_tokens=a.explorer_max_tokens, seed=None)
+        return SamplingSettings(
+            temperature=a.explorer_temperature,
+            top_p=a.explorer_top_p,
+            top_k=a.explorer_top_k,
+            max_tokens=a.explorer_max_tokens,
+            seed=None,
+        )
 
     def _build_explorer(self) -> Explorer:
         a = self.args
         if a.explorer_mode == "server":
             from .explorers import ServerExplorer
 
-            return ServerExplorer(a.explorer_server_base_url, self._explorer_sampling(),
-                                  startup_timeout=a.explorer_server_timeout,
-                                  request_timeout=a.explorer_request_timeout, max_retries=a.explorer_max_retries)
+            return ServerExplorer(
+                a.explorer_server_base_url,
+                self._explorer_sampling(),
+                startup_timeout=a.explorer_server_timeout,
+                request_timeout=a.explorer_request_timeout,
+                max_retries=a.explorer_max_retries,
+            )
         if a.explorer_mode == "offline":
             from .explorers import OfflineExplorer
 
-            return OfflineExplorer(a.explorer_rollouts, seed=a.seed,
-                                   retokenize_with=None if self.explorer_tokenizer_matches else self._tokenizer)
+            return OfflineExplorer(
+                a.explorer_rollouts,
+                seed=a.seed,
+                retokenize_with=None if self.explorer_tokenizer_matches else self._tokenizer,
+            )
         from .explorers import LocalExplorer
 
-        return LocalExplorer(a.explorer_model, sampling=self._explorer_sampling(), device=self.accelerator.device,
-                             model_init_kwargs=a.model_init_kwargs if isinstance(a.model_init_kwargs, dict) else None)
+        return LocalExplorer(
+            a.explorer_model,
+            sampling=self._explorer_sampling(),
+            device=self.accelerator.device,
+            model_init_kwargs=a.model_init_kwargs if isinstance(a.model_init_kwargs, dict) else None,
+        )
 
     def _check_explorer_tokenizer(self) -> bool:
         """True when explorer token ids can be used as learner token ids (same vocabulary and special tokens)."""
@@ -149,15 +186,23 @@ class S2LTrainer(GRPOTrainer):
         try:
             explorer_tok = AutoTokenizer.from_pretrained(self.args.explorer_model)
         except Exception as exc:  # an offline run may name an explorer that is not available here
-            logger.warning("Could not load the explorer tokenizer %r (%s); assuming it matches the learner's.",
-                           self.args.explorer_model, exc)
+            logger.warning(
+                "Could not load the explorer tokenizer %r (%s); assuming it matches the learner's.",
+                self.args.explorer_model,
+                exc,
+            )
             return True
         self._explorer_tokenizer = explorer_tok
-        same = explorer_tok.get_vocab() == self._tokenizer.get_vocab() and \
-            explorer_tok.eos_token_id == self._tokenizer.eos_token_id
+        same = (
+            explorer_tok.get_vocab() == self._tokenizer.get_vocab()
+            and explorer_tok.eos_token_id == self._tokenizer.eos_token_id
+        )
         if not same:
-            logger.warning("The explorer tokenizer (%s) differs from the learner's: explorer completions are "
-                           "decoded and re-tokenized, and their log-probs dropped.", self.args.explorer_model)
+            logger.warning(
+                "The explorer tokenizer (%s) differs from the learner's: explorer completions are "
+                "decoded and re-tokenized, and their log-probs dropped.",
+                self.args.explorer_model,
+            )
         return same
 
     # ------------------------------------------------------------------ schedule
@@ -190,19 +235,22 @@ class S2LTrainer(GRPOTrainer):
         # every process a contiguous slice, so a row's group and slot follow from its global index.
         local_slots = [divmod(start + i, G) for i in range(len(inputs))]
         is_explorer = [slot < g_w for _, slot in local_slots]
-        return _MixPlan(step=step, alpha=alpha, g_w=g_w, g_s=g_s, is_explorer=is_explorer, local_slots=local_slots,
-                        inputs=inputs)
+        return _MixPlan(
+            step=step, alpha=alpha, g_w=g_w, g_s=g_s, is_explorer=is_explorer, local_slots=local_slots, inputs=inputs
+        )
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         plan = self._mix_plan
         if plan is None or plan.used:  # eval, or a tool-loop continuation: learner only
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 has_tool_images)
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
         plan.used = True
         if plan.g_w == 0:
             self._log_learner_rows(len(prompt_ids))
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 has_tool_images)
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
         if images is not None and any(img for img in images):
             raise ValueError("S2L-PO mixing supports text prompts only; got image inputs with G_w > 0.")
 
@@ -214,10 +262,12 @@ class S2LTrainer(GRPOTrainer):
             if self.use_vllm and self.vllm_generation.mode == "server":
                 learner_ids, learner_logps = self._generate_learner_rows_vllm_server(sub_prompts, plan.g_s)
             else:
-                sub_mm = {k: [v[i] for i in learner_idx] if isinstance(v, list) else v
-                          for k, v in multimodal_fields.items()}
+                sub_mm = {
+                    k: [v[i] for i in learner_idx] if isinstance(v, list) else v for k, v in multimodal_fields.items()
+                }
                 learner_ids, learner_logps = super()._generate_single_turn(
-                    sub_prompts, None, sub_mm, plan.g_s, has_tool_images)
+                    sub_prompts, None, sub_mm, plan.g_s, has_tool_images
+                )
         self._log_learner_rows(len(learner_ids))
         self._finish_explorer_request(plan)
 
@@ -244,8 +294,11 @@ class S2LTrainer(GRPOTrainer):
 
     def _start_explorer_request(self, plan: _MixPlan, prompt_ids: list[list[int]]) -> None:
         """Gather one request per group (from the process holding its slot 0) and start it on the main process."""
-        heads = [(key[0], self._explorer_prompt_ids(prompt_ids[i], plan.inputs[i]), _lookup_fields(plan.inputs[i]))
-                 for i, key in enumerate(plan.local_slots) if key[1] == 0]
+        heads = [
+            (key[0], self._explorer_prompt_ids(prompt_ids[i], plan.inputs[i]), _lookup_fields(plan.inputs[i]))
+            for i, key in enumerate(plan.local_slots)
+            if key[1] == 0
+        ]
         all_heads = sorted(gather_object(heads), key=lambda h: h[0])
         plan.groups = [h[0] for h in all_heads]
         plan.request = ([h[1] for h in all_heads], plan.g_w, [h[2] for h in all_heads])
@@ -273,8 +326,9 @@ class S2LTrainer(GRPOTrainer):
         for (group, slot), is_explorer in zip(plan.local_slots, plan.is_explorer):
             if is_explorer:
                 r = position[group] * plan.g_w + slot
-                rows[(group, slot)] = self._to_learner_tokens(completion_ids[r],
-                                                              None if logprobs is None else logprobs[r])
+                rows[(group, slot)] = self._to_learner_tokens(
+                    completion_ids[r], None if logprobs is None else logprobs[r]
+                )
         plan.explorer_rows = rows
         plan.latency_s = latency
 
@@ -286,8 +340,11 @@ class S2LTrainer(GRPOTrainer):
             return list(learner_prompt_ids)
         prompt = example["prompt"]
         if isinstance(prompt, list):
-            return list(explorer_tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                         return_dict=True, **self.chat_template_kwargs)["input_ids"])
+            return list(
+                explorer_tok.apply_chat_template(
+                    prompt, add_generation_prompt=True, tokenize=True, return_dict=True, **self.chat_template_kwargs
+                )["input_ids"]
+            )
         return explorer_tok(prompt, add_special_tokens=False)["input_ids"]
 
     def _generate_in_foreground(self, plan: _MixPlan) -> tuple[ExplorerOutput, float]:
@@ -304,18 +361,24 @@ class S2LTrainer(GRPOTrainer):
 
     def _to_learner_tokens(self, ids: list[int], logps: list[float] | None) -> tuple[list[int], list[float] | None]:
         """Apply the learner's rules to an explorer completion: same tokenizer, EOS cut, length cap."""
-        if not self.explorer_tokenizer_matches and getattr(self, "_explorer_tokenizer", None) is not None \
-                and self.args.explorer_mode != "offline":
+        if (
+            not self.explorer_tokenizer_matches
+            and getattr(self, "_explorer_tokenizer", None) is not None
+            and self.args.explorer_mode != "offline"
+        ):
             ended = bool(ids) and ids[-1] == self._explorer_tokenizer.eos_token_id
             text = self._explorer_tokenizer.decode(ids, skip_special_tokens=True)
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"] + (
-                [self.eos_token_ids[0]] if ended else [])
+                [self.eos_token_ids[0]] if ended else []
+            )
             logps = None
         vocab = len(self._tokenizer)
         if any(t < 0 or t >= vocab for t in ids):
             bad = next(t for t in ids if t < 0 or t >= vocab)
-            raise ExplorerError(f"Explorer returned token id {bad}, outside the learner vocabulary (size {vocab}); "
-                                "set explorer_model so the tokenizers can be compared and re-tokenized.")
+            raise ExplorerError(
+                f"Explorer returned token id {bad}, outside the learner vocabulary (size {vocab}); "
+                "set explorer_model so the tokenizers can be compared and re-tokenized."
+            )
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
         end = min(end, self.max_completion_length)
@@ -339,10 +402,18 @@ class S2LTrainer(GRPOTrainer):
         payload: list[Any] = [None]
         if self.accelerator.is_main_process:
             out = vg.vllm_client.generate(
-                prompts=all_prompts[::n], n=n, repetition_penalty=vg.repetition_penalty, temperature=vg.temperature,
-                top_p=vg.top_p, top_k=vg.top_k, min_p=0.0 if vg.min_p is None else vg.min_p,
-                max_tokens=vg.max_completion_length, logprobs=vg.logprobs,
-                structured_outputs_regex=vg.structured_outputs_regex, generation_kwargs=vg.generation_kwargs)
+                prompts=all_prompts[::n],
+                n=n,
+                repetition_penalty=vg.repetition_penalty,
+                temperature=vg.temperature,
+                top_p=vg.top_p,
+                top_k=vg.top_k,
+                min_p=0.0 if vg.min_p is None else vg.min_p,
+                max_tokens=vg.max_completion_length,
+                logprobs=vg.logprobs,
+                structured_outputs_regex=vg.structured_outputs_regex,
+                generation_kwargs=vg.generation_kwargs,
+            )
             payload = [(out["completion_ids"], out["logprobs"])]
         broadcast_object_list(payload, from_process=0)
         all_ids, all_logps = payload[0]
@@ -468,8 +539,12 @@ class S2LTrainer(GRPOTrainer):
         input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         logps, _, _ = self._get_per_token_logps_and_entropies(
-            self.model, input_ids, attention_mask, output["completion_ids"].size(1),
-            batch_size=self.args.per_device_train_batch_size)
+            self.model,
+            input_ids,
+            attention_mask,
+            output["completion_ids"].size(1),
+            batch_size=self.args.per_device_train_batch_size,
+        )
         return logps
 
     # ------------------------------------------------------------------ loss
@@ -488,16 +563,17 @@ class S2LTrainer(GRPOTrainer):
             explorer_logps = inputs["s2l_explorer_logps"]
             use = is_explorer.unsqueeze(1) & ~torch.isnan(explorer_logps)
             sampling_per_token_logps = torch.where(use, explorer_logps, sampling_per_token_logps)
-        keep = GRPOTrainer.get_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask,
-                                               off_policy_threshold)
+        keep = GRPOTrainer.get_off_policy_mask(
+            advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold
+        )
         if is_explorer is not None and not self.args.explorer_off_policy_mask:
             keep = torch.where(is_explorer.unsqueeze(1), torch.ones_like(keep), keep)
         return keep
 
-
     # ------------------------------------------------------------------ model card
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
-                          tags: str | list[str] | None = None) -> None:
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
         """TRL's model card plus the run's S2L-PO provenance (explorer, schedule, IS policy, grouping, citation)."""
         create_s2l_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
 
@@ -514,6 +590,8 @@ def _timed_generate(explorer: Explorer, prompt_ids, n, inputs) -> tuple[Explorer
     out = explorer.generate(prompt_ids, n, inputs=inputs)
     expected = len(prompt_ids) * n
     if len(out.completion_ids) != expected:
-        raise ExplorerError(f"The explorer returned {len(out.completion_ids)} completions, expected {expected} "
-                            f"({len(prompt_ids)} prompts x {n}).")
+        raise ExplorerError(
+            f"The explorer returned {len(out.completion_ids)} completions, expected {expected} "
+            f"({len(prompt_ids)} prompts x {n})."
+        )
     return out, time.perf_counter() - start

@@ -19,8 +19,8 @@ from datasets import load_dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from s2l_trl import S2LConfig, S2LTrainer
+from s2l_trl.devtools.tiny import build_tiny_setup
 from s2l_trl.explorers import LocalExplorer, SamplingSettings
-from s2l_trl.tiny import build_tiny_setup
 
 
 def digit_reward(completions, **kwargs):
@@ -37,9 +37,20 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="s2l-bench-"))
     tiny = build_tiny_setup(work / "tiny")
     ds = load_dataset("json", data_files=str(tiny["dataset"]), split="train")
-    common = dict(use_cpu=True, bf16=False, report_to="none", learning_rate=1e-4, num_generations=4,
-                  per_device_train_batch_size=8, max_completion_length=32, max_steps=args.steps, logging_steps=1,
-                  save_strategy="no", seed=0, disable_tqdm=True)
+    common = dict(
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        learning_rate=1e-4,
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_completion_length=32,
+        max_steps=args.steps,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
 
     def step_times(trainer) -> list[float]:
         trainer.train()
@@ -48,14 +59,32 @@ def main(argv: list[str] | None = None) -> None:
     explorer = LocalExplorer(str(tiny["explorer"]), sampling=SamplingSettings(max_tokens=32))
 
     def grpo_run() -> list[float]:
-        return step_times(GRPOTrainer(str(tiny["learner"]), [digit_reward], train_dataset=ds,
-                                      args=GRPOConfig(output_dir=str(work / "grpo"), **common)))
+        return step_times(
+            GRPOTrainer(
+                str(tiny["learner"]),
+                [digit_reward],
+                train_dataset=ds,
+                args=GRPOConfig(output_dir=str(work / "grpo"), **common),
+            )
+        )
 
     def s2l_zero_run() -> list[float]:
-        return step_times(S2LTrainer(
-            str(tiny["learner"]), [digit_reward], train_dataset=ds, explorer=explorer,
-            args=S2LConfig(output_dir=str(work / "s2l0"), mix_alpha_start=0.0, mix_alpha_end=0.0,
-                           explorer_mode="local", explorer_model=str(tiny["explorer"]), **common)))
+        return step_times(
+            S2LTrainer(
+                str(tiny["learner"]),
+                [digit_reward],
+                train_dataset=ds,
+                explorer=explorer,
+                args=S2LConfig(
+                    output_dir=str(work / "s2l0"),
+                    mix_alpha_start=0.0,
+                    mix_alpha_end=0.0,
+                    explorer_mode="local",
+                    explorer_model=str(tiny["explorer"]),
+                    **common,
+                ),
+            )
+        )
 
     # A first run pays one-off costs (imports, kernel warm-up); runs then alternate so drift hits both alike.
     grpo_run()
@@ -64,23 +93,39 @@ def main(argv: list[str] | None = None) -> None:
         grpo += grpo_run()
         s2l_zero += s2l_zero_run()
     half = S2LTrainer(
-        str(tiny["learner"]), [digit_reward], train_dataset=ds, explorer=explorer,
-        args=S2LConfig(output_dir=str(work / "s2l05"), mix_schedule="constant", mix_alpha_start=0.5,
-                       mix_steps=args.steps, explorer_mode="local", explorer_model=str(tiny["explorer"]), **common))
+        str(tiny["learner"]),
+        [digit_reward],
+        train_dataset=ds,
+        explorer=explorer,
+        args=S2LConfig(
+            output_dir=str(work / "s2l05"),
+            mix_schedule="constant",
+            mix_alpha_start=0.5,
+            mix_steps=args.steps,
+            explorer_mode="local",
+            explorer_model=str(tiny["explorer"]),
+            **common,
+        ),
+    )
     s2l_half = step_times(half)
-    learner_rows = [h["s2l/learner_rows_generated"] for h in half.state.log_history
-                    if "s2l/learner_rows_generated" in h]
+    learner_rows = [
+        h["s2l/learner_rows_generated"] for h in half.state.log_history if "s2l/learner_rows_generated" in h
+    ]
     groups = common["per_device_train_batch_size"] // common["num_generations"]
 
     g_med, s_med, h_med = (statistics.median(x) for x in (grpo, s2l_zero, s2l_half))
-    print(f"steps measured per trainer: {len(grpo)} ({args.rounds} alternating runs, first step of each dropped); "
-          "G=4, 2 groups per step, CPU")
+    print(
+        f"steps measured per trainer: {len(grpo)} ({args.rounds} alternating runs, first step of each dropped); "
+        "G=4, 2 groups per step, CPU"
+    )
     print(f"GRPOTrainer            median step time {g_med * 1000:8.1f} ms")
     print(f"S2LTrainer alpha=0     median step time {s_med * 1000:8.1f} ms")
     print(f"S2LTrainer alpha=0.5   median step time {h_med * 1000:8.1f} ms  (local explorer, same process)")
     print(f"ratio S2LTrainer(alpha=0) / GRPOTrainer = {s_med / g_med:.3f}")
-    print(f"learner completions generated per step at alpha=0.5: {sorted(set(learner_rows))} "
-          f"(G_s per group = 2, x {groups} groups = {2 * groups})")
+    print(
+        f"learner completions generated per step at alpha=0.5: {sorted(set(learner_rows))} "
+        f"(G_s per group = 2, x {groups} groups = {2 * groups})"
+    )
 
 
 if __name__ == "__main__":

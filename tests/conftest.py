@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """Tokenizer, learner (width 64), explorer (width 32) and an addition data set, all built locally."""
-    from s2l_trl.tiny import build_tiny_setup
+    from s2l_trl.devtools.tiny import build_tiny_setup
 
     root = Path(os.environ.get("S2L_TINY_DIR", tmp_path_factory.mktemp("tiny")))
     return build_tiny_setup(root)
@@ -33,7 +33,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def explorer_server(tiny, tmp_path_factory):
     """A real `trl vllm-serve` serving the tiny explorer on 127.0.0.1, started once and stopped by PID."""
-    from s2l_trl.vllm_server import VLLMServerProcess
+    from s2l_trl.devtools.vllm_server import VLLMServerProcess
 
     log = tmp_path_factory.mktemp("vllm") / "explorer_server.log"
     server = VLLMServerProcess(tiny["explorer"], log_path=log, startup_timeout=400)

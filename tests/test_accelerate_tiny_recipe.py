@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from s2l_trl.vllm_server import free_port
+from s2l_trl.devtools.vllm_server import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -25,15 +25,45 @@ def test_tiny_recipe_two_cpu_processes(tiny, explorer_server, tmp_path):
     # ddp.yaml is the GPU file (MULTI_GPU, bf16, 8 processes); the command line overrides its topology and precision.
     # `--cpu --num_processes 2` would silently run ONE process: `--multi_gpu` with the recipe's `use_cpu: true`
     # really starts two ranks and DDP runs over gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
-           "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-           "-m", "s2l_trl.cli.train", "--config", str(RECIPE),
-           "--model_name_or_path", str(tiny["learner"]), "--explorer_model", str(tiny["explorer"]),
-           "--dataset_name", str(tiny["dataset"]), "--explorer_server_base_url", explorer_server.base_url,
-           "--output_dir", str(out), "--max_steps", "3",
-           # info on the main process: the Trainer's "Total train batch size (w. parallel, ...)" line.
-           "--log_level", "info"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ACCELERATE_CONFIG),
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "s2l_trl.cli.train",
+        "--config",
+        str(RECIPE),
+        "--model_name_or_path",
+        str(tiny["learner"]),
+        "--explorer_model",
+        str(tiny["explorer"]),
+        "--dataset_name",
+        str(tiny["dataset"]),
+        "--explorer_server_base_url",
+        explorer_server.base_url,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        # info on the main process: the Trainer's "Total train batch size (w. parallel, ...)" line.
+        "--log_level",
+        "info",
+    ]
     # One thread per rank: two ranks and the vLLM server share the machine's cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from trainer_utils import write_oracle_rollouts
 
 from s2l_trl.cli.train import _requested_trainer, cli
-
-from trainer_utils import write_oracle_rollouts
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
@@ -23,15 +22,36 @@ def test_trainer_kind_is_read_from_recipe_or_flag():
 
 
 def _overrides(tiny, out: Path) -> list[str]:
-    return ["--model_name_or_path", str(tiny["learner"]), "--dataset_name", str(tiny["dataset"]),
-            "--output_dir", str(out), "--max_steps", "2", "--disable_tqdm", "true"]
+    return [
+        "--model_name_or_path",
+        str(tiny["learner"]),
+        "--dataset_name",
+        str(tiny["dataset"]),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--disable_tqdm",
+        "true",
+    ]
 
 
 def test_s2l_train_offline_run_writes_model_and_s2l_card(tiny, tmp_path, capsys):
     rollouts = write_oracle_rollouts(tiny, tmp_path / "oracle.jsonl")
     out = tmp_path / "run"
-    cli(["--config", str(RECIPES / "s2l_po" / "config_cpu.yaml"), *_overrides(tiny, out),
-         "--explorer_mode", "offline", "--explorer_rollouts", str(rollouts), "--explorer_model", str(tiny["explorer"])])
+    cli(
+        [
+            "--config",
+            str(RECIPES / "s2l_po" / "config_cpu.yaml"),
+            *_overrides(tiny, out),
+            "--explorer_mode",
+            "offline",
+            "--explorer_rollouts",
+            str(rollouts),
+            "--explorer_model",
+            str(tiny["explorer"]),
+        ]
+    )
     assert (out / "model.safetensors").exists() or (out / "adapter_model.safetensors").exists()
     card = (out / "README.md").read_text()
     assert "S2L-PO provenance" in card and str(tiny["explorer"]) in card

@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from s2l_trl.evaluation.answers import (MathJudge, ChoiceJudge, extract_boxed, extract_choice, extract_math_answer,
-                                        official_compat_match)
+from s2l_trl.answers import (
+    ChoiceJudge,
+    MathJudge,
+    extract_boxed,
+    extract_choice,
+    extract_math_answer,
+    official_compat_match,
+)
 from s2l_trl.evaluation.data import BenchmarkDataError, load_benchmark, user_turn
 
 
@@ -25,18 +31,21 @@ def test_extract_math_answer_falls_back_to_answer_line():
     assert extract_math_answer("nothing") is None
 
 
-@pytest.mark.parametrize("gold, completion, correct", [
-    (r"\frac{1}{2}", r"\boxed{\frac{1}{2}}", True),
-    (r"\frac12", r"\boxed{0.5}", True),
-    ("0.5", r"\boxed{\frac12}", True),
-    ("[0,1)", r"\boxed{[0,1)}", True),
-    ("[0,1)", r"\boxed{(0,1)}", False),
-    (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{(3, \frac{\pi}{2})}", True),
-    ("(1,2)", r"\boxed{(2,1)}", False),
-    (204, r"The total is \boxed{204}.", True),
-    (204, r"\boxed{2040}", False),
-    ("34", "Answer: 34", True),
-])
+@pytest.mark.parametrize(
+    "gold, completion, correct",
+    [
+        (r"\frac{1}{2}", r"\boxed{\frac{1}{2}}", True),
+        (r"\frac12", r"\boxed{0.5}", True),
+        ("0.5", r"\boxed{\frac12}", True),
+        ("[0,1)", r"\boxed{[0,1)}", True),
+        ("[0,1)", r"\boxed{(0,1)}", False),
+        (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{(3, \frac{\pi}{2})}", True),
+        ("(1,2)", r"\boxed{(2,1)}", False),
+        (204, r"The total is \boxed{204}.", True),
+        (204, r"\boxed{2040}", False),
+        ("34", "Answer: 34", True),
+    ],
+)
 def test_math_verify_judge(gold, completion, correct):
     assert MathJudge(gold).judge(completion).correct is correct
 

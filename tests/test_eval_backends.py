@@ -1,7 +1,7 @@
 """`s2l-eval` and `s2l-sample` on the vLLM backends: in-process engine (CPU) and the real explorer server.
 
-The in-process test runs first (conftest orders `own_vllm_engine` tests first) and in its own process, so that it never overlaps the session's explorer server:
-at most one vLLM engine is alive at a time on this small CPU.
+The in-process test runs first (conftest orders `own_vllm_engine` tests first) and in its own process, so that it
+never overlaps the session's explorer server: at most one vLLM engine is alive at a time on this small CPU.
 """
 
 import json
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from s2l_trl.cli.eval import main as eval_main
-from s2l_trl.evaluation.rollouts import sample_rollouts
-from s2l_trl.explorers import OfflineExplorer, ROLLOUT_FIELDS, SamplingSettings, read_rollouts
+from s2l_trl.explorers import ROLLOUT_FIELDS, OfflineExplorer, SamplingSettings, read_rollouts
+from s2l_trl.sampling.rollouts import sample_rollouts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,8 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 def _math_data(directory: Path) -> Path:
     """A short math benchmark (the tiny server's context is 512 tokens), int and LaTeX answers."""
     directory.mkdir(parents=True, exist_ok=True)
-    rows = [{"question": "What is 12 + 30?", "answer": 42}, {"question": "What is 7 + 8?", "answer": "15"},
-            {"question": "Half of one?", "answer": "\\frac{1}{2}"}]
+    rows = [
+        {"question": "What is 12 + 30?", "answer": 42},
+        {"question": "What is 7 + 8?", "answer": "15"},
+        {"question": "Half of one?", "answer": "\\frac{1}{2}"},
+    ]
     (directory / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return directory
 
@@ -37,14 +40,40 @@ def _server_running(request) -> bool:
 @pytest.mark.own_vllm_engine
 def test_vllm_inprocess_backend_end_to_end(tiny, tmp_path, request):
     if _server_running(request):
-        pytest.skip("the session's explorer server is already up; a second vLLM engine would overload this CPU "
-                    "(run this file first, e.g. `pytest tests/test_eval_backends.py`)")
+        pytest.skip(
+            "the session's explorer server is already up; a second vLLM engine would overload this CPU "
+            "(run this file first, e.g. `pytest tests/test_eval_backends.py`)"
+        )
     data = _math_data(tmp_path / "data")
     env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    cmd = [sys.executable, str(REPO / "eval" / "run_evaluation.py"), "--model_path", str(tiny["explorer"]),
-           "--backend", "vllm", "--dtype", "float32", "--enforce_eager", "true", "--max_model_len", "512",
-           "--k", "4", "--benchmarks", "math500", "--data_dir", str(data), "--max_tokens", "8", "--mode", "think",
-           "--timestamp", "vllm", "--output_root", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(REPO / "eval" / "run_evaluation.py"),
+        "--model_path",
+        str(tiny["explorer"]),
+        "--backend",
+        "vllm",
+        "--dtype",
+        "float32",
+        "--enforce_eager",
+        "true",
+        "--max_model_len",
+        "512",
+        "--k",
+        "4",
+        "--benchmarks",
+        "math500",
+        "--data_dir",
+        str(data),
+        "--max_tokens",
+        "8",
+        "--mode",
+        "think",
+        "--timestamp",
+        "vllm",
+        "--output_root",
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     raw = [json.loads(line) for line in (tmp_path / "output" / "explorer_vllm" / "math500_raw.jsonl").open()]
@@ -58,11 +87,31 @@ def test_vllm_inprocess_backend_end_to_end(tiny, tmp_path, request):
 def test_server_backend_end_to_end(tiny, explorer_server, shared_eval_data, tmp_path):
     data = _math_data(tmp_path / "data")
     (data / "commonsenseqa.jsonl").write_text(
-        "".join((shared_eval_data / "commonsenseqa.jsonl").read_text().splitlines(keepends=True)[:3]))
-    summary = eval_main(["--model_path", str(tiny["explorer"]), "--backend", "server", "--server_base_url",
-                         explorer_server.base_url, "--k", "4", "--benchmarks", "math500", "commonsenseqa",
-                         "--data_dir", str(data), "--max_tokens", "8", "--timestamp", "srv",
-                         "--output_root", str(tmp_path)])
+        "".join((shared_eval_data / "commonsenseqa.jsonl").read_text().splitlines(keepends=True)[:3])
+    )
+    summary = eval_main(
+        [
+            "--model_path",
+            str(tiny["explorer"]),
+            "--backend",
+            "server",
+            "--server_base_url",
+            explorer_server.base_url,
+            "--k",
+            "4",
+            "--benchmarks",
+            "math500",
+            "commonsenseqa",
+            "--data_dir",
+            str(data),
+            "--max_tokens",
+            "8",
+            "--timestamp",
+            "srv",
+            "--output_root",
+            str(tmp_path),
+        ]
+    )
     out = tmp_path / "output" / "explorer_srv"
     for bench in ("math500", "commonsenseqa"):
         lines = [json.loads(line) for line in (out / f"{bench}.jsonl").open()]
@@ -73,9 +122,16 @@ def test_server_backend_end_to_end(tiny, explorer_server, shared_eval_data, tmp_
 @pytest.mark.server
 def test_sample_over_server_round_trips_through_offline_explorer(tiny, explorer_server, tmp_path):
     sampling = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=8, seed=0)
-    path = sample_rollouts(tiny["dataset"], tmp_path / "rollouts", str(tiny["explorer"]), backend="server",
-                           server_base_url=explorer_server.base_url, num_generations=3, sampling=sampling,
-                           max_prompts=4)
+    path = sample_rollouts(
+        tiny["dataset"],
+        tmp_path / "rollouts",
+        str(tiny["explorer"]),
+        backend="server",
+        server_base_url=explorer_server.base_url,
+        num_generations=3,
+        sampling=sampling,
+        max_prompts=4,
+    )
     rows = read_rollouts(path)
     assert len(rows) == 12 and all(tuple(r) == ROLLOUT_FIELDS for r in rows)
     # The server reports the sampled tokens' log-probs; they are kept for the trainer.
@@ -85,4 +141,4 @@ def test_sample_over_server_round_trips_through_offline_explorer(tiny, explorer_
     out = OfflineExplorer(path, seed=0).generate([r["prompt_ids"] for r in rows[::3]], n=3, inputs=dataset_rows)
     for i, example in enumerate(dataset_rows):
         stored = sorted(r["response_ids"] for r in rows if r["prompt_id"] == example["prompt_id"])
-        assert sorted(out.completion_ids[3 * i:3 * i + 3]) == stored
+        assert sorted(out.completion_ids[3 * i : 3 * i + 3]) == stored

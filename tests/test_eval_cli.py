@@ -12,17 +12,23 @@ from pathlib import Path
 import pytest
 
 from s2l_trl.cli.eval import main as eval_main
-from s2l_trl.evaluation.engine import SamplingEngine
 from s2l_trl.evaluation.runner import EvalArguments, run_evaluation
+from s2l_trl.sampling.engine import SamplingEngine
 
 REPO = Path(__file__).resolve().parents[1]
 
 # Three problems x four outputs with hand-counted verdicts (math_verify / official_compat).
 HAND_RAW = [
-    {"question": "half?", "answer": r"\frac{1}{2}",  # math_verify 3/4; official_compat 1/4 (exact string only)
-     "outputs": [r"\boxed{\frac{1}{2}}", r"\boxed{0.5}", r"\boxed{\frac12}", "no answer"]},
-    {"question": "four?", "answer": 4,  # int gold; math_verify 3/4; official_compat 4/4 (14 contains 4)
-     "outputs": [r"\boxed{14}", r"\boxed{4}", "so \\boxed{4}.", r"\boxed{4.0}"]},
+    {
+        "question": "half?",
+        "answer": r"\frac{1}{2}",  # math_verify 3/4; official_compat 1/4 (exact string only)
+        "outputs": [r"\boxed{\frac{1}{2}}", r"\boxed{0.5}", r"\boxed{\frac12}", "no answer"],
+    },
+    {
+        "question": "four?",
+        "answer": 4,  # int gold; math_verify 3/4; official_compat 4/4 (14 contains 4)
+        "outputs": [r"\boxed{14}", r"\boxed{4}", "so \\boxed{4}.", r"\boxed{4.0}"],
+    },
     {"question": "pair?", "answer": "(1,2)", "outputs": [r"\boxed{(2,1)}", "x", r"\boxed{[1,2]}", ""]},
 ]
 
@@ -38,8 +44,21 @@ def _write_raw(root: Path, model: str, timestamp: str, bench: str = "aime24") ->
 
 def test_skip_inference_reproduces_known_passk(tmp_path):
     out = _write_raw(tmp_path, "hand", "t0")
-    eval_main(["--model_path", "some/hand", "--k", "4", "--benchmarks", "aime24", "--skip_inference",
-               "--timestamp", "t0", "--output_root", str(tmp_path)])
+    eval_main(
+        [
+            "--model_path",
+            "some/hand",
+            "--k",
+            "4",
+            "--benchmarks",
+            "aime24",
+            "--skip_inference",
+            "--timestamp",
+            "t0",
+            "--output_root",
+            str(tmp_path),
+        ]
+    )
     result = json.loads((tmp_path / "result" / "hand_t0" / "aime24.json").read_text())
     mv, compat = result["math_verify"], result["official_compat"]
     assert mv["correct_counts"] == [3, 3, 0]
@@ -55,8 +74,21 @@ def test_skip_inference_reproduces_known_passk(tmp_path):
     # --skip_extraction re-judges (possibly hand-edited) predicted answers.
     extracted[2]["predicted_answers"] = ["(1, 2)", "x", "[1,2]", ""]
     (out / "aime24.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extracted))
-    eval_main(["--model_path", "some/hand", "--k", "4", "--benchmarks", "aime24", "--skip_extraction",
-               "--timestamp", "t0", "--output_root", str(tmp_path)])
+    eval_main(
+        [
+            "--model_path",
+            "some/hand",
+            "--k",
+            "4",
+            "--benchmarks",
+            "aime24",
+            "--skip_extraction",
+            "--timestamp",
+            "t0",
+            "--output_root",
+            str(tmp_path),
+        ]
+    )
     result = json.loads((tmp_path / "result" / "hand_t0" / "aime24.json").read_text())
     assert result["math_verify"]["correct_counts"] == [3, 3, 1]
 
@@ -66,18 +98,54 @@ def test_malformed_raw_line_is_named(tmp_path):
     with (out / "aime24_raw.jsonl").open("a") as f:
         f.write('{"question": "broken"\n')
     with pytest.raises(ValueError, match=r"aime24_raw\.jsonl:4: malformed JSON"):
-        eval_main(["--model_path", "hand", "--k", "4", "--benchmarks", "aime24", "--skip_inference",
-                   "--timestamp", "t1", "--output_root", str(tmp_path)])
+        eval_main(
+            [
+                "--model_path",
+                "hand",
+                "--k",
+                "4",
+                "--benchmarks",
+                "aime24",
+                "--skip_inference",
+                "--timestamp",
+                "t1",
+                "--output_root",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_plot_writes_png_from_result_folders(tmp_path):
     for model in ("small", "large"):
         _write_raw(tmp_path, model, "t2")
-        eval_main(["--model_path", model, "--k", "4", "--benchmarks", "aime24", "--skip_inference",
-                   "--timestamp", "t2", "--output_root", str(tmp_path)])
+        eval_main(
+            [
+                "--model_path",
+                model,
+                "--k",
+                "4",
+                "--benchmarks",
+                "aime24",
+                "--skip_inference",
+                "--timestamp",
+                "t2",
+                "--output_root",
+                str(tmp_path),
+            ]
+        )
     png = tmp_path / "fig" / "passk.png"
-    eval_main(["plot", str(tmp_path / "result" / "small_t2"), str(tmp_path / "result" / "large_t2"),
-               "--labels", "Qwen3-0.6B", "Qwen3-1.7B", "--output", str(png)])
+    eval_main(
+        [
+            "plot",
+            str(tmp_path / "result" / "small_t2"),
+            str(tmp_path / "result" / "large_t2"),
+            "--labels",
+            "Qwen3-0.6B",
+            "Qwen3-1.7B",
+            "--output",
+            str(png),
+        ]
+    )
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(FileNotFoundError, match="missing_dir"):
@@ -87,7 +155,7 @@ def test_plot_writes_png_from_result_folders(tmp_path):
 @pytest.fixture(scope="module")
 def long_context_model(tiny, tmp_path_factory):
     """The tiny explorer's shape with room for AIME prompts (up to ~900 tokens in the tiny tokenizer)."""
-    from s2l_trl.tiny import build_model
+    from s2l_trl.devtools.tiny import build_model
 
     path = tmp_path_factory.mktemp("tiny_long") / "explorer_2k"
     build_model(path, tiny["tokenizer"], hidden_size=32, num_layers=1, seed=1, max_position_embeddings=2048)
@@ -95,9 +163,29 @@ def long_context_model(tiny, tmp_path_factory):
 
 
 def test_transformers_backend_end_to_end(long_context_model, shared_eval_data, tmp_path):
-    summary = eval_main(["--model_path", str(long_context_model), "--backend", "transformers", "--k", "4",
-                         "--benchmarks", "aime24", "commonsenseqa", "--data_dir", str(shared_eval_data),
-                         "--limit", "3", "--max_tokens", "8", "--timestamp", "e2e", "--output_root", str(tmp_path)])
+    summary = eval_main(
+        [
+            "--model_path",
+            str(long_context_model),
+            "--backend",
+            "transformers",
+            "--k",
+            "4",
+            "--benchmarks",
+            "aime24",
+            "commonsenseqa",
+            "--data_dir",
+            str(shared_eval_data),
+            "--limit",
+            "3",
+            "--max_tokens",
+            "8",
+            "--timestamp",
+            "e2e",
+            "--output_root",
+            str(tmp_path),
+        ]
+    )
     out = tmp_path / "output" / "explorer_2k_e2e"
     raw = [json.loads(line) for line in (out / "aime24_raw.jsonl").read_text().splitlines()]
     assert len(raw) == 3 and all(len(r["outputs"]) == 4 for r in raw)
@@ -121,12 +209,33 @@ class _CountingEngine(SamplingEngine):
 
 
 def test_killed_run_resumes_without_redoing_finished_problems(long_context_model, shared_eval_data, tmp_path):
-    args = ["--model_path", str(long_context_model), "--backend", "transformers", "--k", "4", "--benchmarks",
-            "aime24", "--data_dir", str(shared_eval_data), "--max_tokens", "48", "--batch_prompts", "1",
-            "--timestamp", "kill", "--output_root", str(tmp_path)]
+    args = [
+        "--model_path",
+        str(long_context_model),
+        "--backend",
+        "transformers",
+        "--k",
+        "4",
+        "--benchmarks",
+        "aime24",
+        "--data_dir",
+        str(shared_eval_data),
+        "--max_tokens",
+        "48",
+        "--batch_prompts",
+        "1",
+        "--timestamp",
+        "kill",
+        "--output_root",
+        str(tmp_path),
+    ]
     raw = tmp_path / "output" / "explorer_2k_kill" / "aime24_raw.jsonl"
-    proc = subprocess.Popen([sys.executable, str(REPO / "eval" / "run_evaluation.py"), *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "eval" / "run_evaluation.py"), *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (raw.exists() and raw.read_text().count("\n") >= 2):
@@ -144,20 +253,36 @@ def test_killed_run_resumes_without_redoing_finished_problems(long_context_model
 
     from s2l_trl.evaluation.runner import _LazyEngine
 
-    resumed = EvalArguments(model_path=str(long_context_model), backend="transformers", k=4, benchmarks=["aime24"],
-                            data_dir=str(shared_eval_data), max_tokens=48, timestamp="kill",
-                            output_root=str(tmp_path))
+    resumed = EvalArguments(
+        model_path=str(long_context_model),
+        backend="transformers",
+        k=4,
+        benchmarks=["aime24"],
+        data_dir=str(shared_eval_data),
+        max_tokens=48,
+        timestamp="kill",
+        output_root=str(tmp_path),
+    )
     engine = _CountingEngine(_LazyEngine(resumed, None).get())
     summary = run_evaluation(resumed, engine=engine)
     lines = raw.read_text().splitlines()
     assert engine.prompts == 30 - len(finished)  # finished problems were not sampled again
-    assert len(lines) == 30 and lines[:len(finished)] == finished
+    assert len(lines) == 30 and lines[: len(finished)] == finished
     questions = [json.loads(line)["question"] for line in lines]
     assert len(set(questions)) == 30
     assert summary["benchmarks"]["aime24"]["num_problems"] == 30
 
     # Changing a setting the outputs depend on is refused rather than mixed into the same run.
     with pytest.raises(ValueError, match="k: 4 \\(before\\) vs 8 \\(now\\)"):
-        run_evaluation(EvalArguments(model_path=str(long_context_model), backend="transformers", k=8,
-                                     benchmarks=["aime24"], data_dir=str(shared_eval_data), max_tokens=48,
-                                     timestamp="kill", output_root=str(tmp_path)))
+        run_evaluation(
+            EvalArguments(
+                model_path=str(long_context_model),
+                backend="transformers",
+                k=8,
+                benchmarks=["aime24"],
+                data_dir=str(shared_eval_data),
+                max_tokens=48,
+                timestamp="kill",
+                output_root=str(tmp_path),
+            )
+        )

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
 
     from s2l_trl import S2LTrainer
     from s2l_trl.rewards import accuracy_reward
-    from s2l_trl.tiny import build_tiny_setup
+    from s2l_trl.devtools.tiny import build_tiny_setup
     from trainer_utils import s2l_args, tiny_dataset, write_oracle_rollouts
 
     tmp, project, run = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -52,12 +52,22 @@ SCRIPT = textwrap.dedent("""
 def test_trackio_local_run_contains_s2l_metrics(tiny, tmp_path):
     store = tmp_path / "trackio"
     tests_dir = str(Path(__file__).parent)
-    env = {**os.environ, "TRACKIO_DIR": str(store), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "PYTHONPATH": os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "TRACKIO_DIR": str(store),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p),
+    }
     # Reuse the session's tiny models: build_tiny_setup skips what already exists.
     (tmp_path / "tiny").symlink_to(Path(tiny["learner"]).parent, target_is_directory=True)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), PROJECT, RUN], capture_output=True,
-                          text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path), PROJECT, RUN],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("S2L_TRACKIO ")]
     result = json.loads(line.removeprefix("S2L_TRACKIO "))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from trainer_utils import s2l_args, tiny_dataset, write_oracle_rollouts
 
 from s2l_trl import S2LTrainer
 from s2l_trl.rewards import accuracy_reward
-
-from trainer_utils import s2l_args, tiny_dataset, write_oracle_rollouts
 
 wandb = pytest.importorskip("wandb")
 

@@ -6,17 +6,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset
 from trl import get_peft_config
 
 from s2l_trl import S2LTrainer
 from s2l_trl.cli.train import make_parser
 
-from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset
-
 peft = pytest.importorskip("peft")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "s2l_po" / "config_cpu.yaml"
-LORA_FLAGS = ["--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0",
-              "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj"]
+LORA_FLAGS = [
+    "--use_peft",
+    "--lora_r",
+    "8",
+    "--lora_alpha",
+    "16",
+    "--lora_dropout",
+    "0.0",
+    "--lora_target_modules",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+]
 
 
 def _snapshot(named_params) -> dict[str, torch.Tensor]:
@@ -32,10 +43,12 @@ def test_lora_trains_adapter_only_against_local_explorer(tiny, tmp_path):
     assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     # beta > 0 so the KL term runs: with a PEFT learner TRL keeps no separate reference model and computes the
     # reference log-probs with the adapter disabled, which must be the untouched base model.
-    args = s2l_args(tmp_path, explorer_mode="local", explorer_model=str(tiny["explorer"]), max_steps=3, mix_steps=3,
-                    beta=0.04)
-    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny),
-                         peft_config=lora)
+    args = s2l_args(
+        tmp_path, explorer_mode="local", explorer_model=str(tiny["explorer"]), max_steps=3, mix_steps=3, beta=0.04
+    )
+    trainer = S2LTrainer(
+        str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny), peft_config=lora
+    )
 
     model = trainer.model
     assert isinstance(model, peft.PeftModel)

@@ -17,11 +17,23 @@ from s2l_trl.model_card import (
 
 
 def _args(tmp_path, **overrides):
-    kwargs = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none",
-                  explorer_model="Qwen/Qwen3-1.7B-Base", explorer_mode="server", num_generations=16,
-                  per_device_train_batch_size=16, mix_steps=8, mix_alpha_start=1.0, mix_alpha_end=0.0,
-                  explorer_importance_sampling="token_truncate", explorer_importance_sampling_clip_max=2.0,
-                  advantage_grouping="per_source", beta=0.001)
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        explorer_model="Qwen/Qwen3-1.7B-Base",
+        explorer_mode="server",
+        num_generations=16,
+        per_device_train_batch_size=16,
+        mix_steps=8,
+        mix_alpha_start=1.0,
+        mix_alpha_end=0.0,
+        explorer_importance_sampling="token_truncate",
+        explorer_importance_sampling_clip_max=2.0,
+        advantage_grouping="per_source",
+        beta=0.001,
+    )
     kwargs.update(overrides)
     return S2LConfig(**kwargs)
 
@@ -36,7 +48,11 @@ def test_metadata_records_the_run(tmp_path):
     assert meta["explorer_model"] == "Qwen/Qwen3-1.7B-Base"
     assert meta["explorer_mode"] == "server"
     assert (meta["mix_schedule"], meta["mix_steps"], meta["mix_alpha_start"], meta["mix_alpha_end"]) == (
-        "linear", 8, 1.0, 0.0)
+        "linear",
+        8,
+        1.0,
+        0.0,
+    )
     assert meta["num_generations"] == 16
     assert meta["explorer_importance_sampling"] == "token_truncate"
     assert meta["explorer_importance_sampling_clip_max"] == 2.0
@@ -47,9 +63,14 @@ def test_metadata_records_the_run(tmp_path):
 
 def test_card_has_provenance_and_citation(tmp_path):
     args = _args(tmp_path)
-    card = build_s2l_model_card(args, base_model="Qwen/Qwen3-8B-Base", model_name="tiny-s2l",
-                                hub_model_id="someone/tiny-s2l", dataset_name="open-r1/DAPO-Math-17k-Processed",
-                                tags=["math"])
+    card = build_s2l_model_card(
+        args,
+        base_model="Qwen/Qwen3-8B-Base",
+        model_name="tiny-s2l",
+        hub_model_id="someone/tiny-s2l",
+        dataset_name="open-r1/DAPO-Math-17k-Processed",
+        tags=["math"],
+    )
     text = str(card)
     front = _front_matter(text)
     assert "s2l-po" in front["tags"] and "math" in front["tags"]
@@ -73,7 +94,9 @@ def test_card_has_provenance_and_citation(tmp_path):
 def test_provenance_is_idempotent_and_tracks_offline_runs(tmp_path):
     rollouts = tmp_path / "rollouts.jsonl"
     rollouts.write_text("")
-    args = _args(tmp_path, explorer_mode="offline", explorer_rollouts=str(rollouts), explorer_importance_sampling="none")
+    args = _args(
+        tmp_path, explorer_mode="offline", explorer_rollouts=str(rollouts), explorer_importance_sampling="none"
+    )
     card = build_s2l_model_card(args, model_name="m")
     once = str(card)
     twice = str(add_s2l_provenance(card, args))

@@ -31,9 +31,15 @@ def test_lora_notebook_executes(tmp_path, monkeypatch):
     # in some other Python that lacks s2l_trl; the first cell injected below checks it anyway.
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "s2l-trl tests", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "s2l-trl tests",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     work = tmp_path / "work"
     monkeypatch.setenv("S2L_NOTEBOOK_DIR", str(work))  # the notebook builds and writes here
@@ -42,8 +48,9 @@ def test_lora_notebook_executes(tmp_path, monkeypatch):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     nb.cells.insert(0, nbformat.v4.new_code_cell("import sys, s2l_trl\nprint(sys.executable)\nprint(s2l_trl.__file__)"))
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300,
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name=KERNEL, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
     nbformat.write(nb, tmp_path / "executed.ipynb")  # kept for a look at a failure
 

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import HfApi, RepoUrl
+from trainer_utils import s2l_args, tiny_dataset, write_oracle_rollouts
 
 from s2l_trl import S2LTrainer
 from s2l_trl.model_card import SECTION_TITLE
 from s2l_trl.rewards import accuracy_reward
-
-from trainer_utils import s2l_args, tiny_dataset, write_oracle_rollouts
 
 HUB_ID = "someone/tiny-s2l-po"
 
@@ -31,8 +30,9 @@ def test_push_to_hub_uploads_output_dir_with_s2l_card(tiny, tmp_path, monkeypatc
     def upload_folder(self, **kwargs):
         # Read the folder at upload time: that is what would reach the Hub.
         folder = Path(kwargs["folder_path"])
-        calls["upload_folder"].append({**kwargs, "files": sorted(p.name for p in folder.iterdir()),
-                                       "readme": (folder / "README.md").read_text()})
+        calls["upload_folder"].append(
+            {**kwargs, "files": sorted(p.name for p in folder.iterdir()), "readme": (folder / "README.md").read_text()}
+        )
         return "https://huggingface.co/someone/tiny-s2l-po/commit/0"
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
@@ -41,8 +41,9 @@ def test_push_to_hub_uploads_output_dir_with_s2l_card(tiny, tmp_path, monkeypatc
     rollouts = write_oracle_rollouts(tiny, tmp_path / "oracle.jsonl")
     # push_to_hub=False: with True the Trainer would create the repo at init and push every save; the explicit
     # push_to_hub() call below is the path `s2l-train` takes at the end of a run with `--push_to_hub`.
-    args = s2l_args(tmp_path, rollouts, max_steps=2, mix_steps=2, hub_model_id=HUB_ID,
-                    explorer_model=str(tiny["explorer"]))
+    args = s2l_args(
+        tmp_path, rollouts, max_steps=2, mix_steps=2, hub_model_id=HUB_ID, explorer_model=str(tiny["explorer"])
+    )
     trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
     assert calls["create_repo"] == []  # nothing touched the Hub at init
     trainer.train()

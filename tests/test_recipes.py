@@ -31,12 +31,15 @@ BASELINE_SCRIPT_FIELDS = {"trainer"}
 # The paper's runs: (G, T_mix, explorer) and the layout the recipe's batch arithmetic assumes (4 training processes;
 # recipes/README.md documents it). One logical step = 1024 prompts.
 PAPER_RUNS = {
-    "Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml": dict(G=16, T_mix=8, explorer="Qwen/Qwen3-1.7B-Base",
-                                                           mini_batch_prompts=32),
-    "Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml": dict(G=16, T_mix=8, explorer="Qwen/Qwen3-4B-Base",
-                                                         mini_batch_prompts=32),
-    "Qwen3-14B-Base/s2l_po/config_explorer_4b.yaml": dict(G=8, T_mix=4, explorer="Qwen/Qwen3-4B-Base",
-                                                          mini_batch_prompts=16),
+    "Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml": dict(
+        G=16, T_mix=8, explorer="Qwen/Qwen3-1.7B-Base", mini_batch_prompts=32
+    ),
+    "Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml": dict(
+        G=16, T_mix=8, explorer="Qwen/Qwen3-4B-Base", mini_batch_prompts=32
+    ),
+    "Qwen3-14B-Base/s2l_po/config_explorer_4b.yaml": dict(
+        G=8, T_mix=4, explorer="Qwen/Qwen3-4B-Base", mini_batch_prompts=16
+    ),
 }
 TRAIN_PROCESSES = 4
 LOGICAL_STEPS = 16
@@ -64,8 +67,11 @@ def twin_of(baseline: Path) -> list[Path]:
 
 def test_recipe_layout():
     assert {rel(p) for p in S2L_RECIPES} >= set(PAPER_RUNS) | {"tiny/s2l_po/config_cpu.yaml"}
-    assert {rel(p) for p in GRPO_RECIPES} >= {"Qwen3-8B-Base/grpo/config_baseline.yaml",
-                                              "Qwen3-14B-Base/grpo/config_baseline.yaml", "tiny/grpo/config_cpu.yaml"}
+    assert {rel(p) for p in GRPO_RECIPES} >= {
+        "Qwen3-8B-Base/grpo/config_baseline.yaml",
+        "Qwen3-14B-Base/grpo/config_baseline.yaml",
+        "tiny/grpo/config_cpu.yaml",
+    }
     for baseline in GRPO_RECIPES:
         assert all(p.exists() for p in twin_of(baseline)) and twin_of(baseline), rel(baseline)
 
@@ -94,11 +100,15 @@ def test_baseline_differs_from_twin_only_by_explorer(baseline):
     for twin in twin_of(baseline):
         s_script, s_args, s_model = parse(twin, S2LConfig)
         assert dataclasses.asdict(b_model) == dataclasses.asdict(s_model), rel(twin)
-        script_diff = {f.name for f in dataclasses.fields(S2LScriptArguments)
-                       if getattr(b_script, f.name) != getattr(s_script, f.name)}
+        script_diff = {
+            f.name
+            for f in dataclasses.fields(S2LScriptArguments)
+            if getattr(b_script, f.name) != getattr(s_script, f.name)
+        }
         assert script_diff <= BASELINE_SCRIPT_FIELDS, (rel(twin), script_diff)
-        grpo_diff = {f.name for f in dataclasses.fields(GRPOConfig)
-                     if getattr(b_args, f.name) != getattr(s_args, f.name)}
+        grpo_diff = {
+            f.name for f in dataclasses.fields(GRPOConfig) if getattr(b_args, f.name) != getattr(s_args, f.name)
+        }
         assert grpo_diff <= NAMING_FIELDS, (rel(twin), grpo_diff)
         # ... and the twin really is S2L-PO: an explorer and a schedule that mixes.
         assert s_args.explorer_model and s_args.mix_alpha_start > 0
@@ -119,10 +129,13 @@ def test_paper_recipe_reproduces_the_schedule(name):
     assert args.max_steps == LOGICAL_STEPS * updates_per_round
     # S2LTrainer evaluates alpha at the optimizer step that starts a generation round (global_step + 1).
     round_starts = [1 + k * updates_per_round for k in range(LOGICAL_STEPS)]
-    got = [split_group(mix_alpha(s, args.mix_schedule, args.mix_steps, args.mix_alpha_start, args.mix_alpha_end),
-                       G)[0] for s in round_starts]
-    paper = [math.ceil((1 - (t - 1) / (t_mix - 1)) * G - 1e-9) if t <= t_mix else 0
-             for t in range(1, LOGICAL_STEPS + 1)]
+    got = [
+        split_group(mix_alpha(s, args.mix_schedule, args.mix_steps, args.mix_alpha_start, args.mix_alpha_end), G)[0]
+        for s in round_starts
+    ]
+    paper = [
+        math.ceil((1 - (t - 1) / (t_mix - 1)) * G - 1e-9) if t <= t_mix else 0 for t in range(1, LOGICAL_STEPS + 1)
+    ]
     assert got == paper
     assert paper[0] == G and paper[t_mix - 1] == 0
 
@@ -183,37 +196,93 @@ def test_launch_script_shellcheck(script):
 def dry_run(script: str, *args: str, env: dict | None = None) -> list[str]:
     import os
 
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in {"NUM_MACHINES", "SLURM_NNODES", "MACHINE_RANK", "NODE_RANK", "SLURM_NODEID",
-                             "MASTER_ADDR", "MASTER_PORT"}}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "NUM_MACHINES",
+            "SLURM_NNODES",
+            "MACHINE_RANK",
+            "NODE_RANK",
+            "SLURM_NODEID",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+        }
+    }
     full_env.update(env or {})
     # --dry-run first: everything after a `--` goes to the trainer.
-    result = subprocess.run(["bash", str(LAUNCH / script), "--dry-run", *args], capture_output=True, text=True,
-                            cwd=REPO, env=full_env, timeout=60)
+    result = subprocess.run(
+        ["bash", str(LAUNCH / script), "--dry-run", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=full_env,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return [line.rstrip() for line in result.stdout.splitlines() if line and not line.startswith("#")]
 
 
 def test_s2l_po_dry_run_single_node():
-    lines = dry_run("s2l_po.sh", "--recipe", "recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml",
-                    "--explorer-gpus", "0,1", "--explorer-tp", "2")
+    lines = dry_run(
+        "s2l_po.sh",
+        "--recipe",
+        "recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml",
+        "--explorer-gpus",
+        "0,1",
+        "--explorer-tp",
+        "2",
+    )
     explorer, learner, train = lines
-    assert explorer.startswith("CUDA_VISIBLE_DEVICES=0,1 trl vllm-serve --model Qwen/Qwen3-1.7B-Base "
-                               "--tensor_parallel_size 2 --data_parallel_size 1 --host 127.0.0.1 --port 8001 ")
+    assert explorer.startswith(
+        "CUDA_VISIBLE_DEVICES=0,1 trl vllm-serve --model Qwen/Qwen3-1.7B-Base "
+        "--tensor_parallel_size 2 --data_parallel_size 1 --host 127.0.0.1 --port 8001 "
+    )
     assert "--max_model_len 4608" in explorer and explorer.endswith("&")
-    assert learner.startswith("CUDA_VISIBLE_DEVICES=2,3 trl vllm-serve --model Qwen/Qwen3-8B-Base "
-                              "--tensor_parallel_size 1 --data_parallel_size 2 --host 127.0.0.1 --port 8000 ")
+    assert learner.startswith(
+        "CUDA_VISIBLE_DEVICES=2,3 trl vllm-serve --model Qwen/Qwen3-8B-Base "
+        "--tensor_parallel_size 1 --data_parallel_size 2 --host 127.0.0.1 --port 8000 "
+    )
     assert train.split() == [
-        "CUDA_VISIBLE_DEVICES=4,5,6,7", "accelerate", "launch", "--config_file",
-        "recipes/accelerate_configs/zero3.yaml", "--num_processes", "4", "--num_machines", "1", "--machine_rank",
-        "0", "--main_process_ip", "127.0.0.1", "--main_process_port", "29500", "-m", "s2l_trl.cli.train",
-        "--config", "recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml",
-        "--explorer_server_base_url", "http://127.0.0.1:8001", "--vllm_server_base_url", "http://127.0.0.1:8000"]
+        "CUDA_VISIBLE_DEVICES=4,5,6,7",
+        "accelerate",
+        "launch",
+        "--config_file",
+        "recipes/accelerate_configs/zero3.yaml",
+        "--num_processes",
+        "4",
+        "--num_machines",
+        "1",
+        "--machine_rank",
+        "0",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        "29500",
+        "-m",
+        "s2l_trl.cli.train",
+        "--config",
+        "recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml",
+        "--explorer_server_base_url",
+        "http://127.0.0.1:8001",
+        "--vllm_server_base_url",
+        "http://127.0.0.1:8000",
+    ]
 
 
 def test_s2l_po_dry_run_baseline_and_extra_args():
-    lines = dry_run("s2l_po.sh", "--no-explorer", "--learner-gpus", "0,1,2,3", "--recipe",
-                    "recipes/Qwen3-8B-Base/grpo/config_baseline.yaml", "--", "--max_steps", "3")
+    lines = dry_run(
+        "s2l_po.sh",
+        "--no-explorer",
+        "--learner-gpus",
+        "0,1,2,3",
+        "--recipe",
+        "recipes/Qwen3-8B-Base/grpo/config_baseline.yaml",
+        "--",
+        "--max_steps",
+        "3",
+    )
     assert len(lines) == 2 and "Qwen3-1.7B" not in "\n".join(lines)
     assert "--data_parallel_size 4" in lines[0]
     assert "--explorer_server_base_url" not in lines[1]  # a GRPOConfig has no such field
@@ -225,43 +294,88 @@ def test_s2l_po_dry_run_multi_node_reads_the_launcher_environment():
     lines = dry_run("s2l_po.sh", "--recipe", "recipes/Qwen3-14B-Base/s2l_po/config_explorer_4b.yaml", env=env)
     assert len(lines) == 1, "servers start on machine rank 0 only"
     train = lines[0]
-    for flag in ("--num_processes 8", "--num_machines 2", "--machine_rank 1", "--main_process_ip 10.1.2.3",
-                 "--main_process_port 29555", "--explorer_server_base_url http://10.1.2.3:8001",
-                 "--vllm_server_base_url http://10.1.2.3:8000"):
+    for flag in (
+        "--num_processes 8",
+        "--num_machines 2",
+        "--machine_rank 1",
+        "--main_process_ip 10.1.2.3",
+        "--main_process_port 29555",
+        "--explorer_server_base_url http://10.1.2.3:8001",
+        "--vllm_server_base_url http://10.1.2.3:8000",
+    ):
         assert flag in train
-    rank0 = dry_run("s2l_po.sh", "--recipe", "recipes/Qwen3-14B-Base/s2l_po/config_explorer_4b.yaml",
-                    env={**env, "MACHINE_RANK": "0"})
+    rank0 = dry_run(
+        "s2l_po.sh",
+        "--recipe",
+        "recipes/Qwen3-14B-Base/s2l_po/config_explorer_4b.yaml",
+        env={**env, "MACHINE_RANK": "0"},
+    )
     assert "--host 0.0.0.0" in rank0[0] and "--model Qwen/Qwen3-4B-Base" in rank0[0]
 
 
 def test_s2l_po_rejects_inconsistent_parallelism():
-    result = subprocess.run(["bash", str(LAUNCH / "s2l_po.sh"), "--recipe",
-                             "recipes/Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml", "--explorer-gpus", "0,1,2",
-                             "--explorer-tp", "2", "--dry-run"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            "bash",
+            str(LAUNCH / "s2l_po.sh"),
+            "--recipe",
+            "recipes/Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml",
+            "--explorer-gpus",
+            "0,1,2",
+            "--explorer-tp",
+            "2",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode != 0 and "tp x dp" in result.stderr
 
 
 def test_offline_dry_run_samples_then_trains(tmp_path):
     rollouts = tmp_path / "rollouts.jsonl"
-    lines = dry_run("s2l_po_offline.sh", "--recipe", "recipes/Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml",
-                    "--rollouts", str(rollouts))
+    lines = dry_run(
+        "s2l_po_offline.sh",
+        "--recipe",
+        "recipes/Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml",
+        "--rollouts",
+        str(rollouts),
+    )
     sample, learner, train = lines
     assert sample.startswith("CUDA_VISIBLE_DEVICES=0 s2l-sample --model_path Qwen/Qwen3-4B-Base ")
-    for flag in ("--num_generations 16", "--temperature 0.7", "--top_p 0.95", "--max_tokens 4096",
-                 "--dataset open-r1/DAPO-Math-17k-Processed", "--dataset_config all", f"--output_dir {tmp_path}",
-                 "--prompt_column prompt", "--answer_column solution"):
+    for flag in (
+        "--num_generations 16",
+        "--temperature 0.7",
+        "--top_p 0.95",
+        "--max_tokens 4096",
+        "--dataset open-r1/DAPO-Math-17k-Processed",
+        "--dataset_config all",
+        f"--output_dir {tmp_path}",
+        "--prompt_column prompt",
+        "--answer_column solution",
+    ):
         assert flag in sample
     assert "--model Qwen/Qwen3-8B-Base" in learner
     assert train.endswith(f"--explorer_mode offline --explorer_rollouts {rollouts}")
     rollouts.write_text("{}\n")  # existing rollouts are reused, not re-sampled
-    assert not any("s2l-sample" in line for line in dry_run(
-        "s2l_po_offline.sh", "--recipe", "recipes/Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml",
-        "--rollouts", str(rollouts)))
+    assert not any(
+        "s2l-sample" in line
+        for line in dry_run(
+            "s2l_po_offline.sh",
+            "--recipe",
+            "recipes/Qwen3-8B-Base/s2l_po/config_explorer_4b.yaml",
+            "--rollouts",
+            str(rollouts),
+        )
+    )
 
 
 def test_tiny_cpu_dry_run():
     build, server, train = dry_run("tiny_cpu.sh")
-    assert build == "python -m s2l_trl.tiny .tiny --warm_start_explorer_steps 150"
-    assert server.startswith("VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model .tiny/explorer "
-                             "--host 127.0.0.1 --port 8001 --dtype float32 --enforce_eager true")
+    assert build == "python -m s2l_trl.devtools.tiny .tiny --warm_start_explorer_steps 150"
+    assert server.startswith(
+        "VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model .tiny/explorer "
+        "--host 127.0.0.1 --port 8001 --dtype float32 --enforce_eager true"
+    )
     assert train == "s2l-train --config recipes/tiny/s2l_po/config_cpu.yaml"

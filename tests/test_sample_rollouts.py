@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from s2l_trl.cli.sample import main as sample_main
-from s2l_trl.evaluation.engine import SamplingEngine
-from s2l_trl.evaluation.rollouts import sample_rollouts, stable_prompt_id
-from s2l_trl.explorers import ExplorerOutput, OfflineExplorer, ROLLOUT_FIELDS, SamplingSettings, read_rollouts
+from s2l_trl.explorers import ROLLOUT_FIELDS, ExplorerOutput, OfflineExplorer, SamplingSettings, read_rollouts
 from s2l_trl.explorers.offline import prompt_text_key
+from s2l_trl.sampling.engine import SamplingEngine
+from s2l_trl.sampling.rollouts import sample_rollouts, stable_prompt_id
 
 SMALL = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=8, seed=0)
 
@@ -19,9 +19,24 @@ def _rows(tiny, n):
 
 
 def test_transformers_rollouts_round_trip_through_offline_explorer(tiny, tmp_path):
-    path = sample_main(["--model_path", str(tiny["explorer"]), "--dataset", str(tiny["dataset"]), "--output_dir",
-                        str(tmp_path / "r"), "--backend", "transformers", "--num_generations", "4", "--max_prompts",
-                        "5", "--max_tokens", "8"])
+    path = sample_main(
+        [
+            "--model_path",
+            str(tiny["explorer"]),
+            "--dataset",
+            str(tiny["dataset"]),
+            "--output_dir",
+            str(tmp_path / "r"),
+            "--backend",
+            "transformers",
+            "--num_generations",
+            "4",
+            "--max_prompts",
+            "5",
+            "--max_tokens",
+            "8",
+        ]
+    )
     rows = read_rollouts(path)
     assert path.name == "rollouts.jsonl" and len(rows) == 20
     assert all(tuple(r) == ROLLOUT_FIELDS for r in rows)
@@ -43,7 +58,7 @@ def test_transformers_rollouts_round_trip_through_offline_explorer(tiny, tmp_pat
     out = explorer.generate([[0]] * 5, n=4, inputs=dataset)
     for i, example in enumerate(dataset):
         stored = sorted(r["response_ids"] for r in rows if r["prompt_id"] == example["prompt_id"])
-        assert sorted(out.completion_ids[4 * i:4 * i + 4]) == stored
+        assert sorted(out.completion_ids[4 * i : 4 * i + 4]) == stored
 
 
 class _ScriptedExplorer:
@@ -72,8 +87,11 @@ def _scripted_engine(tiny, dataset_rows):
 
 
 def test_text_prompts_without_ids_are_deduped_scored_and_matched_by_text(tiny, tmp_path):
-    data = [{"prompt": "What is 1 + 2?", "answer": 3}, {"prompt": "What is 2 + 2?", "answer": "4"},
-            {"prompt": "What is 1 + 2?", "answer": 3}]
+    data = [
+        {"prompt": "What is 1 + 2?", "answer": 3},
+        {"prompt": "What is 2 + 2?", "answer": "4"},
+        {"prompt": "What is 1 + 2?", "answer": 3},
+    ]
     engine = _scripted_engine(tiny, data)
     path = sample_rollouts(data, tmp_path / "r", engine=engine, num_generations=3)
     rows = read_rollouts(path)
@@ -82,15 +100,22 @@ def test_text_prompts_without_ids_are_deduped_scored_and_matched_by_text(tiny, t
     assert [r["reward"] for r in rows[:3]] == [1.0, 0.0, 0.0]
     assert rows[0]["prompt_id"] == stable_prompt_id("What is 1 + 2?") and rows[0]["prompt"] == "What is 1 + 2?"
     assert rows[0]["ground_truth"] == "3"
-    out = OfflineExplorer(path).generate([[0], [0]], n=3, inputs=[{"prompt": "What is 2 + 2?"},
-                                                                  {"prompt": "What is 1 + 2?"}])
+    out = OfflineExplorer(path).generate(
+        [[0], [0]], n=3, inputs=[{"prompt": "What is 2 + 2?"}, {"prompt": "What is 1 + 2?"}]
+    )
     assert sorted(out.completion_ids[:3]) == sorted(r["response_ids"] for r in rows[3:])
     assert prompt_text_key(rows[0]["prompt"]) == "What is 1 + 2?"
 
 
 def test_shards_merge_and_resume_after_a_torn_write(tiny, tmp_path):
-    data = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}], "reward_model": {"ground_truth": str(i + 1)},
-             "data_source": "math_dapo"} for i in range(7)]
+    data = [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+            "reward_model": {"ground_truth": str(i + 1)},
+            "data_source": "math_dapo",
+        }
+        for i in range(7)
+    ]
     engine = _scripted_engine(tiny, [{**r, "answer": r["reward_model"]["ground_truth"]} for r in data])
     out_dir = tmp_path / "r"
     first = sample_rollouts(data, out_dir, engine=engine, num_generations=2, num_shards=2, shard_index=0)
@@ -124,20 +149,36 @@ def test_bad_inputs_are_named(tiny, tmp_path):
     with pytest.raises(ValueError, match="no prompt column 'question'"):
         sample_rollouts([{"prompt": "a"}], tmp_path / "r2", str(tiny["explorer"]), prompt_column="question")
     with pytest.raises(ValueError, match="no answer column"):
-        sample_rollouts([{"prompt": "a"}], tmp_path / "r3", engine=_scripted_engine(tiny, [{"prompt": "a",
-                                                                                          "answer": "x"}]))
+        sample_rollouts(
+            [{"prompt": "a"}], tmp_path / "r3", engine=_scripted_engine(tiny, [{"prompt": "a", "answer": "x"}])
+        )
 
 
 def test_sampled_rollouts_train_s2l_trainer_offline(tiny, tmp_path):
     """`s2l-sample` output is directly usable as `explorer_rollouts`: its responses become the explorer rows."""
     from datasets import Dataset
-
-    from s2l_trl import S2LTrainer
     from trainer_utils import digit_reward, logged, s2l_args
 
-    path = sample_main(["--model_path", str(tiny["explorer"]), "--dataset", str(tiny["dataset"]), "--output_dir",
-                        str(tmp_path / "r"), "--backend", "transformers", "--num_generations", "4", "--max_prompts",
-                        "4", "--max_tokens", "8"])
+    from s2l_trl import S2LTrainer
+
+    path = sample_main(
+        [
+            "--model_path",
+            str(tiny["explorer"]),
+            "--dataset",
+            str(tiny["dataset"]),
+            "--output_dir",
+            str(tmp_path / "r"),
+            "--backend",
+            "transformers",
+            "--num_generations",
+            "4",
+            "--max_prompts",
+            "4",
+            "--max_tokens",
+            "8",
+        ]
+    )
     stored = {(r["prompt_id"], tuple(r["response_ids"])) for r in read_rollouts(path)}
     dataset = Dataset.from_list(_rows(tiny, 4))
     args = s2l_args(tmp_path, path, max_steps=2, mix_steps=2, explorer_model=str(tiny["explorer"]))

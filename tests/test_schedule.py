@@ -79,8 +79,14 @@ def test_bad_config_values_name_the_field(kwargs, field, tmp_path):
 def test_group_size_below_two_is_rejected(tmp_path):
     # GRPOConfig itself may reject G=1 first; either way the error names num_generations.
     with pytest.raises(ValueError, match="num_generations"):
-        S2LConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", num_generations=1,
-                  per_device_train_batch_size=2)
+        S2LConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            num_generations=1,
+            per_device_train_batch_size=2,
+        )
 
 
 def test_mix_alpha_rejects_step_zero():

@@ -8,15 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset, write_oracle_rollouts
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from s2l_trl import S2LTrainer
+from s2l_trl.devtools.vllm_server import free_port
 from s2l_trl.explorers import ExplorerError, ExplorerOutput, OfflineExplorer
 from s2l_trl.rewards import accuracy_reward
-from s2l_trl.vllm_server import free_port
-
-from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset, write_oracle_rollouts
 
 
 @pytest.fixture()
@@ -41,15 +40,33 @@ def test_oracle_explorer_reward_follows_schedule(tiny, tmp_path, oracle):
 
 def test_alpha_zero_matches_plain_grpo(tiny, tmp_path, oracle):
     """With alpha = 0 throughout, S2LTrainer is GRPOTrainer: same losses and metrics for the same seed."""
-    common = dict(use_cpu=True, bf16=False, report_to="none", learning_rate=1e-4, num_generations=4,
-                  per_device_train_batch_size=8, max_completion_length=16, max_steps=3, logging_steps=1,
-                  save_strategy="no", seed=0, disable_tqdm=True)
-    grpo = GRPOTrainer(str(tiny["learner"]), [digit_reward], args=GRPOConfig(output_dir=str(tmp_path / "g"), **common),
-                       train_dataset=tiny_dataset(tiny))
+    common = dict(
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        learning_rate=1e-4,
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_completion_length=16,
+        max_steps=3,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    grpo = GRPOTrainer(
+        str(tiny["learner"]),
+        [digit_reward],
+        args=GRPOConfig(output_dir=str(tmp_path / "g"), **common),
+        train_dataset=tiny_dataset(tiny),
+    )
     grpo.train()
-    s2l = S2LTrainer(str(tiny["learner"]), [digit_reward],
-                     args=s2l_args(tmp_path, oracle, mix_alpha_start=0.0, mix_alpha_end=0.0, **common),
-                     train_dataset=tiny_dataset(tiny))
+    s2l = S2LTrainer(
+        str(tiny["learner"]),
+        [digit_reward],
+        args=s2l_args(tmp_path, oracle, mix_alpha_start=0.0, mix_alpha_end=0.0, **common),
+        train_dataset=tiny_dataset(tiny),
+    )
     s2l.train()
     assert any(abs(v) > 0 for v in logged(grpo, "loss")), "the comparison needs a non-trivial loss"
     for key in ("loss", "reward", "reward_std", "entropy", "grad_norm", "completions/mean_length"):
@@ -63,13 +80,20 @@ def _mixed_batch(trainer, tiny, prompts: int = 2):
     return trainer._generate_and_score_completions([r for r in rows for _ in range(trainer.num_generations)])
 
 
-@pytest.mark.parametrize("mode, expected_weight", [("token_truncate", 3.0), ("token_mask", 0.0),
-                                                  ("sequence_truncate", 3.0)])
+@pytest.mark.parametrize(
+    "mode, expected_weight", [("token_truncate", 3.0), ("token_mask", 0.0), ("sequence_truncate", 3.0)]
+)
 def test_explorer_importance_sampling_policies(tiny, tmp_path, mode, expected_weight):
     # Explorer log-probs of -20 per token make pi_old / pi_explorer ~ e^14: clipped to 3, or masked to 0.
     rollouts = write_oracle_rollouts(tiny, tmp_path / "lp.jsonl", logprob=-20.0)
-    args = s2l_args(tmp_path, rollouts, mix_schedule="constant", mix_alpha_start=0.5,
-                    explorer_importance_sampling=mode, explorer_importance_sampling_clip_max=3.0)
+    args = s2l_args(
+        tmp_path,
+        rollouts,
+        mix_schedule="constant",
+        mix_alpha_start=0.5,
+        explorer_importance_sampling=mode,
+        explorer_importance_sampling_clip_max=3.0,
+    )
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
     out = _mixed_batch(trainer, tiny)
     is_explorer = out["s2l_is_explorer"]
@@ -113,8 +137,10 @@ def test_off_policy_mask_spares_explorer_rows_unless_asked(tiny, tmp_path):
     sampling = torch.full((2, 3), -1.0)  # KL = 5 > threshold
     mask = torch.ones(2, 3)
     adv = torch.tensor([[-1.0], [-1.0]])
-    trainer._s2l_loss_inputs = {"s2l_is_explorer": torch.tensor([True, False]),
-                                "s2l_explorer_logps": torch.full((2, 3), -6.0)}
+    trainer._s2l_loss_inputs = {
+        "s2l_is_explorer": torch.tensor([True, False]),
+        "s2l_explorer_logps": torch.full((2, 3), -6.0),
+    }
     keep = trainer.get_off_policy_mask(adv, per_token, sampling, mask, 0.1)
     assert keep.flatten().tolist() == [1.0, 0.0]
     trainer.args.explorer_off_policy_mask = True
@@ -150,8 +176,13 @@ def test_per_source_grouping_in_training(tiny, tmp_path, oracle):
 
 def test_callable_schedule_through_trainer(tiny, tmp_path, oracle):
     args = s2l_args(tmp_path, oracle, max_steps=3)
-    trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny),
-                         mix_schedule=lambda step: 0.25 * step)
+    trainer = S2LTrainer(
+        str(tiny["learner"]),
+        [accuracy_reward],
+        args=args,
+        train_dataset=tiny_dataset(tiny),
+        mix_schedule=lambda step: 0.25 * step,
+    )
     trainer.train()
     assert logged(trainer, "s2l/alpha") == pytest.approx([0.25, 0.5, 0.75])
     assert logged(trainer, "reward") == pytest.approx([0.25, 0.5, 0.75])
@@ -171,10 +202,17 @@ class _Recorder:
 def test_custom_explorer_object_and_eval_uses_learner_only(tiny, tmp_path, oracle):
     explorer = _Recorder(OfflineExplorer(oracle))
     ds = tiny_dataset(tiny)
-    args = s2l_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=8,
-                    explorer_mode="server")  # the explorer object overrides the mode: no server is contacted
-    trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=ds,
-                         eval_dataset=ds.select(range(4)), explorer=explorer)
+    args = s2l_args(
+        tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=8, explorer_mode="server"
+    )  # the explorer object overrides the mode: no server is contacted
+    trainer = S2LTrainer(
+        str(tiny["learner"]),
+        [accuracy_reward],
+        args=args,
+        train_dataset=ds,
+        eval_dataset=ds.select(range(4)),
+        explorer=explorer,
+    )
     trainer.train()
     assert explorer.calls == [(2, 4), (2, 3)]  # one request per batch: 2 groups x G_w rows
     metrics = trainer.evaluate()
@@ -193,19 +231,33 @@ class _StopAt(TrainerCallback):
 
 def test_resume_mid_schedule_continues_alpha_sequence(tiny, tmp_path, oracle):
     ds = tiny_dataset(tiny)
-    full = S2LTrainer(str(tiny["learner"]), [accuracy_reward], train_dataset=ds,
-                      args=s2l_args(tmp_path / "full", oracle, max_steps=5, mix_steps=4))
+    full = S2LTrainer(
+        str(tiny["learner"]),
+        [accuracy_reward],
+        train_dataset=ds,
+        args=s2l_args(tmp_path / "full", oracle, max_steps=5, mix_steps=4),
+    )
     full.train()
     run_dir = tmp_path / "resumed"
-    first = S2LTrainer(str(tiny["learner"]), [accuracy_reward], train_dataset=ds, callbacks=[_StopAt(2)],
-                       args=s2l_args(run_dir, oracle, max_steps=5, mix_steps=4, save_strategy="steps", save_steps=2))
+    first = S2LTrainer(
+        str(tiny["learner"]),
+        [accuracy_reward],
+        train_dataset=ds,
+        callbacks=[_StopAt(2)],
+        args=s2l_args(run_dir, oracle, max_steps=5, mix_steps=4, save_strategy="steps", save_steps=2),
+    )
     first.train()
     assert (run_dir / "out" / "checkpoint-2").is_dir()
-    second = S2LTrainer(str(tiny["learner"]), [accuracy_reward], train_dataset=ds,
-                        args=s2l_args(run_dir, oracle, max_steps=5, mix_steps=4, save_strategy="steps", save_steps=2))
+    second = S2LTrainer(
+        str(tiny["learner"]),
+        [accuracy_reward],
+        train_dataset=ds,
+        args=s2l_args(run_dir, oracle, max_steps=5, mix_steps=4, save_strategy="steps", save_steps=2),
+    )
     second.train(resume_from_checkpoint=str(run_dir / "out" / "checkpoint-2"))
-    resumed = logged(first, "s2l/alpha") + [h["s2l/alpha"] for h in second.state.log_history
-                                            if "s2l/alpha" in h and h["step"] > 2]
+    resumed = logged(first, "s2l/alpha") + [
+        h["s2l/alpha"] for h in second.state.log_history if "s2l/alpha" in h and h["step"] > 2
+    ]
     assert resumed == pytest.approx(logged(full, "s2l/alpha"))
     assert resumed == pytest.approx([1, 2 / 3, 1 / 3, 0, 0])
 
@@ -225,7 +277,7 @@ def test_offline_rollouts_errors_name_file_and_line(tiny, tmp_path, oracle):
         OfflineExplorer(bad)
     # A prompt with no rollouts is an error naming the file and the prompt.
     some = tmp_path / "some.jsonl"
-    some.write_text("\n".join(l for l in lines if '"add-0-0"' in l) + "\n")
+    some.write_text("\n".join(line for line in lines if '"add-0-0"' in line) + "\n")
     explorer = OfflineExplorer(some)
     row = dict(tiny_dataset(tiny)[1])
     with pytest.raises(ExplorerError, match=r"some\.jsonl.*add-0-1"):
@@ -234,7 +286,7 @@ def test_offline_rollouts_errors_name_file_and_line(tiny, tmp_path, oracle):
 
 def test_offline_draws_without_replacement_then_with_warning(tiny, tmp_path, caplog):
     path = write_oracle_rollouts(tiny, tmp_path / "r.jsonl", per_prompt=3)
-    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
     for i, r in enumerate(rows):  # make the 3 samples of each prompt distinguishable
         r["response_ids"] = r["response_ids"] + [i]
         r["small_model_log_probs"] = None
@@ -254,7 +306,7 @@ def test_offline_draws_without_replacement_then_with_warning(tiny, tmp_path, cap
 @pytest.fixture(scope="module")
 def foreign_explorer(tiny, tmp_path_factory):
     """An explorer with its own tokenizer (a different BPE vocabulary): ids cannot be shared with the learner."""
-    from s2l_trl.tiny import build_model, build_tokenizer
+    from s2l_trl.devtools.tiny import build_model, build_tokenizer
 
     root = tmp_path_factory.mktemp("foreign")
     build_tokenizer(root / "tok", vocab_size=400, seed=7)
@@ -265,15 +317,22 @@ def foreign_explorer(tiny, tmp_path_factory):
 def test_mismatched_explorer_tokenizer_is_retokenized(tiny, tmp_path, foreign_explorer):
     from transformers import AutoTokenizer
 
-    args = s2l_args(tmp_path, explorer_mode="local", explorer_model=str(foreign_explorer), mix_schedule="constant",
-                    mix_alpha_start=0.5, max_completion_length=12)
+    args = s2l_args(
+        tmp_path,
+        explorer_mode="local",
+        explorer_model=str(foreign_explorer),
+        mix_schedule="constant",
+        mix_alpha_start=0.5,
+        max_completion_length=12,
+    )
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
     assert trainer.explorer_tokenizer_matches is False
     explorer_tok = AutoTokenizer.from_pretrained(foreign_explorer)
     row = dict(tiny_dataset(tiny)[0])
     # The explorer sees the prompt rendered by its own tokenizer, not the learner's ids.
-    expected_prompt = explorer_tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                                       return_dict=True)["input_ids"]
+    expected_prompt = explorer_tok.apply_chat_template(
+        row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     assert trainer._explorer_prompt_ids([1, 2, 3], row) == list(expected_prompt)
     out = _mixed_batch(trainer, tiny)
     ids = out["completion_ids"][out["s2l_is_explorer"]]
@@ -283,12 +342,20 @@ def test_mismatched_explorer_tokenizer_is_retokenized(tiny, tmp_path, foreign_ex
         tokens = row_ids[row_mask].tolist()
         text = trainer.processing_class.decode(tokens, skip_special_tokens=True)
         eos = [trainer.eos_token_ids[0]] if tokens and tokens[-1] == trainer.eos_token_ids[0] else []
-        assert trainer.processing_class(text, add_special_tokens=False)["input_ids"][:12 - len(eos)] + eos == tokens
+        assert trainer.processing_class(text, add_special_tokens=False)["input_ids"][: 12 - len(eos)] + eos == tokens
     assert "s2l/logp_gap" not in trainer._metrics["train"]  # explorer log-probs are dropped
     with pytest.raises(ValueError, match="explorer_importance_sampling"):
-        S2LTrainer(str(tiny["learner"]), [digit_reward], train_dataset=tiny_dataset(tiny),
-                   args=s2l_args(tmp_path, explorer_mode="local", explorer_model=str(foreign_explorer),
-                                 explorer_importance_sampling="token_truncate"))
+        S2LTrainer(
+            str(tiny["learner"]),
+            [digit_reward],
+            train_dataset=tiny_dataset(tiny),
+            args=s2l_args(
+                tmp_path,
+                explorer_mode="local",
+                explorer_model=str(foreign_explorer),
+                explorer_importance_sampling="token_truncate",
+            ),
+        )
 
 
 class _HandshakeExplorer:
@@ -314,10 +381,12 @@ class _HandshakeExplorer:
 
 def test_explorer_request_overlaps_learner_generation(tiny, tmp_path, oracle):
     explorer = _HandshakeExplorer(OfflineExplorer(oracle))
-    args = s2l_args(tmp_path, mix_schedule="constant", mix_alpha_start=0.5, explorer_mode="offline",
-                    explorer_rollouts=str(oracle))
-    trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny),
-                         explorer=explorer)
+    args = s2l_args(
+        tmp_path, mix_schedule="constant", mix_alpha_start=0.5, explorer_mode="offline", explorer_rollouts=str(oracle)
+    )
+    trainer = S2LTrainer(
+        str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny), explorer=explorer
+    )
     model_generate = trainer.model.generate
 
     def learner_generate(*a, **kw):
@@ -336,8 +405,9 @@ def test_local_explorer_runs_are_reproducible(tiny, tmp_path):
     """The in-process explorer samples on a forked, per-step seeded generator: same seed, same run."""
 
     def run(name):
-        args = s2l_args(tmp_path / name, explorer_mode="local", explorer_model=str(tiny["explorer"]), max_steps=3,
-                        mix_steps=3)
+        args = s2l_args(
+            tmp_path / name, explorer_mode="local", explorer_model=str(tiny["explorer"]), max_steps=3, mix_steps=3
+        )
         trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
         trainer.train()
         return [logged(trainer, k) for k in ("s2l/reward/explorer", "s2l/reward/learner", "loss")]

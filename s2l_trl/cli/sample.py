@@ -4,7 +4,7 @@
     s2l-sample --model_path <explorer> --backend server --server_base_url http://127.0.0.1:8000 \\
         --dataset data/train.jsonl --num_shards 4 --shard_index 0      # one of four workers
 
-Default data set: BytedTsinghua-SIA/DAPO-Math-17k (see s2l_trl/evaluation/rollouts.py for its prompt format).
+Default data set: BytedTsinghua-SIA/DAPO-Math-17k (see s2l_trl/sampling/rollouts.py for its prompt format).
 Re-running the same command resumes: prompts with all G samples are skipped.
 """
 
@@ -14,29 +14,36 @@ import argparse
 import logging
 import sys
 
-from ..evaluation.engine import BACKENDS
-from ..evaluation.rollouts import DEFAULT_DATASET, DEFAULT_SAMPLING, sample_rollouts
 from ..explorers.base import SamplingSettings
+from ..explorers.factory import SAMPLING_BACKENDS as BACKENDS
+from ..sampling.rollouts import DEFAULT_DATASET, DEFAULT_SAMPLING, sample_rollouts
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="s2l-sample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="s2l-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model_path", required=True, help="explorer model id or path")
     p.add_argument("--output_dir", required=True, help="folder of rollouts.jsonl (and the shard files)")
-    p.add_argument("--dataset", default=DEFAULT_DATASET,
-                   help=f"Hub id or local JSONL/parquet/save_to_disk path (default: {DEFAULT_DATASET})")
+    p.add_argument(
+        "--dataset",
+        default=DEFAULT_DATASET,
+        help=f"Hub id or local JSONL/parquet/save_to_disk path (default: {DEFAULT_DATASET})",
+    )
     p.add_argument("--dataset_config", default=None)
     p.add_argument("--split", default="train")
     p.add_argument("--prompt_column", default="prompt")
-    p.add_argument("--answer_column", default=None,
-                   help="gold answer column, dotted for nested fields (default: solution / answer / ground_truth "
-                        "/ reward_model.ground_truth)")
+    p.add_argument(
+        "--answer_column",
+        default=None,
+        help="gold answer column, dotted for nested fields (default: solution / answer / ground_truth "
+        "/ reward_model.ground_truth)",
+    )
     p.add_argument("--data_source", default=None, help="data_source for rows without one (default: the data set)")
     p.add_argument("--max_prompts", type=int, default=None)
     p.add_argument("--no_dedupe", action="store_true", help="keep repeated prompts (data sets without prompt_id)")
     p.add_argument("--num_generations", type=int, default=16, help="G, samples per prompt (default: 16)")
-    p.add_argument("--backend", choices=BACKENDS, default="vllm")
+    p.add_argument("--backend", choices=(*BACKENDS, "transformers"), default="vllm")
     p.add_argument("--server_base_url", default=None)
     p.add_argument("--tokenizer_path", default=None)
     p.add_argument("--tensor_parallel_size", type=int, default=1)
@@ -59,17 +66,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None):
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sampling = SamplingSettings(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_tokens=a.max_tokens,
-                                seed=a.seed)
-    vllm_kwargs = {"dtype": a.dtype, "max_model_len": a.max_model_len,
-                   "gpu_memory_utilization": a.gpu_memory_utilization, "enforce_eager": a.enforce_eager}
+    sampling = SamplingSettings(
+        temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_tokens=a.max_tokens, seed=a.seed
+    )
+    vllm_kwargs = {
+        "dtype": a.dtype,
+        "max_model_len": a.max_model_len,
+        "gpu_memory_utilization": a.gpu_memory_utilization,
+        "enforce_eager": a.enforce_eager,
+    }
     path = sample_rollouts(
-        a.dataset, a.output_dir, a.model_path, backend=a.backend, tokenizer_path=a.tokenizer_path,
-        num_generations=a.num_generations, sampling=sampling, server_base_url=a.server_base_url,
-        tensor_parallel_size=a.tensor_parallel_size, vllm_kwargs=vllm_kwargs, split=a.split,
-        dataset_config=a.dataset_config, prompt_column=a.prompt_column, answer_column=a.answer_column,
-        data_source=a.data_source, max_prompts=a.max_prompts, num_shards=a.num_shards, shard_index=a.shard_index,
-        batch_prompts=a.batch_prompts, batch_size=a.batch_size, dedupe=not a.no_dedupe,
+        a.dataset,
+        a.output_dir,
+        a.model_path,
+        backend=a.backend,
+        tokenizer_path=a.tokenizer_path,
+        num_generations=a.num_generations,
+        sampling=sampling,
+        server_base_url=a.server_base_url,
+        tensor_parallel_size=a.tensor_parallel_size,
+        vllm_kwargs=vllm_kwargs,
+        split=a.split,
+        dataset_config=a.dataset_config,
+        prompt_column=a.prompt_column,
+        answer_column=a.answer_column,
+        data_source=a.data_source,
+        max_prompts=a.max_prompts,
+        num_shards=a.num_shards,
+        shard_index=a.shard_index,
+        batch_prompts=a.batch_prompts,
+        batch_size=a.batch_size,
+        dedupe=not a.no_dedupe,
     )
     print(f"rollouts: {path}")
     return path

@@ -46,10 +46,13 @@ class S2LScriptArguments(ScriptArguments):
             System message prepended to string prompts.
     """
 
-    trainer: str = field(default="s2l", metadata={"help": "`s2l` (S2LTrainer) or `grpo` (plain GRPOTrainer).",
-                                                  "choices": ["s2l", "grpo"]})
-    reward_funcs: list[str] = field(default_factory=lambda: ["accuracy", "format"],
-                                    metadata={"help": "Reward functions by name."})
+    trainer: str = field(
+        default="s2l",
+        metadata={"help": "`s2l` (S2LTrainer) or `grpo` (plain GRPOTrainer).", "choices": ["s2l", "grpo"]},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"], metadata={"help": "Reward functions by name."}
+    )
     dataset_prompt_column: str = field(default="prompt", metadata={"help": "Prompt column."})
     dataset_solution_column: str = field(default="solution", metadata={"help": "Gold-answer column."})
     dataset_prompt_id_column: str | None = field(default=None, metadata={"help": "Problem id column."})
@@ -59,8 +62,9 @@ class S2LScriptArguments(ScriptArguments):
 
 def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig) -> None:
     set_seed(training_args.seed)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
@@ -74,20 +78,29 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
 
     raw = load_prompt_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
     train_dataset = raw.map(
-        to_conversational, remove_columns=raw.column_names,
-        fn_kwargs={"prompt_column": script_args.dataset_prompt_column,
-                   "solution_column": script_args.dataset_solution_column,
-                   "prompt_id_column": script_args.dataset_prompt_id_column
-                   or ("prompt_id" if "prompt_id" in raw.column_names else None),
-                   "prompt_template": script_args.dataset_prompt_template,
-                   "system_prompt": script_args.system_prompt})
+        to_conversational,
+        remove_columns=raw.column_names,
+        fn_kwargs={
+            "prompt_column": script_args.dataset_prompt_column,
+            "solution_column": script_args.dataset_solution_column,
+            "prompt_id_column": script_args.dataset_prompt_id_column
+            or ("prompt_id" if "prompt_id" in raw.column_names else None),
+            "prompt_template": script_args.dataset_prompt_template,
+            "system_prompt": script_args.system_prompt,
+        },
+    )
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
 
     # GRPOTrainer loads the learner from its id with these (trust_remote_code lives on the config itself).
-    model_init_kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
-                         "dtype": model_args.dtype}
-    training_args.model_init_kwargs = {**{k: v for k, v in model_init_kwargs.items() if v is not None},
-                                       **(training_args.model_init_kwargs or {})}
+    model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    training_args.model_init_kwargs = {
+        **{k: v for k, v in model_init_kwargs.items() if v is not None},
+        **(training_args.model_init_kwargs or {}),
+    }
     if script_args.trainer == "grpo":
         trainer_cls = GRPOTrainer
     else:
@@ -127,8 +140,11 @@ def _requested_trainer(argv: list[str]) -> str:
         if arg == "--trainer" and i + 1 < len(argv):
             return argv[i + 1]
     for i, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
-            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+        path = (
+            arg.split("=", 1)[1]
+            if arg.startswith("--config=")
+            else (argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+        )
         if path:
             import yaml
 

@@ -38,12 +38,14 @@ class BenchmarkSpec:
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
-    spec.name: spec for spec in (
+    spec.name: spec
+    for spec in (
         BenchmarkSpec("aime24", "HuggingFaceH4/aime_2024", "train", "problem", "answer"),
         BenchmarkSpec("aime25", "yentinglin/aime_2025", "train", "problem", "answer"),
         BenchmarkSpec("math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer"),
-        BenchmarkSpec("olympiadbench", "Hothan/OlympiadBench", "train", "question", "final_answer",
-                      config="OE_TO_maths_en_COMP"),
+        BenchmarkSpec(
+            "olympiadbench", "Hothan/OlympiadBench", "train", "question", "final_answer", config="OE_TO_maths_en_COMP"
+        ),
         BenchmarkSpec("commonsenseqa", "tau/commonsense_qa", "validation", "question", "answerKey", kind="choice"),
     )
 }
@@ -67,8 +69,9 @@ def _normalize_row(raw: dict[str, Any], spec: BenchmarkSpec, where: str, local: 
     if spec.kind == "choice" and "choices" not in raw:
         missing.append("choices")
     if missing:
-        raise BenchmarkDataError(f"{where}: missing field(s) {missing} for benchmark {spec.name!r} "
-                                 f"(has {sorted(raw)}).")
+        raise BenchmarkDataError(
+            f"{where}: missing field(s) {missing} for benchmark {spec.name!r} (has {sorted(raw)})."
+        )
     question, answer = raw[question_field], raw[answer_field]
     if isinstance(answer, list):  # OlympiadBench stores a list of final answers; the first is the reference
         if not answer:
@@ -81,10 +84,13 @@ def _normalize_row(raw: dict[str, Any], spec: BenchmarkSpec, where: str, local: 
     row = {"question": question, "answer": answer}
     if spec.kind == "choice":
         choices = raw["choices"]
-        if (not isinstance(choices, dict) or not isinstance(choices.get("label"), list)
-                or not isinstance(choices.get("text"), list) or len(choices["label"]) != len(choices["text"])):
-            raise BenchmarkDataError(f"{where}: 'choices' must be {{'label': [...], 'text': [...]}} of equal "
-                                     "length.")
+        if (
+            not isinstance(choices, dict)
+            or not isinstance(choices.get("label"), list)
+            or not isinstance(choices.get("text"), list)
+            or len(choices["label"]) != len(choices["text"])
+        ):
+            raise BenchmarkDataError(f"{where}: 'choices' must be {{'label': [...], 'text': [...]}} of equal length.")
         if str(answer) not in choices["label"]:
             raise BenchmarkDataError(f"{where}: answerKey {answer!r} is not one of the labels {choices['label']}.")
         row["choices"] = {"label": list(choices["label"]), "text": list(choices["text"])}
@@ -96,8 +102,10 @@ def read_benchmark_file(path: str | Path, spec: BenchmarkSpec) -> list[dict[str,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Benchmark file {str(path)!r} not found (expected <data_dir>/{spec.name}.jsonl).")
-    rows = [_normalize_row(raw, spec, f"{path}:{lineno}", local=True)
-            for lineno, raw in iter_jsonl(path, BenchmarkDataError)]
+    rows = [
+        _normalize_row(raw, spec, f"{path}:{lineno}", local=True)
+        for lineno, raw in iter_jsonl(path, BenchmarkDataError)
+    ]
     if not rows:
         raise BenchmarkDataError(f"{path}: no problems found.")
     return rows
@@ -118,8 +126,10 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
         import datasets
 
         ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
-        rows = [_normalize_row(dict(r), spec, f"{spec.hub_id} ({spec.split}, row {i})", local=False)
-                for i, r in enumerate(ds)]
+        rows = [
+            _normalize_row(dict(r), spec, f"{spec.hub_id} ({spec.split}, row {i})", local=False)
+            for i, r in enumerate(ds)
+        ]
     return rows[:limit] if limit is not None else rows
 
 
@@ -130,8 +140,8 @@ def user_turn(row: dict[str, Any], mode: str, kind: str = "math") -> str:
         raise ValueError(f"mode must be 'think' or 'nothink', got {mode!r}.")
     text = row["question"]
     if kind == "choice":
-        options = "\n".join(f"{label}. {choice}" for label, choice in zip(row["choices"]["label"],
-                                                                          row["choices"]["text"]))
-        text = (f"{text}\n\n{options}\n\nAnswer with the letter of the correct option only, in the form "
-                "\\boxed{X}.")
+        options = "\n".join(
+            f"{label}. {choice}" for label, choice in zip(row["choices"]["label"], row["choices"]["text"])
+        )
+        text = f"{text}\n\n{options}\n\nAnswer with the letter of the correct option only, in the form \\boxed{{X}}."
     return text + (" /think" if mode == "think" else " /no_think")

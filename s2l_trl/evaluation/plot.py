@@ -25,8 +25,13 @@ def load_results(result_dir: str | Path) -> dict[str, dict]:
     return results
 
 
-def plot_passk(result_dirs: list[str | Path], output: str | Path, labels: list[str] | None = None,
-               benchmarks: list[str] | None = None, judge: str = "math_verify") -> Path:
+def plot_passk(
+    result_dirs: list[str | Path],
+    output: str | Path,
+    labels: list[str] | None = None,
+    benchmarks: list[str] | None = None,
+    judge: str = "math_verify",
+) -> Path:
     """Draw pass@k against k (log2 axis): one panel per benchmark, one line per result folder.
 
     Args:

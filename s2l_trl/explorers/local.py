@@ -26,8 +26,15 @@ class LocalExplorer:
 
     runs_in_background = False
 
-    def __init__(self, model, tokenizer=None, sampling: SamplingSettings | None = None, batch_size: int = 64,
-                 device: str | torch.device | None = None, model_init_kwargs: dict | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        sampling: SamplingSettings | None = None,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        model_init_kwargs: dict | None = None,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, str):
@@ -44,21 +51,30 @@ class LocalExplorer:
         self.last_latency_s = 0.0
         eos = self.model.generation_config.eos_token_id or tokenizer.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_token_ids))
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_token_ids))
+        )
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
-                 ) -> ExplorerOutput:
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
+    ) -> ExplorerOutput:
         from transformers import GenerationConfig
 
         start = time.perf_counter()
         s = self.sampling
         do_sample = s.temperature > 0
         config = GenerationConfig(
-            max_new_tokens=s.max_tokens, do_sample=do_sample, temperature=s.temperature if do_sample else None,
-            top_p=s.top_p if do_sample else None, top_k=(s.top_k or 0) if do_sample else None,
-            repetition_penalty=s.repetition_penalty, pad_token_id=self.pad_token_id,
-            eos_token_id=sorted(self.eos_token_ids), return_dict_in_generate=True, output_logits=True,
+            max_new_tokens=s.max_tokens,
+            do_sample=do_sample,
+            temperature=s.temperature if do_sample else None,
+            top_p=s.top_p if do_sample else None,
+            top_k=(s.top_k or 0) if do_sample else None,
+            repetition_penalty=s.repetition_penalty,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=sorted(self.eos_token_ids),
+            return_dict_in_generate=True,
+            output_logits=True,
         )
         if s.seed is not None:
             torch.manual_seed(s.seed)
@@ -67,7 +83,7 @@ class LocalExplorer:
         logprobs: list[list[float]] = []
         device = next(self.model.parameters()).device
         for begin in range(0, len(rows), self.batch_size):
-            batch = rows[begin:begin + self.batch_size]
+            batch = rows[begin : begin + self.batch_size]
             width = max(len(r) for r in batch)
             input_ids = torch.tensor([[self.pad_token_id] * (width - len(r)) + list(r) for r in batch], device=device)
             attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)

@@ -14,8 +14,18 @@ from .base import ExplorerError, ExplorerOutput
 
 logger = logging.getLogger(__name__)
 
-ROLLOUT_FIELDS = ("prompt_id", "prompt", "prompt_ids", "response", "response_ids", "small_model_log_probs", "reward",
-                  "is_correct", "data_source", "ground_truth")
+ROLLOUT_FIELDS = (
+    "prompt_id",
+    "prompt",
+    "prompt_ids",
+    "response",
+    "response_ids",
+    "small_model_log_probs",
+    "reward",
+    "is_correct",
+    "data_source",
+    "ground_truth",
+)
 _REQUIRED = ("prompt", "response_ids")
 
 
@@ -63,8 +73,10 @@ def _check_row(row: Any, where: str) -> None:
         raise ExplorerError(f"{where}: response_ids must be a list of token ids.")
     lps = row.get("small_model_log_probs")
     if lps is not None and (not isinstance(lps, list) or len(lps) != len(ids)):
-        raise ExplorerError(f"{where}: small_model_log_probs must be a list as long as response_ids "
-                            f"({len(ids)}), got {len(lps) if isinstance(lps, list) else type(lps).__name__}.")
+        raise ExplorerError(
+            f"{where}: small_model_log_probs must be a list as long as response_ids "
+            f"({len(ids)}), got {len(lps) if isinstance(lps, list) else type(lps).__name__}."
+        )
 
 
 class OfflineExplorer:
@@ -103,8 +115,9 @@ class OfflineExplorer:
         key = prompt_text_key(example.get("prompt"))
         return f"prompt {key[:80]!r}", self.by_text.get(key, [])
 
-    def generate(self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
-                 ) -> ExplorerOutput:
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
+    ) -> ExplorerOutput:
         if inputs is None or len(inputs) != len(prompt_ids):
             raise ValueError("OfflineExplorer needs the data-set rows (`inputs`) of the prompts to look them up.")
         completion_ids: list[list[int]] = []
@@ -112,15 +125,22 @@ class OfflineExplorer:
         for example in inputs:
             label, candidates = self._candidates(example)
             if not candidates:
-                raise ExplorerError(f"{self.path}: no rollouts for {label}; every training prompt needs explorer "
-                                    "rollouts (re-run s2l-sample on this data set).")
+                raise ExplorerError(
+                    f"{self.path}: no rollouts for {label}; every training prompt needs explorer "
+                    "rollouts (re-run s2l-sample on this data set)."
+                )
             if len(candidates) >= n:
                 picks = self.rng.sample(candidates, n)
             else:
                 if label not in self._warned:
                     self._warned.add(label)
-                    logger.warning("%s: only %d rollouts for %s but %d explorer rows are needed; drawing with "
-                                   "replacement.", self.path, len(candidates), label, n)
+                    logger.warning(
+                        "%s: only %d rollouts for %s but %d explorer rows are needed; drawing with replacement.",
+                        self.path,
+                        len(candidates),
+                        label,
+                        n,
+                    )
                 picks = [self.rng.choice(candidates) for _ in range(n)]
             for i in picks:
                 row = self.rows[i]
@@ -129,6 +149,9 @@ class OfflineExplorer:
                     continue
                 completion_ids.append(list(row["response_ids"]))
                 lps = row.get("small_model_log_probs")
-                logprobs.append([float("nan")] * len(row["response_ids"]) if lps is None else
-                                [float("nan") if x is None else float(x) for x in lps])
+                logprobs.append(
+                    [float("nan")] * len(row["response_ids"])
+                    if lps is None
+                    else [float("nan") if x is None else float(x) for x in lps]
+                )
         return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs)

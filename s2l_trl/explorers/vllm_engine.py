@@ -27,31 +27,57 @@ class VLLMEngineExplorer:
         llm_kwargs: further keyword arguments of ``vllm.LLM``.
     """
 
-    def __init__(self, model: str, sampling: SamplingSettings | None = None, tensor_parallel_size: int = 1,
-                 dtype: str = "auto", max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-                 enforce_eager: bool = False, seed: int = 0, llm_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: str,
+        sampling: SamplingSettings | None = None,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        llm_kwargs: dict[str, Any] | None = None,
+    ):
         from vllm import LLM
 
         self.sampling = sampling or SamplingSettings()
-        self.llm = LLM(model=str(model), tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                       enforce_eager=enforce_eager, seed=seed, logprobs_mode="processed_logprobs",
-                       **(llm_kwargs or {}))
+        self.llm = LLM(
+            model=str(model),
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            logprobs_mode="processed_logprobs",
+            **(llm_kwargs or {}),
+        )
         self.last_latency_s = 0.0
 
-    def generate(self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
-                 ) -> ExplorerOutput:
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
+    ) -> ExplorerOutput:
         from vllm import SamplingParams
 
         if not prompt_ids:
             return ExplorerOutput(completion_ids=[], logprobs=[])
         s = self.sampling
-        params = SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or -1,
-                                max_tokens=s.max_tokens, presence_penalty=s.presence_penalty,
-                                repetition_penalty=s.repetition_penalty, seed=s.seed, logprobs=0)
+        params = SamplingParams(
+            n=n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or -1,
+            max_tokens=s.max_tokens,
+            presence_penalty=s.presence_penalty,
+            repetition_penalty=s.repetition_penalty,
+            seed=s.seed,
+            logprobs=0,
+        )
         start = time.perf_counter()
-        outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], sampling_params=params,
-                                    use_tqdm=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(ids)} for ids in prompt_ids], sampling_params=params, use_tqdm=False
+        )
         self.last_latency_s = time.perf_counter() - start
         completion_ids: list[list[int]] = []
         logprobs: list[list[float]] = []
@@ -63,8 +89,9 @@ class VLLMEngineExplorer:
                     logprobs.append([math.nan] * len(ids))
                 else:
                     # One dict per position, holding at least the sampled token.
-                    logprobs.append([float(pos[t].logprob) if pos and t in pos else math.nan
-                                     for t, pos in zip(ids, seq.logprobs)])
+                    logprobs.append(
+                        [float(pos[t].logprob) if pos and t in pos else math.nan for t, pos in zip(ids, seq.logprobs)]
+                    )
         return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs)
 
     def close(self) -> None:

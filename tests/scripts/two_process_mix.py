@@ -12,10 +12,11 @@ from accelerate import PartialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from s2l_trl import S2LTrainer  # noqa: E402
-from s2l_trl.rewards import accuracy_reward  # noqa: E402
-from s2l_trl.tiny import build_tiny_setup  # noqa: E402
 from trainer_utils import s2l_args, tiny_dataset, write_oracle_rollouts  # noqa: E402
+
+from s2l_trl import S2LTrainer  # noqa: E402
+from s2l_trl.devtools.tiny import build_tiny_setup  # noqa: E402
+from s2l_trl.rewards import accuracy_reward  # noqa: E402
 
 
 class RecordingTrainer(S2LTrainer):
@@ -24,10 +25,17 @@ class RecordingTrainer(S2LTrainer):
     def _postprocess_mixed_batch(self, output, plan):
         super()._postprocess_mixed_batch(output, plan)
         start = self.accelerator.process_index * len(plan.is_explorer)
-        rewards = self._last_rewards_per_func[start:start + len(plan.is_explorer), 0].tolist()
-        self.records.append({"step": plan.step, "g_w": plan.g_w, "rows": [
-            {"group": g, "slot": s, "explorer": e, "reward": r}
-            for (g, s), e, r in zip(plan.local_slots, plan.is_explorer, rewards)]})
+        rewards = self._last_rewards_per_func[start : start + len(plan.is_explorer), 0].tolist()
+        self.records.append(
+            {
+                "step": plan.step,
+                "g_w": plan.g_w,
+                "rows": [
+                    {"group": g, "slot": s, "explorer": e, "reward": r}
+                    for (g, s), e, r in zip(plan.local_slots, plan.is_explorer, rewards)
+                ],
+            }
+        )
 
 
 def main(workdir: str) -> None:
@@ -44,9 +52,14 @@ def main(workdir: str) -> None:
     args = s2l_args(work, rollouts, per_device_train_batch_size=6, max_steps=4, mix_steps=4)
     trainer = RecordingTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
     trainer.train()
-    out = {"world_size": state.num_processes, "rank": state.process_index, "records": trainer.records,
-           "learner_rows_generated": [h["s2l/learner_rows_generated"] for h in trainer.state.log_history
-                                      if "s2l/learner_rows_generated" in h]}
+    out = {
+        "world_size": state.num_processes,
+        "rank": state.process_index,
+        "records": trainer.records,
+        "learner_rows_generated": [
+            h["s2l/learner_rows_generated"] for h in trainer.state.log_history if "s2l/learner_rows_generated" in h
+        ],
+    }
     (work / f"rank{state.process_index}.json").write_text(json.dumps(out))
 
 

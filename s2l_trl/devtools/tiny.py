@@ -55,8 +55,14 @@ def build_tokenizer(output_dir: str | Path, vocab_size: int = 512, seed: int = 0
     return hf_tok
 
 
-def build_model(output_dir: str | Path, tokenizer_dir: str | Path, hidden_size: int = 64, num_layers: int = 2,
-                seed: int = 0, max_position_embeddings: int = 512):
+def build_model(
+    output_dir: str | Path,
+    tokenizer_dir: str | Path,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+    max_position_embeddings: int = 512,
+):
     """Save a randomly initialised Qwen3 model (and a copy of the tokenizer) to ``output_dir``."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
@@ -103,8 +109,9 @@ def warm_start(model_dir: str | Path, steps: int = 150, batch_size: int = 32, lr
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     pairs = []
     for row in make_addition_rows(2000, seed=seed + 1000):  # other problems than the training set's
-        prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                         return_dict=True)["input_ids"]
+        prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         answer = tok(f"\\boxed{{{row['solution']}}}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         pairs.append((list(prompt), answer))
     rng = random.Random(seed)
@@ -121,7 +128,7 @@ def warm_start(model_dir: str | Path, steps: int = 150, batch_size: int = 32, lr
         for i, (p, a) in enumerate(batch):
             ids[i, : len(p) + len(a)] = torch.tensor(p + a)
             attention[i, : len(p) + len(a)] = 1
-            labels[i, len(p): len(p) + len(a)] = torch.tensor(a)  # loss on the answer only
+            labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)  # loss on the answer only
         loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -136,14 +143,16 @@ def make_addition_rows(n: int, seed: int = 0, max_operand: int = 99) -> list[dic
     rows = []
     for i in range(n):
         a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-        rows.append({
-            "prompt_id": f"add-{seed}-{i}",
-            "prompt": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": f"What is {a} + {b}?"},
-            ],
-            "solution": str(a + b),
-        })
+        rows.append(
+            {
+                "prompt_id": f"add-{seed}-{i}",
+                "prompt": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"What is {a} + {b}?"},
+                ],
+                "solution": str(a + b),
+            }
+        )
     return rows
 
 
@@ -156,8 +165,9 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def build_tiny_setup(output_dir: str | Path, num_rows: int = 64, seed: int = 0,
-                     warm_start_explorer_steps: int = 0) -> dict[str, Path]:
+def build_tiny_setup(
+    output_dir: str | Path, num_rows: int = 64, seed: int = 0, warm_start_explorer_steps: int = 0
+) -> dict[str, Path]:
     """Build tokenizer, a learner (width 64), a smaller explorer (width 32) and an addition data set.
 
     ``warm_start_explorer_steps > 0`` teaches the explorer the answer format first (:func:`warm_start`), for demos.
@@ -192,11 +202,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir", nargs="?", default=".tiny", help="where to build (default: .tiny)")
     parser.add_argument("--num_rows", type=int, default=64, help="rows of the addition data set")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warm_start_explorer_steps", type=int, default=0,
-                        help="supervised steps teaching the explorer the \\boxed{} answer format (demo)")
+    parser.add_argument(
+        "--warm_start_explorer_steps",
+        type=int,
+        default=0,
+        help="supervised steps teaching the explorer the \\boxed{} answer format (demo)",
+    )
     args = parser.parse_args(argv)
-    built = build_tiny_setup(args.output_dir, num_rows=args.num_rows, seed=args.seed,
-                             warm_start_explorer_steps=args.warm_start_explorer_steps)
+    built = build_tiny_setup(
+        args.output_dir,
+        num_rows=args.num_rows,
+        seed=args.seed,
+        warm_start_explorer_steps=args.warm_start_explorer_steps,
+    )
     for name, path in built.items():
         print(f"{name}: {path}")
 

@@ -24,18 +24,37 @@ REPO = Path(__file__).resolve().parents[1]
 def _run(backend: str, model: Path, args, root: Path, server_url: str | None = None) -> dict:
     from transformers import AutoTokenizer
 
-    from s2l_trl.evaluation.engine import SamplingEngine, build_explorer
     from s2l_trl.evaluation.runner import EvalArguments, run_evaluation
+    from s2l_trl.explorers import build_explorer
+    from s2l_trl.sampling.engine import SamplingEngine
 
-    eval_args = EvalArguments(model_path=str(model), backend=backend, k=args.k, benchmarks=["aime24"],
-                              data_dir=args.data_dir, max_tokens=args.max_tokens, output_root=str(root),
-                              timestamp=backend, server_base_url=server_url, dtype="float32", enforce_eager=True,
-                              max_model_len=2048, batch_prompts=args.batch_prompts, seed=-1)
+    eval_args = EvalArguments(
+        model_path=str(model),
+        backend=backend,
+        k=args.k,
+        benchmarks=["aime24"],
+        data_dir=args.data_dir,
+        max_tokens=args.max_tokens,
+        output_root=str(root),
+        timestamp=backend,
+        server_base_url=server_url,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=2048,
+        batch_prompts=args.batch_prompts,
+        seed=-1,
+    )
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model)
-    explorer = build_explorer(backend, str(model), eval_args.sampling(), tokenizer=tokenizer,
-                              server_base_url=server_url, batch_size=args.batch_size,
-                              vllm_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": 2048})
+    explorer = build_explorer(
+        backend,
+        model=str(model),
+        sampling=eval_args.sampling(),
+        tokenizer=tokenizer,
+        server_base_url=server_url,
+        batch_size=args.batch_size,
+        vllm_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": 2048},
+    )
     engine = SamplingEngine(explorer, tokenizer)
     startup = time.perf_counter() - start
     try:
@@ -45,16 +64,25 @@ def _run(backend: str, model: Path, args, root: Path, server_url: str | None = N
     finally:
         engine.close()
     samples = summary["benchmarks"]["aime24"]["num_problems"] * args.k
-    return {"backend": backend, "startup_s": round(startup, 1), "wall_s": round(wall, 1),
-            "sampling_s": round(engine.generation_seconds, 1), "samples": samples,
-            "samples_per_s": round(samples / wall, 2), "tokens_per_s": round(engine.generated_tokens / wall, 1)}
+    return {
+        "backend": backend,
+        "startup_s": round(startup, 1),
+        "wall_s": round(wall, 1),
+        "sampling_s": round(engine.generation_seconds, 1),
+        "samples": samples,
+        "samples_per_s": round(samples / wall, 2),
+        "tokens_per_s": round(engine.generated_tokens / wall, 1),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backends", nargs="+", default=["transformers", "server", "vllm"])
-    p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "eval"),
-                   help="folder with aime24.jsonl (default: ../shared/data/eval)")
+    p.add_argument("--backends", nargs="+", default=["local", "server", "vllm"])
+    p.add_argument(
+        "--data_dir",
+        default=str(REPO.parent / "shared" / "data" / "eval"),
+        help="folder with aime24.jsonl (default: ../shared/data/eval)",
+    )
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--max_tokens", type=int, default=64)
     p.add_argument("--batch_prompts", type=int, default=32, help="problems per request (all 30 in one by default)")
@@ -64,8 +92,8 @@ def main() -> None:
     for key, value in {"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"}.items():
         os.environ.setdefault(key, value)
 
-    from s2l_trl.tiny import build_model, build_tiny_setup
-    from s2l_trl.vllm_server import VLLMServerProcess
+    from s2l_trl.devtools.tiny import build_model, build_tiny_setup
+    from s2l_trl.devtools.vllm_server import VLLMServerProcess
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="s2l_bench_"))
     paths = build_tiny_setup(work / "tiny")
@@ -85,8 +113,10 @@ def main() -> None:
             row = _run(backend, model, args, root)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nCPU eval, tiny Qwen3 (width 32, 1 layer), AIME24 30 questions x {args.k} samples, "
-          f"max_tokens {args.max_tokens}, nothink preset; {os.cpu_count()} CPU cores")
+    print(
+        f"\nCPU eval, tiny Qwen3 (width 32, 1 layer), AIME24 30 questions x {args.k} samples, "
+        f"max_tokens {args.max_tokens}, nothink preset; {os.cpu_count()} CPU cores"
+    )
     print(f"{'backend':<14}{'startup s':>10}{'wall s':>9}{'samples/s':>11}{'tokens/s':>10}")
     for r in rows:
         print(f"{r['backend']:<14}{r['startup_s']:>10}{r['wall_s']:>9}{r['samples_per_s']:>11}{r['tokens_per_s']:>10}")

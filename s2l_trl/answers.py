@@ -64,7 +64,7 @@ def _box_content(text: str, start: int) -> str | None:
         elif text[j] == "}" and text[j - 1] != "\\":
             depth -= 1
             if depth == 0:
-                return text[i + 1:j].strip()
+                return text[i + 1 : j].strip()
     return None
 
 
@@ -162,8 +162,11 @@ class MathJudge:
 
     def judge_predicted(self, predicted: str) -> Judgement:
         """Judge an already extracted answer (the ``--skip_extraction`` path)."""
-        return Judgement(predicted=predicted, correct=self.is_correct(predicted),
-                         official_compat=official_compat_match(predicted, self.gold))
+        return Judgement(
+            predicted=predicted,
+            correct=self.is_correct(predicted),
+            official_compat=official_compat_match(predicted, self.gold),
+        )
 
 
 class ChoiceJudge:

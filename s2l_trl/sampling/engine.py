@@ -1,11 +1,7 @@
 """The one sampling engine behind `s2l-eval` and `s2l-sample`: prompts in, ``n`` decoded completions each out.
 
-It wraps an :class:`~s2l_trl.explorers.Explorer` backend:
-
-* ``vllm``: in-process `vllm.LLM` (:class:`~s2l_trl.explorers.vllm_engine.VLLMEngineExplorer`), for GPU nodes;
-* ``server``: an OpenAI-compatible vLLM server (`trl vllm-serve`) through
-  :class:`~s2l_trl.explorers.ServerExplorer`;
-* ``transformers``: plain ``model.generate`` (:class:`~s2l_trl.explorers.LocalExplorer`), for CPUs.
+It wraps any :class:`~s2l_trl.explorers.Explorer` backend, built by :func:`s2l_trl.explorers.build_explorer`
+(``vllm``: in-process engine on a GPU node; ``server``: a vLLM server; ``local``: ``model.generate``, for CPUs).
 """
 
 from __future__ import annotations
@@ -15,9 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..explorers.base import Explorer, SamplingSettings
-
-BACKENDS = ("vllm", "server", "transformers")
+from ..explorers.base import Explorer
 
 
 @dataclass
@@ -27,39 +21,6 @@ class Completion:
     text: str
     token_ids: list[int]
     logprobs: list[float] | None
-
-
-def build_explorer(backend: str, model_path: str, sampling: SamplingSettings, *, tokenizer=None,
-                   server_base_url: str | None = None, tensor_parallel_size: int = 1, batch_size: int = 64,
-                   vllm_kwargs: dict[str, Any] | None = None) -> Explorer:
-    """An explorer backend that samples from ``model_path`` with ``sampling``.
-
-    Args:
-        backend: ``"vllm"``, ``"server"`` or ``"transformers"``.
-        model_path: model id or path (for ``server``: the model the server serves; only its name is used).
-        sampling: sampling settings of every request.
-        tokenizer: tokenizer of the model, reused by the ``transformers`` backend.
-        server_base_url: URL of the server (``server`` backend), e.g. ``http://127.0.0.1:8000``.
-        tensor_parallel_size: GPUs per engine (``vllm`` backend).
-        batch_size: rows per ``model.generate`` call (``transformers`` backend).
-        vllm_kwargs: extra arguments of :class:`VLLMEngineExplorer` (``dtype``, ``max_model_len``, ...).
-    """
-    if backend == "transformers":
-        from ..explorers.local import LocalExplorer
-
-        return LocalExplorer(model_path, tokenizer=tokenizer, sampling=sampling, batch_size=batch_size)
-    if backend == "server":
-        from ..explorers.server import ServerExplorer
-
-        if not server_base_url:
-            raise ValueError("The 'server' backend needs --server_base_url (e.g. http://127.0.0.1:8000).")
-        return ServerExplorer(server_base_url, sampling=sampling)
-    if backend == "vllm":
-        from ..explorers.vllm_engine import VLLMEngineExplorer
-
-        return VLLMEngineExplorer(model_path, sampling=sampling, tensor_parallel_size=tensor_parallel_size,
-                                  seed=sampling.seed or 0, **(vllm_kwargs or {}))
-    raise ValueError(f"Unknown backend {backend!r}; choose from {BACKENDS}.")
 
 
 class SamplingEngine:
@@ -88,23 +49,28 @@ class SamplingEngine:
         # The chat template already holds any special tokens the model expects.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompt_ids: Sequence[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
-                 ) -> list[list[Completion]]:
+    def generate(
+        self, prompt_ids: Sequence[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
+    ) -> list[list[Completion]]:
         """``n`` completions for each prompt, grouped per prompt."""
         start = time.perf_counter()
         out = self.explorer.generate(list(prompt_ids), n, inputs=inputs)
         self.generation_seconds += time.perf_counter() - start
         if len(out.completion_ids) != len(prompt_ids) * n:
-            raise RuntimeError(f"The explorer returned {len(out.completion_ids)} completions for "
-                               f"{len(prompt_ids)} prompts x n={n}.")
+            raise RuntimeError(
+                f"The explorer returned {len(out.completion_ids)} completions for {len(prompt_ids)} prompts x n={n}."
+            )
         texts = self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
         self.generated_tokens += sum(len(ids) for ids in out.completion_ids)
-        rows = [Completion(text, list(ids), None if out.logprobs is None else list(out.logprobs[i]))
-                for i, (text, ids) in enumerate(zip(texts, out.completion_ids))]
-        return [rows[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+        rows = [
+            Completion(text, list(ids), None if out.logprobs is None else list(out.logprobs[i]))
+            for i, (text, ids) in enumerate(zip(texts, out.completion_ids))
+        ]
+        return [rows[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
-    def stream(self, items: Iterable[Any], prompt_ids: Iterable[list[int]], n: int, batch_prompts: int = 8,
-               progress=None) -> Iterator[tuple[Any, list[Completion]]]:
+    def stream(
+        self, items: Iterable[Any], prompt_ids: Iterable[list[int]], n: int, batch_prompts: int = 8, progress=None
+    ) -> Iterator[tuple[Any, list[Completion]]]:
         """Yield ``(item, completions)`` per prompt, in order, generating ``batch_prompts`` prompts per request.
 
         Batching keeps the backend busy; yielding per prompt lets callers append and flush each finished
