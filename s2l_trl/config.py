@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
 
+from .explorers.factory import resolve_backend
+from .mixing import EXPLORER_IS_MODES
 from .schedule import SCHEDULES, validate_schedule
 
+# Training draws explorer rows from a server, stored rollouts, or an in-process model.
 EXPLORER_MODES = ("server", "offline", "local")
-EXPLORER_IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 ADVANTAGE_GROUPINGS = ("combined", "per_source")
+
+_SECTIONS = {
+    "explorer_mode": "Parameters that control the explorer",
+    "mix_schedule": "Parameters that control the mixing schedule",
+    "explorer_importance_sampling": "Parameters that control the off-policy treatment of explorer rows",
+}
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": " ".join(text.split())}
 
 
 @dataclass
@@ -19,121 +31,131 @@ class S2LConfig(GRPOConfig):
     Configuration class for the [`S2LTrainer`]: small-to-large policy optimization (S2L-PO).
 
     Every [`~trl.GRPOConfig`] parameter keeps its meaning; the ones below add a frozen smaller *explorer* model whose
-    completions fill part of every rollout group. At optimizer step `i` (1-based), `G_w = ceil(alpha_i * G)` rows of
-    each group of `G = num_generations` come from the explorer and `G_s = G - G_w` from the learner; after
-    `mix_steps` steps training is plain on-policy GRPO.
+    completions fill part of every rollout group. In the generation round that starts at optimizer step `i`
+    (1-based), `G_w = ceil(alpha_i * G)` rows of each group of `G = num_generations` come from the explorer and
+    `G_s = G - G_w` from the learner; after `mix_steps` steps training is plain on-policy GRPO.
 
-    Parameters:
-        > Parameters that control the explorer
-
-        explorer_mode (`str`, *optional*, defaults to `"server"`):
-            Where explorer completions come from. `"server"`: a frozen model behind an OpenAI-compatible vLLM server
-            (`trl vllm-serve` or `vllm serve`), never weight-synced. `"offline"`: pre-sampled rollouts read from
-            `explorer_rollouts` (the authors' JSONL schema, as written by `s2l-sample`). `"local"`: an in-process
-            frozen `transformers` model, for notebooks and small runs.
-        explorer_model (`str`, *optional*):
-            Model id or path of the explorer. Required for `"local"`. For `"server"` and `"offline"` it is used to
-            check that the explorer tokenizer matches the learner's: when it does not (or cannot be checked),
-            explorer completions are decoded and re-tokenized with the learner tokenizer and their log-probs dropped.
-        explorer_server_base_url (`str`, *optional*, defaults to `"http://127.0.0.1:8001"`):
-            Base URL of the explorer server (`"server"` mode).
-        explorer_server_timeout (`float`, *optional*, defaults to `240.0`):
-            Seconds to wait for the explorer server's `/health` at start-up before failing with an error naming the
-            URL.
-        explorer_request_timeout (`float`, *optional*, defaults to `600.0`):
-            Seconds one generation request may take before it is retried.
-        explorer_max_retries (`int`, *optional*, defaults to `3`):
-            Retries of a failed or timed-out generation request (with exponential back-off) before training stops
-            with an error naming the URL.
-        explorer_rollouts (`str`, *optional*):
-            Offline rollouts for `"offline"` mode: a JSONL file, a parquet file, or a directory saved by
-            `datasets.Dataset.save_to_disk`, with the columns `prompt_id, prompt, prompt_ids, response,
-            response_ids, small_model_log_probs, reward, is_correct, data_source, ground_truth`. Stored rewards are
-            ignored: every row is re-scored by the trainer's reward functions.
-        explorer_temperature (`float`, *optional*, defaults to `0.7`):
-            Sampling temperature of the explorer (the authors' setting; the learner keeps `temperature`).
-        explorer_top_p (`float`, *optional*, defaults to `0.95`):
-            Top-p of the explorer.
-        explorer_top_k (`int`, *optional*):
-            Top-k of the explorer; `None` or `-1` disables it.
-        explorer_max_tokens (`int`, *optional*):
-            Maximum explorer completion length; defaults to `max_completion_length`. Explorer completions are always
-            truncated at `max_completion_length`, like the learner's.
-
-        > Parameters that control the mixing schedule
-
-        mix_schedule (`str`, *optional*, defaults to `"linear"`):
-            Shape of `alpha_i`, the explorer fraction: `"linear"` (the paper), `"cosine"` or `"constant"`. A Python
-            callable `step -> alpha` can be passed to the trainer instead (`S2LTrainer(mix_schedule=...)`).
-        mix_steps (`int`, *optional*, defaults to `8`):
-            `T_mix`: the number of optimizer steps with explorer rows. After it, `G_w = 0`.
-        mix_alpha_start (`float`, *optional*, defaults to `1.0`):
-            `alpha_1`, the explorer fraction at the first step.
-        mix_alpha_end (`float`, *optional*, defaults to `0.0`):
-            `alpha_{T_mix}`, the explorer fraction at step `T_mix` (`"linear"` and `"cosine"`).
-
-        > Parameters that control the off-policy treatment of explorer rows
-
-        explorer_importance_sampling (`str`, *optional*, defaults to `"none"`):
-            Importance-sampling correction of explorer tokens, weight `pi_old / pi_explorer` with the learner's
-            log-probs at generation time: `"none"` (ratio 1, as the authors' code does), `"token_truncate"`,
-            `"token_mask"`, `"sequence_truncate"` or `"sequence_mask"` (same meaning as TRL's
-            `vllm_importance_sampling_mode`). Needs explorer log-probs, so it requires a matching tokenizer. Learner
-            tokens keep TRL's own `vllm_importance_sampling_*` treatment, untouched.
-        explorer_importance_sampling_clip_min (`float`, *optional*):
-            Lower bound of the explorer IS weight (`*_truncate`: clamp; `*_mask`: zero below it).
-        explorer_importance_sampling_clip_max (`float`, *optional*, defaults to `3.0`):
-            Upper bound of the explorer IS weight (`*_truncate`: clamp; `*_mask`: zero above it).
-        explorer_off_policy_mask (`bool`, *optional*, defaults to `False`):
-            Whether TRL's off-policy sequence mask (`off_policy_mask_threshold`) may drop explorer rows. When `False`
-            explorer rows are always kept; when `True` their divergence is measured against the explorer's own
-            log-probs where known.
-        advantage_grouping (`str`, *optional*, defaults to `"combined"`):
-            `"combined"` (the paper): one group baseline over all `G` rows. `"per_source"`: explorer and learner rows
-            are each normalised within their own rows of the group, as the authors' script effectively does.
+    The parameter list below is generated from each field's `help` text, the one source of every description.
     """
 
-    explorer_mode: str = field(default="server", metadata={"help": f"Explorer backend, one of {EXPLORER_MODES}."})
+    explorer_mode: str = field(
+        default="server",
+        metadata=_help(
+            """Where explorer completions come from. `"server"`: a frozen model behind an OpenAI-compatible vLLM
+            server (`trl vllm-serve` or `vllm serve`), never weight-synced. `"offline"`: pre-sampled rollouts read
+            from `explorer_rollouts` (the authors' JSONL schema, as written by `s2l-sample`). `"local"`: an
+            in-process frozen `transformers` model, for notebooks and small runs."""
+        ),
+    )
     explorer_model: str | None = field(
-        default=None, metadata={"help": "Explorer model id/path (required for `local`; tokenizer check otherwise)."}
+        default=None,
+        metadata=_help(
+            """Model id or path of the explorer. Required for `"local"`. For `"server"` and `"offline"` it is used
+            to check that the explorer tokenizer matches the learner's: when it does not, explorer completions are
+            decoded and re-tokenized with the learner tokenizer and their log-probs dropped."""
+        ),
     )
     explorer_server_base_url: str = field(
-        default="http://127.0.0.1:8001", metadata={"help": "Base URL of the explorer vLLM server."}
+        default="http://127.0.0.1:8001",
+        metadata=_help("""Base URL of the explorer server (`"server"` mode)."""),
     )
     explorer_server_timeout: float = field(
-        default=240.0, metadata={"help": "Seconds to wait for the explorer server /health at start-up."}
+        default=240.0,
+        metadata=_help(
+            """Seconds to wait for the explorer server's `/health` at start-up before failing with an error naming
+            the URL."""
+        ),
     )
     explorer_request_timeout: float = field(
-        default=600.0, metadata={"help": "Seconds one explorer generation request may take."}
+        default=600.0,
+        metadata=_help("""Seconds one explorer generation request may take before it is retried."""),
     )
-    explorer_max_retries: int = field(default=3, metadata={"help": "Retries of a failed explorer request."})
+    explorer_max_retries: int = field(
+        default=3,
+        metadata=_help(
+            """Retries of a failed or timed-out explorer generation request (with exponential back-off) before
+            training stops with an error naming the URL."""
+        ),
+    )
     explorer_rollouts: str | None = field(
-        default=None, metadata={"help": "Offline rollouts (JSONL, parquet or datasets dir) for `offline` mode."}
+        default=None,
+        metadata=_help(
+            """Offline rollouts for `"offline"` mode: a JSONL file, a parquet file, or a directory saved by
+            `datasets.Dataset.save_to_disk`, with the columns `prompt_id, prompt, prompt_ids, response, response_ids,
+            small_model_log_probs, reward, is_correct, data_source, ground_truth`. Stored rewards are ignored: every
+            row is re-scored by the trainer's reward functions. Every training prompt must have rollouts; the trainer
+            checks this before training starts."""
+        ),
     )
-    explorer_temperature: float = field(default=0.7, metadata={"help": "Explorer sampling temperature."})
-    explorer_top_p: float = field(default=0.95, metadata={"help": "Explorer top-p."})
-    explorer_top_k: int | None = field(default=None, metadata={"help": "Explorer top-k (None or -1: off)."})
+    explorer_temperature: float = field(
+        default=0.7,
+        metadata=_help("""Sampling temperature of the explorer (the authors' setting; the learner keeps
+            `temperature`)."""),
+    )
+    explorer_top_p: float = field(default=0.95, metadata=_help("""Top-p of the explorer, in (0, 1]."""))
+    explorer_top_k: int | None = field(
+        default=None, metadata=_help("""Top-k of the explorer; `None` or `-1` disables it.""")
+    )
     explorer_max_tokens: int | None = field(
-        default=None, metadata={"help": "Explorer max completion tokens (default: max_completion_length)."}
+        default=None,
+        metadata=_help(
+            """Maximum explorer completion length; defaults to `max_completion_length`. Explorer completions are
+            always truncated at `max_completion_length`, like the learner's."""
+        ),
     )
-    mix_schedule: str = field(default="linear", metadata={"help": f"Mixing schedule, one of {SCHEDULES}."})
-    mix_steps: int = field(default=8, metadata={"help": "T_mix: optimizer steps with explorer rows."})
-    mix_alpha_start: float = field(default=1.0, metadata={"help": "Explorer fraction at step 1."})
-    mix_alpha_end: float = field(default=0.0, metadata={"help": "Explorer fraction at step T_mix."})
+    mix_schedule: str = field(
+        default="linear",
+        metadata=_help(
+            f"""Shape of `alpha_i`, the explorer fraction: one of {SCHEDULES} (`"linear"` is the paper's). A Python
+            callable `step -> alpha` can be passed to the trainer instead (`S2LTrainer(mix_schedule=...)`)."""
+        ),
+    )
+    mix_steps: int = field(
+        default=8,
+        metadata=_help(
+            """`T_mix`: the number of optimizer steps with explorer rows. After it, `G_w = 0`. The schedule is read
+            at the optimizer step at which each generation round starts."""
+        ),
+    )
+    mix_alpha_start: float = field(
+        default=1.0, metadata=_help("""`alpha_1`, the explorer fraction at the first step, in [0, 1].""")
+    )
+    mix_alpha_end: float = field(
+        default=0.0,
+        metadata=_help("""`alpha_{T_mix}`, the explorer fraction at step `T_mix` (`"linear"` and `"cosine"`)."""),
+    )
     explorer_importance_sampling: str = field(
-        default="none", metadata={"help": f"IS correction of explorer tokens, one of {EXPLORER_IS_MODES}."}
+        default="none",
+        metadata=_help(
+            f"""Importance-sampling correction of explorer tokens, one of {EXPLORER_IS_MODES}: weight
+            `pi_old / pi_explorer` with the learner's log-probs at generation time. `"none"` gives ratio 1, as the
+            authors' code does; the others have the meaning of TRL's `vllm_importance_sampling_mode`. Needs explorer
+            log-probs, so it requires a matching tokenizer. Learner tokens keep TRL's own
+            `vllm_importance_sampling_*` treatment, untouched."""
+        ),
     )
     explorer_importance_sampling_clip_min: float | None = field(
-        default=None, metadata={"help": "Lower bound of the explorer IS weight."}
+        default=None,
+        metadata=_help("""Lower bound of the explorer IS weight (`*_truncate`: clamp; `*_mask`: zero below it)."""),
     )
     explorer_importance_sampling_clip_max: float | None = field(
-        default=3.0, metadata={"help": "Upper bound of the explorer IS weight."}
+        default=3.0,
+        metadata=_help("""Upper bound of the explorer IS weight (`*_truncate`: clamp; `*_mask`: zero above it)."""),
     )
     explorer_off_policy_mask: bool = field(
-        default=False, metadata={"help": "Let off_policy_mask_threshold drop explorer rows."}
+        default=False,
+        metadata=_help(
+            """Whether TRL's off-policy sequence mask (`off_policy_mask_threshold`) may drop explorer rows. When
+            `False` explorer rows are always kept; when `True` their divergence is measured against the explorer's
+            own log-probs where known."""
+        ),
     )
     advantage_grouping: str = field(
-        default="combined", metadata={"help": f"Advantage baseline, one of {ADVANTAGE_GROUPINGS}."}
+        default="combined",
+        metadata=_help(
+            """`"combined"` (the paper): one group baseline over all `G` rows. `"per_source"`: explorer and learner
+            rows are each normalised within their own rows of the group, as the authors' script effectively does."""
+        ),
     )
 
     def __post_init__(self):
@@ -142,8 +164,7 @@ class S2LConfig(GRPOConfig):
             self.mix_schedule, self.mix_steps, self.mix_alpha_start, self.mix_alpha_end, self.num_generations
         )
         super().__post_init__()
-        if self.explorer_mode not in EXPLORER_MODES:
-            raise ValueError(f"explorer_mode must be one of {EXPLORER_MODES}, got {self.explorer_mode!r}.")
+        self.explorer_mode = resolve_backend(self.explorer_mode, EXPLORER_MODES, "explorer_mode")
         if self.explorer_mode == "local" and not self.explorer_model:
             raise ValueError("explorer_model is required when explorer_mode='local' (a model id or path).")
         if self.explorer_mode == "offline" and not self.explorer_rollouts:
@@ -176,3 +197,19 @@ class S2LConfig(GRPOConfig):
             raise ValueError(f"explorer_max_tokens must be >= 1, got {self.explorer_max_tokens!r}.")
         if self.explorer_max_retries < 0:
             raise ValueError(f"explorer_max_retries must be >= 0, got {self.explorer_max_retries!r}.")
+
+
+def _parameter_docs(cls) -> str:
+    """TRL-style "Parameters:" block built from the field help texts (the one source of each description)."""
+    lines = ["", "    Parameters:"]
+    own = [f for f in fields(cls) if f.name in cls.__annotations__]
+    for f in own:
+        if f.name in _SECTIONS:
+            lines += ["", f"        > {_SECTIONS[f.name]}", ""]
+        default = "None" if f.default is None else repr(f.default)
+        lines.append(f"        {f.name} (`{f.type}`, *optional*, defaults to `{default}`):")
+        lines.append(f"            {f.metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
+S2LConfig.__doc__ = (S2LConfig.__doc__ or "") + _parameter_docs(S2LConfig)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 SCHEDULES = ("linear", "constant", "cosine")
 
-# Guards ``ceil`` against float noise: 16 * (1 - 1/7) must give 14, not 15.
+# Guards ``ceil`` against float noise: alpha_3 * 9 = 3.0000000000000004 at T_mix = 4 must give 3, not 4.
 _CEIL_EPS = 1e-9
 
 

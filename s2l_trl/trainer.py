@@ -1,70 +1,88 @@
 """`S2LTrainer`: GRPO whose rollout groups mix a frozen smaller explorer's completions with the learner's.
 
-Data flow of one generation batch (train mode), as in Algorithm 1 of the S2L-PO paper:
+Data flow of one generation round (train mode), as in Algorithm 1 of the S2L-PO paper:
 
-    step i -> alpha_i (schedule) -> (G_w, G_s) per group
-           -> explorer rows: one request for the whole global batch, on the main process, in a background thread
-           -> learner rows: only the G_s rows per group, through TRL's own generation path (overlapping the above)
-           -> merged back into TRL's batch order -> TRL rewards / advantages / loss, unchanged except
-              the per-source off-policy treatment (explorer IS weights, OPSM exemption) and `per_source` baselines.
+    round r starts at optimizer step i -> alpha_i (schedule) -> (G_w, G_s) per group -> row placement (mixing)
+        -> explorer rows: one request for the whole global batch, on the main process, overlapping the learner
+        -> learner rows: only the G_s rows per group, through TRL's own generation path
+        -> merged back into TRL's batch order -> TRL rewards / advantages / loss, unchanged except
+           the per-source off-policy treatment (explorer IS weights, OPSM exemption) and `per_source` baselines.
 
-Everything that is not train-mode generation (evaluation, tool-call continuations) uses the learner only.
+Everything S2L knows about a round lives in one `MixedRound`, created and discarded in
+`_generate_and_score_completions`; the tensors the loss needs travel in TRL's own batch dict. Everything that is not
+train-mode generation (evaluation, tool-call continuations) uses the learner only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
+import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list, gather, gather_object
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.trainer.utils import nanstd
 
+from . import mixing
 from .config import S2LConfig
-from .explorers import Explorer, ExplorerError, ExplorerOutput, SamplingSettings
+from .explorers import Explorer, ExplorerError, ExplorerOutput, SamplingSettings, build_explorer
 from .model_card import S2L_PAPER, create_s2l_model_card
 from .schedule import make_alpha_fn, split_group
+from .trl_compat import warn_if_untested_trl
 
 logger = logging.getLogger(__name__)
 
+# Written into every checkpoint folder: what a resumed run needs beyond TRL's own state.
+S2L_STATE_NAME = "s2l_state.json"
+
 
 @dataclass
-class _MixPlan:
-    """Which local rows of the current generation batch the explorer fills, and the explorer request in flight."""
+class MixedRound:
+    """Everything S2L-PO knows about one generation round, from planning to scoring.
 
-    step: int
+    Created by `_generate_and_score_completions` before TRL generates and discarded when it returns; filled by
+    `_generate_single_turn` (the explorer's rows) and `_calculate_rewards` (the gathered rewards).
+    """
+
+    index: int  # 0-based generation round
+    step: int  # 1-based optimizer step at which the round starts: the schedule's `i`
     alpha: float
     g_w: int
     g_s: int
-    is_explorer: list[bool]  # one flag per local row
-    local_slots: list[tuple[int, int]]  # (global group index, slot in group) per local row
+    placement: mixing.RowPlacement
     inputs: list[dict[str, Any]]
-    used: bool = False  # the first generation call of the batch mixes; later ones are tool-loop continuations
-    groups: list[int] | None = None  # global group indices of the explorer request, in request order
-    request: tuple | None = None  # (prompt_ids, n, inputs) of the explorer request
+    generated: bool = False  # the first generation call mixes; later ones are tool-loop continuations
+    groups: list[int] = field(default_factory=list)  # global group indices of the explorer request, in order
+    request: tuple | None = None  # (prompt_ids, n, lookup fields) of the explorer request
     future: Future | None = None
-    explorer_rows: dict[tuple[int, int], tuple[list[int], list[float] | None]] | None = None
-    latency_s: float = 0.0
+    explorer_rows: dict[tuple[int, int], tuple[list[int], list[float] | None]] = field(default_factory=dict)
+    explorer_latency_s: float = 0.0  # wall time of the explorer's work
+    explorer_wait_s: float = 0.0  # time the trainer blocked on it
+    explorer_tokens: int = 0
+    learner_rows: int = 0  # learner completions generated on this process
+    rewards_per_func: torch.Tensor | None = None  # gathered over processes
 
 
 class S2LTrainer(GRPOTrainer):
     """[`~trl.GRPOTrainer`] for small-to-large policy optimization (S2L-PO).
 
-    Use it exactly like `GRPOTrainer`, with an [`S2LConfig`]: at optimizer step `i`, `G_w = ceil(alpha_i * G)` rows of
-    every rollout group come from a frozen smaller explorer model and the other `G_s` from the learner; rewards,
-    advantages and the GRPO objective stay TRL's.
+    Use it exactly like `GRPOTrainer`, with an [`S2LConfig`]: in the generation round that starts at optimizer step
+    `i`, `G_w = ceil(alpha_i * G)` rows of every rollout group come from a frozen smaller explorer model and the other
+    `G_s` from the learner; rewards, advantages and the GRPO objective stay TRL's.
 
     Args:
         model, reward_funcs, args, ...: as for [`~trl.GRPOTrainer`]; `args` must be an [`S2LConfig`].
         explorer (`Explorer`, *optional*):
             Your own explorer backend: any object with `generate(prompt_ids, n, inputs=None) -> ExplorerOutput`
             (prompt-major rows, token ids in the learner's tokenizer, optional sampled-token log-probs). Overrides
-            `args.explorer_mode`.
+            `args.explorer_mode`. Optional methods the trainer uses when present: `missing(examples)` (start-up
+            coverage check), `state_dict()` / `load_state_dict(state)` (checkpointed random state), `close()`.
         mix_schedule (`Callable[[int], float]`, *optional*):
             `step -> alpha` for notebook users; overrides `args.mix_schedule`. Steps are 1-based optimizer steps and
             `alpha` must lie in [0, 1].
@@ -90,6 +108,7 @@ class S2LTrainer(GRPOTrainer):
             )
         if not isinstance(args, S2LConfig):
             raise TypeError(f"S2LTrainer needs `args` to be an S2LConfig, got {type(args).__name__}.")
+        warn_if_untested_trl()
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
 
         self.alpha_fn = make_alpha_fn(
@@ -98,9 +117,10 @@ class S2LTrainer(GRPOTrainer):
             args.mix_alpha_start,
             args.mix_alpha_end,
         )
-        self._mix_plan: _MixPlan | None = None
-        self._last_rewards_per_func: torch.Tensor | None = None
-        self._s2l_loss_inputs: dict[str, Any] | None = None
+        self._round: MixedRound | None = None
+        # The explorer's random state when the current round was requested: a checkpoint taken inside the round
+        # stores it, so that a resumed run regenerates the round with the same explorer draws.
+        self._explorer_state_at_round_start: Any = None
         self._explorer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2l-explorer")
 
         # Multi-turn tool loops and custom rollouts continue completions with the learner, so the explorer is off.
@@ -136,43 +156,33 @@ class S2LTrainer(GRPOTrainer):
         if self.mixing_enabled and self.accelerator.is_main_process:
             with torch.random.fork_rng(devices=[]):
                 self.explorer = explorer if explorer is not None else self._build_explorer()
+            self._check_explorer_covers(self.train_dataset)
 
     # ------------------------------------------------------------------ set-up
-    def _explorer_sampling(self) -> SamplingSettings:
+    def _build_explorer(self) -> Explorer:
         a = self.args
-        return SamplingSettings(
+        sampling = SamplingSettings(
             temperature=a.explorer_temperature,
             top_p=a.explorer_top_p,
             top_k=a.explorer_top_k,
             max_tokens=a.explorer_max_tokens,
             seed=None,
         )
-
-    def _build_explorer(self) -> Explorer:
-        a = self.args
-        if a.explorer_mode == "server":
-            from .explorers import ServerExplorer
-
-            return ServerExplorer(
-                a.explorer_server_base_url,
-                self._explorer_sampling(),
-                startup_timeout=a.explorer_server_timeout,
-                request_timeout=a.explorer_request_timeout,
-                max_retries=a.explorer_max_retries,
-            )
-        if a.explorer_mode == "offline":
-            from .explorers import OfflineExplorer
-
-            return OfflineExplorer(
-                a.explorer_rollouts,
-                seed=a.seed,
-                retokenize_with=None if self.explorer_tokenizer_matches else self._tokenizer,
-            )
-        from .explorers import LocalExplorer
-
-        return LocalExplorer(
-            a.explorer_model,
-            sampling=self._explorer_sampling(),
+        return build_explorer(
+            a.explorer_mode,
+            model=a.explorer_model,
+            sampling=sampling,
+            server_base_url=a.explorer_server_base_url,
+            server_kwargs={
+                "startup_timeout": a.explorer_server_timeout,
+                "request_timeout": a.explorer_request_timeout,
+                "max_retries": a.explorer_max_retries,
+            },
+            rollouts=a.explorer_rollouts,
+            offline_kwargs={
+                "seed": a.seed,
+                "retokenize_with": None if self.explorer_tokenizer_matches else self._tokenizer,
+            },
             device=self.accelerator.device,
             model_init_kwargs=a.model_init_kwargs if isinstance(a.model_init_kwargs, dict) else None,
         )
@@ -205,6 +215,19 @@ class S2LTrainer(GRPOTrainer):
             )
         return same
 
+    def _check_explorer_covers(self, dataset) -> None:
+        """Refuse to start when the explorer cannot serve some training prompts (offline rollouts), naming all."""
+        missing_fn = getattr(self.explorer, "missing", None)
+        if dataset is None or not callable(missing_fn) or not hasattr(dataset, "__len__"):
+            return
+        missing = missing_fn([_lookup_fields(dict(row)) for row in dataset])
+        if missing:
+            shown = ", ".join(missing[:20]) + (f", ... ({len(missing) - 20} more)" if len(missing) > 20 else "")
+            raise ExplorerError(
+                f"The explorer has no rollouts for {len(missing)} of the {len(dataset)} training prompts: {shown}. "
+                "Sample them first (s2l-sample with the same data arguments as s2l-train)."
+            )
+
     # ------------------------------------------------------------------ schedule
     def current_mix(self, step: int | None = None) -> tuple[float, int, int]:
         """`(alpha, G_w, G_s)` for optimizer step `step` (default: the step whose batch is generated next)."""
@@ -213,124 +236,236 @@ class S2LTrainer(GRPOTrainer):
         g_w, g_s = split_group(alpha, self.num_generations)
         return alpha, g_w, g_s
 
-    # ------------------------------------------------------------------ generation
+    def _round_position(self) -> tuple[int, int]:
+        """`(round index, 1-based optimizer step at which that round starts)` for TRL's current micro-step.
+
+        TRL generates every `steps_per_generation * num_iterations` micro-steps; the schedule follows the round, so a
+        run that regenerates inside a round (after a resume) keeps the alpha the round started with.
+        """
+        every = self.args.steps_per_generation * self.num_iterations
+        index = self._step // every
+        return index, (index * every) // self.args.gradient_accumulation_steps + 1
+
+    # ------------------------------------------------------------------ TRL seams
+    def _prepare_inputs(self, generation_batch: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
+        """TRL calls this once per micro-step with the local generation batch; it generates a round when its buffer is
+        empty or used up and returns this micro-step's slice.
+
+        S2L: TRL does not checkpoint its micro-step counter, so a run resumed inside a round would regenerate at the
+        resume step and shift every later round. The counter is realigned with the uninterrupted run first; the
+        round is then regenerated (learner rows are new samples) with its original schedule value.
+        """
+        if self.model.training and self._buffered_inputs is None and self._step == 0 and self.state.global_step > 0:
+            self._step = self.state.global_step * self.args.gradient_accumulation_steps
+            every = self.args.steps_per_generation * self.num_iterations
+            if self._step % every:
+                logger.info(
+                    "Resumed at step %d, inside generation round %d: regenerating that round with its original "
+                    "mix (alpha of step %d).",
+                    self.state.global_step,
+                    self._step // every,
+                    self._round_position()[1],
+                )
+        return super()._prepare_inputs(generation_batch)
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
-        mode = "train" if self.model.training else "eval"
-        if mode == "train" and self.mixing_enabled:
-            self._mix_plan = self._plan_mix(inputs)
+        """TRL calls this with the local rows of a generation batch (each prompt repeated for its group) and expects
+        the scored batch dict back (ids, masks, advantages, optional old/sampling/ref log-probs).
+
+        S2L: in train mode a `MixedRound` is planned first; TRL then generates (see `_generate_single_turn`) and
+        scores as usual; the round's per-source metrics, `per_source` advantages and explorer off-policy terms are
+        added to TRL's output. Evaluation is TRL's, learner only.
+        """
+        train = self.model.training
+        if train and self.mixing_enabled:
+            self._round = self._plan_round(inputs)
         try:
             output = super()._generate_and_score_completions(inputs)
+            if train and self._round is not None:
+                self._finish_round(output, self._round)
         finally:
-            plan, self._mix_plan = self._mix_plan, None
-        if mode == "train" and plan is not None:
-            self._postprocess_mixed_batch(output, plan)
+            self._round = None
         return output
 
-    def _plan_mix(self, inputs: list[dict[str, Any]]) -> _MixPlan:
-        step = self.state.global_step + 1
-        alpha, g_w, g_s = self.current_mix(step)
-        G = self.num_generations
-        start = self.accelerator.process_index * len(inputs)
-        # RepeatSampler lays each prompt's G copies next to each other in the global batch and accelerate hands
-        # every process a contiguous slice, so a row's group and slot follow from its global index.
-        local_slots = [divmod(start + i, G) for i in range(len(inputs))]
-        is_explorer = [slot < g_w for _, slot in local_slots]
-        return _MixPlan(
-            step=step, alpha=alpha, g_w=g_w, g_s=g_s, is_explorer=is_explorer, local_slots=local_slots, inputs=inputs
-        )
-
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        plan = self._mix_plan
-        if plan is None or plan.used:  # eval, or a tool-loop continuation: learner only
+        """TRL calls this with the local prompt ids (one per row) and expects one completion per row back, with the
+        sampled tokens' log-probs where the backend has them (vLLM) or `None`.
+
+        S2L: on the first call of a mixed train round, the learner generates only its own rows (`G_s` per group) and
+        the explorer's rows are filled in from one explorer request that overlaps the learner's generation. Explorer
+        rows carry NaN sampling log-probs, so TRL's vLLM importance-sampling ratio is exactly 1 on them: their
+        off-policy treatment is S2L's own. Tool-loop continuations and evaluation: learner only.
+        """
+        rnd = self._round
+        if rnd is None or rnd.generated:
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
-        plan.used = True
-        if plan.g_w == 0:
-            self._log_learner_rows(len(prompt_ids))
+        rnd.generated = True
+        if rnd.g_w == 0:
+            rnd.learner_rows = len(prompt_ids)
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
         if images is not None and any(img for img in images):
             raise ValueError("S2L-PO mixing supports text prompts only; got image inputs with G_w > 0.")
 
-        self._start_explorer_request(plan, prompt_ids)
-        learner_idx = [i for i, e in enumerate(plan.is_explorer) if not e]
-        learner_ids, learner_logps = [], None
-        if plan.g_s > 0:
-            sub_prompts = [prompt_ids[i] for i in learner_idx]
-            if self.use_vllm and self.vllm_generation.mode == "server":
-                learner_ids, learner_logps = self._generate_learner_rows_vllm_server(sub_prompts, plan.g_s)
-            else:
-                sub_mm = {
-                    k: [v[i] for i in learner_idx] if isinstance(v, list) else v for k, v in multimodal_fields.items()
-                }
-                learner_ids, learner_logps = super()._generate_single_turn(
-                    sub_prompts, None, sub_mm, plan.g_s, has_tool_images
-                )
-        self._log_learner_rows(len(learner_ids))
-        self._finish_explorer_request(plan)
+        self._start_explorer_request(rnd, prompt_ids)
+        learner_ids, learner_logps = self._generate_learner_rows(rnd, prompt_ids, multimodal_fields, has_tool_images)
+        self._finish_explorer_request(rnd)
 
-        completion_ids: list[list[int]] = [None] * len(prompt_ids)
-        logprobs = None if learner_logps is None else [None] * len(prompt_ids)
-        for j, i in enumerate(learner_idx):
+        completion_ids: list[list[int]] = [[] for _ in prompt_ids]
+        logprobs = None if learner_logps is None else [[] for _ in prompt_ids]
+        for j, i in enumerate(rnd.placement.learner_rows):
             completion_ids[i] = list(learner_ids[j])
             if logprobs is not None:
                 logprobs[i] = list(learner_logps[j])
-        for i, (is_exp, key) in enumerate(zip(plan.is_explorer, plan.local_slots)):
-            if is_exp:
-                ids, _ = plan.explorer_rows[key]
-                completion_ids[i] = ids
-                if logprobs is not None:
-                    # NaN sampling log-probs give TRL's vLLM IS ratio exactly 1 on explorer tokens: their off-policy
-                    # treatment is S2L's (explorer_importance_sampling), never TRL's learner-vs-vLLM correction.
-                    logprobs[i] = [float("nan")] * len(ids)
+        for i in rnd.placement.explorer_rows:
+            ids, _ = rnd.explorer_rows[rnd.placement.slots[i]]
+            completion_ids[i] = ids
+            if logprobs is not None:
+                logprobs[i] = [float("nan")] * len(ids)
         return completion_ids, logprobs
 
-    def _log_learner_rows(self, count: int) -> None:
-        # Counted where the learner's generation is called, so the figure proves G_s rows per group, not G.
-        total = self.accelerator.gather(torch.tensor([count], device=self.accelerator.device)).sum()
-        self._metrics["train"]["s2l/learner_rows_generated"].append(float(total))
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL calls this with the local rows and returns the rewards of every reward function, gathered over all
+        processes. S2L: unchanged; the round keeps the gathered rewards for its per-source statistics."""
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self._round is not None:
+            self._round.rewards_per_func = rewards_per_func
+        return rewards_per_func
 
-    def _start_explorer_request(self, plan: _MixPlan, prompt_ids: list[list[int]]) -> None:
+    def _compute_loss(self, model, inputs):
+        """TRL calls this with one micro-batch of the scored round and returns the GRPO loss.
+
+        S2L: unchanged, except what TRL's off-policy sequence mask (`off_policy_mask_threshold`) sees for explorer
+        rows: no divergence (always kept), or with `explorer_off_policy_mask` the explorer's own log-probs. Explorer
+        importance weights, when asked for, are already folded into the (B, T) advantages.
+        """
+        is_explorer = inputs.get("s2l_is_explorer")
+        if self.off_policy_mask_threshold is not None and is_explorer is not None and bool(is_explorer.any()):
+            sampling = inputs.get("sampling_per_token_logps", inputs.get("old_per_token_logps"))
+            inputs = {
+                **inputs,
+                "sampling_per_token_logps": mixing.off_policy_mask_logps(
+                    sampling,
+                    is_explorer,
+                    inputs.get("s2l_explorer_logps"),
+                    self.args.explorer_off_policy_mask,
+                    tuple(inputs["completion_ids"].shape),
+                ),
+            }
+        return super()._compute_loss(model, inputs)
+
+    def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint, plus `s2l_state.json`: the round position and the explorer's random state (at the start
+        of the round when the checkpoint falls inside one, so a resumed run redraws the same explorer rows)."""
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        every = self.args.steps_per_generation * self.num_iterations
+        inside_round = (self.state.global_step * self.args.gradient_accumulation_steps) % every != 0
+        state_fn = getattr(self.explorer, "state_dict", None)
+        explorer_state = None
+        if callable(state_fn):
+            explorer_state = self._explorer_state_at_round_start if inside_round else state_fn()
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        _write_json_atomically(
+            os.path.join(folder, S2L_STATE_NAME),
+            {"global_step": self.state.global_step, "inside_round": inside_round, "explorer_state": explorer_state},
+        )
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Transformers calls this when resuming; S2L also restores the explorer's random state."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        load_fn = getattr(self.explorer, "load_state_dict", None)
+        if checkpoint is None or not callable(load_fn):
+            return
+        path = os.path.join(checkpoint, S2L_STATE_NAME)
+        if not os.path.exists(path):
+            logger.warning(
+                "%s has no %s: explorer draws after the resume differ from the original run.",
+                checkpoint,
+                S2L_STATE_NAME,
+            )
+            return
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("explorer_state") is not None:
+            load_fn(state["explorer_state"])
+
+    # ------------------------------------------------------------------ one round
+    def _plan_round(self, inputs: list[dict[str, Any]]) -> MixedRound:
+        index, step = self._round_position()
+        alpha, g_w, g_s = self.current_mix(step)
+        placement = mixing.place_rows(self.accelerator.process_index, len(inputs), self.num_generations, g_w)
+        return MixedRound(index=index, step=step, alpha=alpha, g_w=g_w, g_s=g_s, placement=placement, inputs=inputs)
+
+    def _generate_learner_rows(self, rnd: MixedRound, prompt_ids, multimodal_fields, has_tool_images):
+        """The learner's `G_s` rows per group of this process, through TRL's own generation path."""
+        rows = rnd.placement.learner_rows
+        rnd.learner_rows = len(rows)
+        if rnd.g_s == 0:
+            return [], None
+        sub_prompts = [prompt_ids[i] for i in rows]
+        if self.use_vllm and self.vllm_generation.mode == "server":
+            return self._generate_learner_rows_vllm_server(sub_prompts, rnd.g_s)
+        # Every process must enter TRL's generation (ZeRO-3 / FSDP parameter gathers and tensor-parallel groups are
+        # collective), so a process that holds only explorer rows generates one throw-away row.
+        take = rows or [0]
+        sub_prompts = [prompt_ids[i] for i in take]
+        sub_mm = {k: [v[i] for i in take] if isinstance(v, list) else v for k, v in multimodal_fields.items()}
+        ids, logps = super()._generate_single_turn(sub_prompts, None, sub_mm, rnd.g_s, has_tool_images)
+        if not rows:
+            return [], (None if logps is None else [])
+        return ids, logps
+
+    def _start_explorer_request(self, rnd: MixedRound, prompt_ids: list[list[int]]) -> None:
         """Gather one request per group (from the process holding its slot 0) and start it on the main process."""
         heads = [
-            (key[0], self._explorer_prompt_ids(prompt_ids[i], plan.inputs[i]), _lookup_fields(plan.inputs[i]))
-            for i, key in enumerate(plan.local_slots)
-            if key[1] == 0
+            (
+                rnd.placement.slots[i][0],
+                self._explorer_prompt_ids(prompt_ids[i], rnd.inputs[i]),
+                _lookup_fields(rnd.inputs[i]),
+            )
+            for i in rnd.placement.group_heads
         ]
         all_heads = sorted(gather_object(heads), key=lambda h: h[0])
-        plan.groups = [h[0] for h in all_heads]
-        plan.request = ([h[1] for h in all_heads], plan.g_w, [h[2] for h in all_heads])
-        if self.accelerator.is_main_process and getattr(self.explorer, "runs_in_background", True):
-            plan.future = self._explorer_pool.submit(_timed_generate, self.explorer, *plan.request)
+        rnd.groups = [h[0] for h in all_heads]
+        rnd.request = ([h[1] for h in all_heads], rnd.g_w, [h[2] for h in all_heads])
+        if not self.accelerator.is_main_process:
+            return
+        state_fn = getattr(self.explorer, "state_dict", None)
+        self._explorer_state_at_round_start = state_fn() if callable(state_fn) else None
+        if getattr(self.explorer, "runs_in_background", True):
+            rnd.future = self._explorer_pool.submit(_timed_generate, self.explorer, *rnd.request)
 
-    def _finish_explorer_request(self, plan: _MixPlan) -> None:
+    def _finish_explorer_request(self, rnd: MixedRound) -> None:
         payload: list[Any] = [None]
         if self.accelerator.is_main_process:
+            waited = time.perf_counter()
             try:
-                if plan.future is not None:
-                    output, latency = plan.future.result()
+                if rnd.future is not None:
+                    output, latency = rnd.future.result()
                 else:
-                    output, latency = self._generate_in_foreground(plan)
-                payload = [(output.completion_ids, output.logprobs, latency, None)]
-            except Exception as exc:  # re-raised on every process below, so no rank hangs in a collective
-                payload = [(None, None, 0.0, f"{type(exc).__name__}: {exc}")]
+                    output, latency = self._generate_in_foreground(rnd)
+                payload = [(output.completion_ids, output.logprobs, latency, time.perf_counter() - waited, None)]
+            except Exception as exc:  # re-raised on every process below, so no process hangs in the broadcast
+                payload = [(None, None, 0.0, 0.0, f"{type(exc).__name__}: {exc}")]
         broadcast_object_list(payload, from_process=0)
-        completion_ids, logprobs, latency, error = payload[0]
+        completion_ids, logprobs, latency, waited, error = payload[0]
         if error is not None:
-            raise ExplorerError(f"Explorer generation failed at step {plan.step}: {error}")
+            raise ExplorerError(f"Explorer generation failed in the round of step {rnd.step}: {error}")
+        rnd.explorer_latency_s, rnd.explorer_wait_s = latency, waited
+        rnd.explorer_tokens = sum(len(ids) for ids in completion_ids)
         # Every process receives the whole answer (as TRL's vLLM-server path does) but converts only its own rows.
-        position = {group: k for k, group in enumerate(plan.groups)}
-        rows: dict[tuple[int, int], tuple[list[int], list[float] | None]] = {}
-        for (group, slot), is_explorer in zip(plan.local_slots, plan.is_explorer):
-            if is_explorer:
-                r = position[group] * plan.g_w + slot
-                rows[(group, slot)] = self._to_learner_tokens(
-                    completion_ids[r], None if logprobs is None else logprobs[r]
-                )
-        plan.explorer_rows = rows
-        plan.latency_s = latency
+        position = {group: k for k, group in enumerate(rnd.groups)}
+        for i in rnd.placement.explorer_rows:
+            group, slot = rnd.placement.slots[i]
+            r = mixing.explorer_answer_index(position[group], slot, rnd.g_w)
+            rnd.explorer_rows[(group, slot)] = self._to_learner_tokens(
+                completion_ids[r], None if logprobs is None else logprobs[r]
+            )
 
     def _explorer_prompt_ids(self, learner_prompt_ids: list[int], example: dict[str, Any]) -> list[int]:
         """The prompt in the explorer's tokens: the learner's ids when the tokenizers match, else re-rendered with
@@ -347,48 +482,44 @@ class S2LTrainer(GRPOTrainer):
             )
         return explorer_tok(prompt, add_special_tokens=False)["input_ids"]
 
-    def _generate_in_foreground(self, plan: _MixPlan) -> tuple[ExplorerOutput, float]:
+    def _generate_in_foreground(self, rnd: MixedRound) -> tuple[ExplorerOutput, float]:
         """Run an explorer that samples with torch's global generator (an in-process model) after the learner.
 
         In a background thread it would race the learner for that generator and make runs irreproducible; here it
-        runs on a generator forked and seeded per step, so the learner's random stream is the one it would have
+        runs on a generator forked and seeded per round, so the learner's random stream is the one it would have
         without the explorer.
         """
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.args.seed * 1_000_003 + plan.step)
-            return _timed_generate(self.explorer, *plan.request)
+            torch.manual_seed(self.args.seed * 1_000_003 + rnd.step)
+            return _timed_generate(self.explorer, *rnd.request)
 
     def _to_learner_tokens(self, ids: list[int], logps: list[float] | None) -> tuple[list[int], list[float] | None]:
         """Apply the learner's rules to an explorer completion: same tokenizer, EOS cut, length cap."""
-        if (
-            not self.explorer_tokenizer_matches
-            and getattr(self, "_explorer_tokenizer", None) is not None
-            and self.args.explorer_mode != "offline"
-        ):
-            ended = bool(ids) and ids[-1] == self._explorer_tokenizer.eos_token_id
-            text = self._explorer_tokenizer.decode(ids, skip_special_tokens=True)
+        explorer_tok = getattr(self, "_explorer_tokenizer", None)
+        if not self.explorer_tokenizer_matches and explorer_tok is not None and self.args.explorer_mode != "offline":
+            ended = bool(ids) and ids[-1] == explorer_tok.eos_token_id
+            text = explorer_tok.decode(ids, skip_special_tokens=True)
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"] + (
                 [self.eos_token_ids[0]] if ended else []
             )
             logps = None
         vocab = len(self._tokenizer)
-        if any(t < 0 or t >= vocab for t in ids):
-            bad = next(t for t in ids if t < 0 or t >= vocab)
-            raise ExplorerError(
-                f"Explorer returned token id {bad}, outside the learner vocabulary (size {vocab}); "
-                "set explorer_model so the tokenizers can be compared and re-tokenized."
+        bad = next((t for t in ids if t < 0 or t >= vocab), None)
+        if bad is not None:
+            hint = (
+                f"explorer_model={self.args.explorer_model!r} is declared, so the explorer in use does not serve that "
+                "model (check the server or the rollout file)"
+                if self.args.explorer_model
+                else "set explorer_model to the explorer's id so its completions are re-tokenized"
             )
-        eos = set(self.eos_token_ids)
-        end = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
-        end = min(end, self.max_completion_length)
-        ids = list(ids[:end])
-        if logps is not None:
-            logps = list(logps[:end])
-        return ids, logps
+            raise ExplorerError(
+                f"The explorer returned token id {bad}, outside the learner vocabulary (size {vocab}): {hint}."
+            )
+        return mixing.cut_completion(ids, logps, self.eos_token_ids, self.max_completion_length, self.eos_token_ids[0])
 
     def _generate_learner_rows_vllm_server(self, prompt_ids: list[list[int]], n: int):
-        """TRL's vLLM-server generation for G_s learner rows per group.
+        """TRL's vLLM-server generation for `n = G_s` learner rows per group.
 
         TRL's own path slices the server's answer by `process_index * len(prompts)`, which assumes equal row counts
         per process; learner rows are not equally spread when groups straddle processes, so slice by real counts.
@@ -422,117 +553,96 @@ class S2LTrainer(GRPOTrainer):
         logps = None if all_logps is None else [[lp[0] for lp in seq] for seq in all_logps[local]]
         return all_ids[local], logps
 
-    # ------------------------------------------------------------------ rewards / advantages
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._last_rewards_per_func = rewards_per_func  # gathered over processes: the per-source stats need it
-        return rewards_per_func
-
-    def _postprocess_mixed_batch(self, output: dict[str, Any], plan: _MixPlan) -> None:
+    def _finish_round(self, output: dict[str, Any], rnd: MixedRound) -> None:
+        """Per-source metrics, `per_source` advantages and explorer off-policy terms of a scored round."""
         device = self.accelerator.device
-        B = output["completion_ids"].size(0)
-        is_explorer = torch.tensor(plan.is_explorer, dtype=torch.bool, device=device)
+        is_explorer = torch.tensor(rnd.placement.is_explorer, dtype=torch.bool, device=device)
         output["s2l_is_explorer"] = is_explorer
         all_is_explorer = gather(is_explorer)
-        a = self.args
         metrics = self._metrics["train"]
-        metrics["s2l/alpha"].append(plan.alpha)
+        metrics["s2l/round"].append(float(rnd.index))
+        metrics["s2l/alpha"].append(rnd.alpha)
+        metrics["s2l/explorer_rows_per_group"].append(float(rnd.g_w))
         metrics["s2l/explorer_fraction"].append(all_is_explorer.float().mean().item())
-        metrics["s2l/explorer_latency_s"].append(plan.latency_s)
+        total_learner_rows = self.accelerator.gather(torch.tensor([rnd.learner_rows], device=device)).sum()
+        # Counted where the learner's generation is called, so the figure proves G_s rows per group, not G.
+        metrics["s2l/learner_rows_generated"].append(float(total_learner_rows))
+        if rnd.g_w > 0:
+            metrics["s2l/explorer_latency_s"].append(rnd.explorer_latency_s)
+            metrics["s2l/explorer_wait_s"].append(rnd.explorer_wait_s)
+            if rnd.explorer_latency_s > 0:
+                metrics["s2l/explorer_tokens_per_s"].append(rnd.explorer_tokens / rnd.explorer_latency_s)
 
-        rewards_per_func = self._last_rewards_per_func
-        if rewards_per_func is not None:
-            weights = self.reward_weights.to(device).unsqueeze(0)
-            rewards = (rewards_per_func * weights).nansum(dim=1)
-            rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        if rnd.rewards_per_func is not None:
+            rewards = (rnd.rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+            rewards[torch.isnan(rnd.rewards_per_func).all(dim=1)] = torch.nan
             for name, sel in (("explorer", all_is_explorer), ("learner", ~all_is_explorer)):
                 if sel.any():
                     metrics[f"s2l/reward/{name}"].append(torch.nanmean(rewards[sel]).item())
-            if a.advantage_grouping == "per_source" and plan.g_w > 0:
-                advantages = self._per_source_advantages(rewards, all_is_explorer)
-                process_slice = slice(self.accelerator.process_index * B, (self.accelerator.process_index + 1) * B)
-                output["advantages"] = advantages[process_slice]
+            if self.args.advantage_grouping == "per_source" and rnd.g_w > 0:
+                advantages = mixing.per_source_advantages(
+                    rewards, all_is_explorer, self.num_generations, self.scale_rewards
+                )
+                B = output["completion_ids"].size(0)
+                output["advantages"] = advantages[
+                    self.accelerator.process_index * B : (self.accelerator.process_index + 1) * B
+                ]
 
-        lengths = output["completion_mask"].sum(dim=1).float()
-        all_lengths = gather(lengths)
+        all_lengths = gather(output["completion_mask"].sum(dim=1).float())
         for name, sel in (("explorer", all_is_explorer), ("learner", ~all_is_explorer)):
             if sel.any():
                 metrics[f"s2l/completion_length/{name}"].append(all_lengths[sel].mean().item())
+        if rnd.g_w > 0:
+            self._explorer_off_policy_terms(output, rnd, is_explorer)
 
-        if plan.g_w > 0:
-            self._explorer_off_policy_terms(output, plan, is_explorer)
+    def _explorer_off_policy_terms(self, output: dict[str, Any], rnd: MixedRound, is_explorer: torch.Tensor) -> None:
+        """The explorer log-prob gap metric and, unless `explorer_importance_sampling='none'`, explorer IS weights.
 
-    def _per_source_advantages(self, rewards: torch.Tensor, is_explorer: torch.Tensor) -> torch.Tensor:
-        """Group baselines computed within each source's rows of the group (the authors' effective behaviour)."""
-        G = self.num_generations
-        r = rewards.view(-1, G)
-        src = is_explorer.view(-1, G)
-        advantages = torch.zeros_like(r)
-        for sel in (src, ~src):
-            masked = torch.where(sel, r, torch.nan)
-            mean = torch.nanmean(masked, dim=1, keepdim=True)
-            if self.scale_rewards == "group":
-                std = nanstd(masked, dim=1).unsqueeze(1)
-                std = torch.nan_to_num(std, nan=0.0)  # one row of a source: no spread
-            elif self.scale_rewards == "batch":
-                std = nanstd(rewards).expand_as(mean)
-            else:
-                std = None
-            adv = masked - mean
-            if std is not None:
-                adv = adv / (std + 1e-4)
-            advantages = torch.where(sel, adv, advantages)
-        return torch.nan_to_num(advantages, nan=0.0).view(-1)
-
-    def _explorer_off_policy_terms(self, output: dict[str, Any], plan: _MixPlan, is_explorer: torch.Tensor) -> None:
-        """Explorer log-prob gap metric and, unless `explorer_importance_sampling='none'`, explorer IS weights."""
+        The gap uses the learner log-probs the step computes anyway (TRL's `old_per_token_logps`); only the IS
+        weights, which need them, justify a forward pass of their own.
+        """
         device = self.accelerator.device
         completion_mask = output["completion_mask"]
-        T = completion_mask.size(1)
-        explorer_logps = torch.full((len(plan.is_explorer), T), float("nan"), device=device)
+        explorer_logps = torch.full(completion_mask.shape, float("nan"), device=device)
         known = False
-        for i, (is_exp, key) in enumerate(zip(plan.is_explorer, plan.local_slots)):
-            if is_exp:
-                _, lps = plan.explorer_rows[key]
-                if lps is not None and len(lps):
-                    explorer_logps[i, : len(lps)] = torch.tensor(lps, device=device, dtype=torch.float32)
-                    known = True
-        known = bool(gather(torch.tensor([known], device=device)).any())
-        if not known:
+        for i in rnd.placement.explorer_rows:
+            _, lps = rnd.explorer_rows[rnd.placement.slots[i]]
+            if lps:
+                width = min(len(lps), explorer_logps.size(1))
+                explorer_logps[i, :width] = torch.tensor(lps[:width], device=device, dtype=torch.float32)
+                known = True
+        if not bool(gather(torch.tensor([known], device=device)).any()):
             return
         if self.args.explorer_off_policy_mask:
             output["s2l_explorer_logps"] = explorer_logps
-        learner_logps = output.get("old_per_token_logps")
-        if learner_logps is None:
-            learner_logps = self._learner_logps(output)
-        mask = completion_mask.bool() & is_explorer.unsqueeze(1) & ~torch.isnan(explorer_logps)
-        diff = torch.where(mask, learner_logps - explorer_logps, torch.zeros_like(learner_logps))
-        gap_stats = self.accelerator.reduce(torch.stack([diff.sum(), mask.sum().float()]), reduction="sum")
-        if gap_stats[1] > 0:
-            self._metrics["train"]["s2l/logp_gap"].append((gap_stats[0] / gap_stats[1]).item())
-
         mode = self.args.explorer_importance_sampling
+        learner_logps = output.get("old_per_token_logps")
+        if learner_logps is None and mode != "none":
+            learner_logps = self._learner_logps(output)
+        if learner_logps is not None:
+            stats = self.accelerator.reduce(
+                torch.stack(mixing.mean_logp_gap(learner_logps, explorer_logps, completion_mask, is_explorer)),
+                reduction="sum",
+            )
+            if stats[1] > 0:
+                self._metrics["train"]["s2l/logp_gap"].append((stats[0] / stats[1]).item())
         if mode == "none":
             return
-        lo = self.args.explorer_importance_sampling_clip_min
-        hi = self.args.explorer_importance_sampling_clip_max
-        if mode.startswith("sequence"):
-            weight = torch.exp(diff.sum(dim=1, keepdim=True)).expand(-1, T)
-        else:
-            weight = torch.exp(diff)
-        if mode.endswith("truncate"):
-            weight = weight.clamp(min=lo, max=hi)
-        else:
-            outside = (weight < (-math.inf if lo is None else lo)) | (weight > (math.inf if hi is None else hi))
-            weight = weight.masked_fill(outside, 0.0)
-        weight = torch.where(is_explorer.unsqueeze(1), weight, torch.ones_like(weight))
-        flat = weight[is_explorer][:, 0] if mode.startswith("sequence") else weight[mask]
-        stats = gather(torch.stack([flat.mean() if flat.numel() else torch.tensor(float("nan"), device=device)]))
-        self._metrics["train"]["s2l/explorer_is_weight/mean"].append(torch.nanmean(stats).item())
+        weight, flat = mixing.explorer_is_weights(
+            learner_logps,
+            explorer_logps,
+            completion_mask,
+            is_explorer,
+            mode,
+            self.args.explorer_importance_sampling_clip_min,
+            self.args.explorer_importance_sampling_clip_max,
+        )
+        mean = flat.mean() if flat.numel() else torch.tensor(float("nan"), device=device)
+        self._metrics["train"]["s2l/explorer_is_weight/mean"].append(torch.nanmean(gather(mean.reshape(1))).item())
         # A non-negative per-token weight on the advantage equals a weight on the per-token policy loss for every
         # TRL loss type, so TRL's `_compute_loss` needs no change: advantages simply become (B, T).
         advantages = output["advantages"]
-        output["advantages"] = advantages.unsqueeze(1) * weight if advantages.dim() == 1 else advantages * weight
+        output["advantages"] = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * weight
 
     @torch.no_grad()
     def _learner_logps(self, output: dict[str, Any]) -> torch.Tensor:
@@ -546,29 +656,6 @@ class S2LTrainer(GRPOTrainer):
             batch_size=self.args.per_device_train_batch_size,
         )
         return logps
-
-    # ------------------------------------------------------------------ loss
-    def _compute_loss(self, model, inputs):
-        self._s2l_loss_inputs = inputs
-        try:
-            return super()._compute_loss(model, inputs)
-        finally:
-            self._s2l_loss_inputs = None
-
-    def get_off_policy_mask(self, advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold):
-        """TRL's off-policy sequence mask, except that explorer rows are kept unless `explorer_off_policy_mask`."""
-        inputs = self._s2l_loss_inputs or {}
-        is_explorer = inputs.get("s2l_is_explorer")
-        if is_explorer is not None and self.args.explorer_off_policy_mask and "s2l_explorer_logps" in inputs:
-            explorer_logps = inputs["s2l_explorer_logps"]
-            use = is_explorer.unsqueeze(1) & ~torch.isnan(explorer_logps)
-            sampling_per_token_logps = torch.where(use, explorer_logps, sampling_per_token_logps)
-        keep = GRPOTrainer.get_off_policy_mask(
-            advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold
-        )
-        if is_explorer is not None and not self.args.explorer_off_policy_mask:
-            keep = torch.where(is_explorer.unsqueeze(1), torch.ones_like(keep), keep)
-        return keep
 
     # ------------------------------------------------------------------ model card
     def create_model_card(
@@ -584,8 +671,6 @@ def _lookup_fields(example: dict[str, Any]) -> dict[str, Any]:
 
 
 def _timed_generate(explorer: Explorer, prompt_ids, n, inputs) -> tuple[ExplorerOutput, float]:
-    import time
-
     start = time.perf_counter()
     out = explorer.generate(prompt_ids, n, inputs=inputs)
     expected = len(prompt_ids) * n
@@ -595,3 +680,12 @@ def _timed_generate(explorer: Explorer, prompt_ids, n, inputs) -> tuple[Explorer
             f"({len(prompt_ids)} prompts x {n})."
         )
     return out, time.perf_counter() - start
+
+
+def _write_json_atomically(path: str, payload: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

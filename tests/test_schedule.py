@@ -14,10 +14,12 @@ def test_linear_schedule_matches_paper_table():
     assert g_w_sequence("linear", 16, 8, 10) == [16, 14, 12, 10, 7, 5, 3, 0, 0, 0]
 
 
-def test_split_returns_learner_rows_as_complement():
-    for step in range(1, 12):
-        g_w, g_s = split_group(mix_alpha(step, "linear", 8), 16)
-        assert g_w + g_s == 16 and g_s >= 0
+def test_learner_rows_are_what_the_rounded_up_explorer_count_leaves():
+    # G = 16, T_mix = 8: alpha_2 = 6/7 -> 13.71 explorer rows, rounded *up* to 14, so the learner gets 2 (not the
+    # 3 that rounding the learner's share (1/7 * 16 = 2.29) up would give, nor the 13.71 -> 14 of plain rounding at
+    # step 6, where 2/7 * 16 = 4.57 explorer rows leave the learner 11).
+    learner = [split_group(mix_alpha(step, "linear", 8), 16)[1] for step in range(1, 10)]
+    assert learner == [0, 2, 4, 6, 9, 11, 13, 16, 16]
 
 
 def test_constant_schedule_holds_then_drops_to_zero():
@@ -45,8 +47,11 @@ def test_single_mix_step():
 
 
 def test_ceil_is_not_fooled_by_float_noise():
-    # 14 * (1 - 1/7) = 12 exactly; a naive ceil of 12.000000000000002 would give 13.
-    assert split_group(1 - 1 / 7, 14) == (12, 2)
+    # G = 9, T_mix = 4: alpha_3 = 1 - 2/3 is 0.33333333333333337 in floating point and alpha_3 * 9 is
+    # 3.0000000000000004, so a naive ceil gives 4 explorer rows instead of 3 (likewise 6/7 of 7 at T_mix = 8).
+    alpha = mix_alpha(3, "linear", 4)
+    assert alpha * 9 > 3 and split_group(alpha, 9) == (3, 6)
+    assert mix_alpha(7, "linear", 8) * 7 > 1 and split_group(mix_alpha(7, "linear", 8), 7) == (1, 6)
     assert split_group(0.0, 4) == (0, 4) and split_group(1.0, 4) == (4, 0)
 
 

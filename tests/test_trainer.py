@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -86,92 +85,138 @@ def _mixed_batch(trainer, tiny, prompts: int = 2):
 def test_explorer_importance_sampling_policies(tiny, tmp_path, mode, expected_weight):
     # Explorer log-probs of -20 per token make pi_old / pi_explorer ~ e^14: clipped to 3, or masked to 0.
     rollouts = write_oracle_rollouts(tiny, tmp_path / "lp.jsonl", logprob=-20.0)
-    args = s2l_args(
-        tmp_path,
-        rollouts,
-        mix_schedule="constant",
-        mix_alpha_start=0.5,
-        explorer_importance_sampling=mode,
-        explorer_importance_sampling_clip_max=3.0,
+    common = dict(mix_schedule="constant", mix_alpha_start=0.5, explorer_importance_sampling_clip_max=3.0)
+    weighted = S2LTrainer(
+        str(tiny["learner"]),
+        [digit_reward],
+        args=s2l_args(tmp_path / "w", rollouts, explorer_importance_sampling=mode, **common),
+        train_dataset=tiny_dataset(tiny),
     )
-    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
-    out = _mixed_batch(trainer, tiny)
+    plain = S2LTrainer(
+        str(tiny["learner"]),
+        [digit_reward],
+        args=s2l_args(tmp_path / "p", rollouts, **common),
+        train_dataset=tiny_dataset(tiny),
+    )
+    # Same seed, same weights: the two batches are identical except for the explorer weights.
+    torch.manual_seed(0)
+    out = _mixed_batch(weighted, tiny)
+    torch.manual_seed(0)
+    base = _mixed_batch(plain, tiny)
+    assert torch.equal(out["completion_ids"], base["completion_ids"])
     is_explorer = out["s2l_is_explorer"]
     assert is_explorer.tolist() == [True, True, False, False] * 2
     adv = out["advantages"]
-    assert adv.dim() == 2, "explorer IS weights are folded into per-token advantages"
-    assert trainer._metrics["train"]["s2l/explorer_is_weight/mean"][-1] == pytest.approx(expected_weight)
-    # Learner rows keep weight 1: their advantage is the same at every position.
-    learner = adv[~is_explorer]
-    assert torch.allclose(learner, learner[:, :1].expand_as(learner))
+    assert adv.dim() == 2 and base["advantages"].dim() == 1, "IS weights are folded into per-token advantages"
+    assert weighted._metrics["train"]["s2l/explorer_is_weight/mean"][-1] == pytest.approx(expected_weight)
     mask = out["completion_mask"].bool()
-    if mode.startswith("sequence"):  # one weight per sequence: constant along the row
-        explorer = adv[is_explorer]
-        assert torch.allclose(explorer, explorer[:, :1].expand_as(explorer))
-        return
-    # Token modes: the weight multiplies the group advantage on completion tokens only.
-    for i in torch.nonzero(is_explorer).flatten().tolist():
-        base = adv[i, ~mask[i]] if (~mask[i]).any() else None  # padding keeps weight 1
-        if base is not None and base.numel() and base[0] != 0:
-            assert torch.allclose(adv[i, mask[i]], base[0] * expected_weight)
+    expected = base["advantages"].unsqueeze(1).expand_as(adv).clone()
+    explorer_tokens = is_explorer.unsqueeze(1) & (mask if mode.startswith("token") else torch.ones_like(mask))
+    expected[explorer_tokens] *= expected_weight
+    assert torch.allclose(adv, expected), "explorer tokens weighted, padding and learner rows untouched"
+    assert base["advantages"][is_explorer].abs().sum() > 0, "the comparison needs non-zero explorer advantages"
     assert "importance_sampling_ratio" not in out  # the learner's own (vLLM) correction is not involved here
+
+
+def _count_logp_passes(trainer) -> list[int]:
+    calls = [0]
+    inner = trainer._get_per_token_logps_and_entropies
+
+    def counting(*a, **kw):
+        calls[0] += 1
+        return inner(*a, **kw)
+
+    trainer._get_per_token_logps_and_entropies = counting
+    return calls
 
 
 def test_no_explorer_importance_sampling_keeps_ratio_one(tiny, tmp_path):
     rollouts = write_oracle_rollouts(tiny, tmp_path / "lp.jsonl", logprob=-20.0)
     args = s2l_args(tmp_path, rollouts, mix_schedule="constant", mix_alpha_start=0.5)
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+    passes = _count_logp_passes(trainer)
     out = _mixed_batch(trainer, tiny)
     assert out["advantages"].dim() == 1  # no weight anywhere: explorer tokens get ratio 1
     assert "s2l/explorer_is_weight/mean" not in trainer._metrics["train"]
-    # The log-prob gap is logged: learner log-probs (about -6 for a random 512-token model) minus -20.
+    # TRL needs no old log-probs here (one generation per optimizer step, beta = 0), and a metric alone must not
+    # cost a forward pass: no log-prob pass at all, so no log-prob gap.
+    assert passes[0] == 0 and "s2l/logp_gap" not in trainer._metrics["train"]
+
+
+def test_logp_gap_comes_from_the_old_log_probs_trl_computes(tiny, tmp_path):
+    rollouts = write_oracle_rollouts(tiny, tmp_path / "lp.jsonl", logprob=-20.0)
+    # Two optimizer steps per generation round: TRL computes old log-probs, and the gap reuses them.
+    args = s2l_args(tmp_path, rollouts, mix_schedule="constant", mix_alpha_start=0.5, steps_per_generation=2)
+    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+    passes = _count_logp_passes(trainer)
+    _mixed_batch(trainer, tiny)
+    assert passes[0] == 1, "only TRL's own old-log-prob pass"
+    # Learner log-probs (about -6 for a random 512-token model) minus the stored -20.
     assert trainer._metrics["train"]["s2l/logp_gap"][-1] == pytest.approx(20 - math.log(512), abs=2.0)
 
 
 def test_off_policy_mask_spares_explorer_rows_unless_asked(tiny, tmp_path):
-    rollouts = write_oracle_rollouts(tiny, tmp_path / "lp.jsonl", logprob=-20.0)
-    args = s2l_args(tmp_path, rollouts, off_policy_mask_threshold=0.1)
+    """Through TRL's `_compute_loss`: every row has a negative advantage and a large divergence from its sampling
+    log-probs, so TRL's mask drops it, unless S2L exempts it as an explorer row."""
+    rollouts = write_oracle_rollouts(tiny, tmp_path / "lp.jsonl", logprob=0.0)
+    args = s2l_args(tmp_path, rollouts, mix_schedule="constant", mix_alpha_start=0.5, off_policy_mask_threshold=0.1)
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
-    # Two rows with negative advantage and a large divergence: row 0 explorer, row 1 learner.
-    per_token = torch.full((2, 3), -6.0)
-    sampling = torch.full((2, 3), -1.0)  # KL = 5 > threshold
-    mask = torch.ones(2, 3)
-    adv = torch.tensor([[-1.0], [-1.0]])
-    trainer._s2l_loss_inputs = {
-        "s2l_is_explorer": torch.tensor([True, False]),
-        "s2l_explorer_logps": torch.full((2, 3), -6.0),
-    }
-    keep = trainer.get_off_policy_mask(adv, per_token, sampling, mask, 0.1)
-    assert keep.flatten().tolist() == [1.0, 0.0]
+    batch = _mixed_batch(trainer, tiny)
+    is_explorer = batch["s2l_is_explorer"]
+    batch["advantages"] = -torch.ones_like(batch["advantages"])
+    # Learner rows "sampled" with log-prob 0 per token: KL = 0 - log pi_theta ~ 6 > 0.1.
+    batch["sampling_per_token_logps"] = torch.zeros(batch["completion_ids"].shape)
+    decisions = []
+    original = GRPOTrainer.get_off_policy_mask
+
+    def recording(**kw):
+        keep = original(**kw)
+        decisions.append(keep.flatten().tolist())
+        return keep
+
+    trainer.get_off_policy_mask = recording
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test bypasses
+
+    def keep_per_row(explorer_logps=None):
+        inputs = dict(batch)
+        if explorer_logps is not None:
+            inputs["s2l_explorer_logps"] = explorer_logps
+        trainer._compute_loss(trainer.model, inputs)
+        return decisions[-1]
+
+    expected_default = [1.0 if e else 0.0 for e in is_explorer.tolist()]
+    assert keep_per_row() == expected_default
     trainer.args.explorer_off_policy_mask = True
-    # Asked for: the explorer row is judged against its own log-probs (-6 vs -6: no divergence -> kept) ...
-    assert trainer.get_off_policy_mask(adv, per_token, sampling, mask, 0.1).flatten().tolist() == [1.0, 0.0]
-    # ... and dropped when its own log-probs say it is far off-policy.
-    trainer._s2l_loss_inputs["s2l_explorer_logps"] = torch.full((2, 3), 0.0)
-    assert trainer.get_off_policy_mask(adv, per_token, sampling, mask, 0.1).flatten().tolist() == [0.0, 0.0]
+    # Asked for: explorer rows are judged against their own log-probs: the stored 0.0 is far off-policy -> dropped.
+    assert keep_per_row(torch.zeros(batch["completion_ids"].shape)) == [0.0] * len(expected_default)
+    # ... and kept when their own log-probs equal the learner's (no divergence).
+    with torch.no_grad():
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        own, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, mask, batch["completion_ids"].size(1)
+        )
+    assert keep_per_row(own) == expected_default
 
 
-def test_per_source_advantages_on_hand_made_table():
-    fake = SimpleNamespace(num_generations=4, scale_rewards="none")
-    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
-    is_explorer = torch.tensor([True, True, False, False, True, False, False, False])
-    adv = S2LTrainer._per_source_advantages(fake, rewards, is_explorer)
-    # group 1: explorer {1, 0} mean .5, learner {1, 1} mean 1; group 2: explorer {0} alone, learner {0, 1, 0} mean 1/3
-    assert adv.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, -1 / 3, 2 / 3, -1 / 3])
-    fake.scale_rewards = "group"
-    adv = S2LTrainer._per_source_advantages(fake, rewards, is_explorer)
-    std = torch.tensor([1.0, 0.0]).std().item()  # sample std of {1, 0}
-    assert adv[:2].tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4)], rel=1e-5)
-    assert adv[4].item() == 0.0 and adv[2].item() == 0.0
-
-
-def test_per_source_grouping_in_training(tiny, tmp_path, oracle):
-    args = s2l_args(tmp_path, oracle, mix_schedule="constant", mix_alpha_start=0.5, advantage_grouping="per_source")
-    trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
-    out = _mixed_batch(trainer, tiny)
-    # Oracle explorer rows all score 1 and learner rows all 0: within each source there is no spread, so every
-    # advantage is 0 (under "combined" the explorer rows would get a large positive advantage).
-    assert torch.count_nonzero(out["advantages"]) == 0
+def test_per_source_grouping_is_applied_in_training(tiny, tmp_path, oracle):
+    """`per_source`: each source is centred within its own rows of the group; `combined`: one baseline."""
+    common = dict(mix_schedule="constant", mix_alpha_start=0.5, scale_rewards="none")
+    batches = {}
+    for grouping in ("per_source", "combined"):
+        args = s2l_args(tmp_path / grouping, oracle, advantage_grouping=grouping, **common)
+        trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+        torch.manual_seed(0)
+        batches[grouping] = _mixed_batch(trainer, tiny)
+    per_source, combined = batches["per_source"], batches["combined"]
+    assert torch.equal(per_source["completion_ids"], combined["completion_ids"])
+    is_explorer = per_source["s2l_is_explorer"].view(-1, 4)
+    for adv in (per_source["advantages"].view(-1, 4), combined["advantages"].view(-1, 4)):
+        assert torch.allclose(adv.sum(dim=1), torch.zeros(2), atol=1e-5)  # both centre the whole group
+    # Only per_source centres each source separately; the oracle's explorer rows out-score random learner rows.
+    explorer_sums = lambda adv: (adv.view(-1, 4) * is_explorer).sum(dim=1)  # noqa: E731
+    assert torch.allclose(explorer_sums(per_source["advantages"]), torch.zeros(2), atol=1e-5)
+    assert (explorer_sums(combined["advantages"]).abs() > 1e-3).all()
 
 
 def test_callable_schedule_through_trainer(tiny, tmp_path, oracle):
@@ -229,37 +274,68 @@ class _StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resume_mid_schedule_continues_alpha_sequence(tiny, tmp_path, oracle):
+class _RecordingOffline(OfflineExplorer):
+    """The seeded offline explorer, recording the rows it hands out per request."""
+
+    answers: list[list[list[int]]]
+
+    def generate(self, prompt_ids, n, inputs=None):
+        out = super().generate(prompt_ids, n, inputs=inputs)
+        self.answers.append(out.completion_ids)
+        return out
+
+
+def _rounds(trainer) -> dict[int, tuple[float, float]]:
+    """`round -> (alpha, G_w)` from the log history (alpha rounded: the logs carry float noise)."""
+    return {
+        int(h["s2l/round"]): (round(h["s2l/alpha"], 6), h["s2l/explorer_rows_per_group"])
+        for h in trainer.state.log_history
+        if "s2l/round" in h
+    }
+
+
+def test_resume_inside_a_generation_round_keeps_the_schedule_and_explorer_rows(tiny, tmp_path, oracle):
+    """steps_per_generation = 2: rounds start at steps 1, 3, 5. A checkpoint at step 1 lies inside round 0; the
+    resumed run regenerates round 0 with its own mix (not step 2's) and the same seeded offline explorer draws."""
     ds = tiny_dataset(tiny)
-    full = S2LTrainer(
-        str(tiny["learner"]),
-        [accuracy_reward],
-        train_dataset=ds,
-        args=s2l_args(tmp_path / "full", oracle, max_steps=5, mix_steps=4),
-    )
-    full.train()
-    run_dir = tmp_path / "resumed"
-    first = S2LTrainer(
-        str(tiny["learner"]),
-        [accuracy_reward],
-        train_dataset=ds,
-        callbacks=[_StopAt(2)],
-        args=s2l_args(run_dir, oracle, max_steps=5, mix_steps=4, save_strategy="steps", save_steps=2),
-    )
-    first.train()
-    assert (run_dir / "out" / "checkpoint-2").is_dir()
-    second = S2LTrainer(
-        str(tiny["learner"]),
-        [accuracy_reward],
-        train_dataset=ds,
-        args=s2l_args(run_dir, oracle, max_steps=5, mix_steps=4, save_strategy="steps", save_steps=2),
-    )
-    second.train(resume_from_checkpoint=str(run_dir / "out" / "checkpoint-2"))
-    resumed = logged(first, "s2l/alpha") + [
-        h["s2l/alpha"] for h in second.state.log_history if "s2l/alpha" in h and h["step"] > 2
-    ]
-    assert resumed == pytest.approx(logged(full, "s2l/alpha"))
-    assert resumed == pytest.approx([1, 2 / 3, 1 / 3, 0, 0])
+    rollouts = write_oracle_rollouts(tiny, tmp_path / "three.jsonl", per_prompt=6)
+    rows = [json.loads(line) for line in rollouts.read_text().splitlines()]
+    for i, r in enumerate(rows):  # distinguishable stored samples, so that the draws show
+        r["response_ids"] = [r["response_ids"][0], 10 + i % 50] + r["response_ids"][1:]
+    rollouts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    def run(out_dir, callbacks=(), resume=None):
+        explorer = _RecordingOffline(rollouts, seed=3)
+        explorer.answers = []
+        args = s2l_args(
+            out_dir,
+            max_steps=6,
+            mix_steps=4,
+            steps_per_generation=2,
+            save_strategy="steps",
+            save_steps=1,
+        )
+        trainer = S2LTrainer(
+            str(tiny["learner"]),
+            [accuracy_reward],
+            args=args,
+            train_dataset=ds,
+            explorer=explorer,
+            callbacks=list(callbacks),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, explorer
+
+    full, full_explorer = run(tmp_path / "full")
+    # G = 4, T_mix = 4: alpha(1) = 1, alpha(3) = 1/3, alpha(5) = 0 -> G_w 4, 2, 0 (the issue's [4, 2, 0] at 1/3/5).
+    assert _rounds(full) == {0: (1.0, 4.0), 1: (round(1 / 3, 6), 2.0), 2: (0.0, 0.0)}
+    run(tmp_path / "cut", callbacks=[_StopAt(1)])
+    resumed, resumed_explorer = run(tmp_path / "cut", resume=str(tmp_path / "cut" / "out" / "checkpoint-1"))
+    assert _rounds(resumed) == _rounds(full)
+    # Step 1 comes from the checkpoint's history; round 0 is regenerated at step 2, then rounds start at 3 and 5.
+    assert [h["step"] for h in resumed.state.log_history if "s2l/round" in h] == [1, 2, 3, 5]
+    # The regenerated round 0 and round 1 draw the very rows the uninterrupted run drew.
+    assert resumed_explorer.answers == full_explorer.answers
 
 
 def test_unreachable_server_at_start_names_the_url(tiny, tmp_path):
@@ -413,3 +489,22 @@ def test_local_explorer_runs_are_reproducible(tiny, tmp_path):
         return [logged(trainer, k) for k in ("s2l/reward/explorer", "s2l/reward/learner", "loss")]
 
     assert run("a") == run("b")
+
+
+def test_local_explorer_leaves_the_learner_random_stream_alone(tiny, tmp_path, oracle):
+    """The in-process explorer samples with torch's generator; the learner's rows must be the ones it would draw
+    with an explorer that uses no torch randomness at all (offline rows). lr = 0 keeps the learner fixed, so its
+    second round depends on the random stream alone."""
+
+    def learner_rows(name, **explorer_args):
+        args = s2l_args(
+            tmp_path / name, mix_schedule="constant", mix_alpha_start=0.5, learning_rate=0.0, **explorer_args
+        )
+        trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+        torch.manual_seed(0)
+        batches = [_mixed_batch(trainer, tiny) for _ in range(2)]
+        return [b["completion_ids"][~b["s2l_is_explorer"]] for b in batches]
+
+    local = learner_rows("local", explorer_mode="local", explorer_model=str(tiny["explorer"]))
+    offline = learner_rows("offline", explorer_mode="offline", explorer_rollouts=str(oracle))
+    assert all(torch.equal(a, b) for a, b in zip(local, offline))

@@ -1,0 +1,100 @@
+"""The pure mixing logic, on hand-made lists and tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from s2l_trl import mixing
+
+
+def test_rows_of_a_group_straddling_two_processes():
+    # G = 4, 6 rows per process: process 1 holds slots 2, 3 of group 1 and all of group 2.
+    p0 = mixing.place_rows(0, 6, 4, g_w=3)
+    p1 = mixing.place_rows(1, 6, 4, g_w=3)
+    assert p0.slots == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
+    assert p1.slots == [(1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]
+    assert p0.is_explorer == [True, True, True, False, True, True]
+    assert p1.is_explorer == [True, False, True, True, True, False]
+    assert p0.group_heads == [0, 4] and p1.group_heads == [2]
+    assert p1.learner_rows == [1, 5] and p1.explorer_rows == [0, 2, 3, 4]
+    # A process can hold explorer rows only (G = 4, 2 rows per process, G_w = 2).
+    assert mixing.place_rows(0, 2, 4, g_w=2).learner_rows == []
+    assert mixing.place_rows(1, 2, 4, g_w=2).explorer_rows == []
+    with pytest.raises(ValueError, match="g_w"):
+        mixing.place_rows(0, 4, 4, g_w=5)
+
+
+def test_explorer_answer_index_is_prompt_major():
+    # Answer holds g_w = 3 rows per requested group; group requested second, slot 1 -> row 4.
+    assert mixing.explorer_answer_index(1, 1, 3) == 4
+    with pytest.raises(ValueError, match="slot 3"):
+        mixing.explorer_answer_index(0, 3, 3)
+
+
+def test_cut_completion_follows_the_learner_rules():
+    eos = [9]
+    assert mixing.cut_completion([1, 2, 9, 4], [-1.0, -2.0, -3.0, -4.0], eos, 16, 9) == ([1, 2, 9], [-1.0, -2.0, -3.0])
+    assert mixing.cut_completion([1, 2, 3, 4], None, eos, 3, 9) == ([1, 2, 3], None)
+    ids, logps = mixing.cut_completion([], [], eos, 16, 9)  # an empty answer is a finished empty answer
+    assert ids == [9] and len(logps) == 1 and math.isnan(logps[0])
+
+
+def test_per_source_advantages_on_hand_made_table():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    is_explorer = torch.tensor([True, True, False, False, True, False, False, False])
+    adv = mixing.per_source_advantages(rewards, is_explorer, 4, "none")
+    # group 1: explorer {1, 0} mean .5, learner {1, 1} mean 1; group 2: explorer {0} alone, learner {0, 1, 0} mean 1/3
+    assert adv.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, -1 / 3, 2 / 3, -1 / 3])
+    adv = mixing.per_source_advantages(rewards, is_explorer, 4, "group")
+    std = torch.tensor([1.0, 0.0]).std().item()  # sample std of {1, 0}
+    assert adv[:2].tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4)], rel=1e-5)
+    assert adv[4].item() == 0.0 and adv[2].item() == 0.0
+    adv = mixing.per_source_advantages(rewards, is_explorer, 4, "batch")
+    assert adv[0].item() == pytest.approx(0.5 / (rewards.std().item() + 1e-4), rel=1e-5)
+    # An unscorable row (NaN reward) is left out of its source's baseline and gets advantage 0.
+    rewards[1] = torch.nan
+    adv = mixing.per_source_advantages(rewards, is_explorer, 4, "none")
+    assert adv[:2].tolist() == [0.0, 0.0]
+
+
+def test_explorer_is_weights_token_and_sequence_modes():
+    learner = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
+    explorer = torch.tensor([[-3.0, -1.5, float("nan")], [float("nan")] * 3])  # row 1 is a learner row
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    is_explorer = torch.tensor([True, False])
+    w, stats = mixing.explorer_is_weights(learner, explorer, mask, is_explorer, "token_truncate", None, 3.0)
+    # e^2 clipped to 3, e^0.5 kept, padding 1; the learner row is untouched.
+    assert w[0].tolist() == pytest.approx([3.0, math.exp(0.5), 1.0])
+    assert w[1].tolist() == [1.0, 1.0, 1.0]
+    assert stats.tolist() == pytest.approx([3.0, math.exp(0.5)])
+    w, _ = mixing.explorer_is_weights(learner, explorer, mask, is_explorer, "token_mask", None, 3.0)
+    assert w[0].tolist() == pytest.approx([0.0, math.exp(0.5), 1.0])
+    w, stats = mixing.explorer_is_weights(learner, explorer, mask, is_explorer, "sequence_truncate", 0.5, 100.0)
+    assert w[0].tolist() == pytest.approx([math.exp(2.5)] * 3) and stats.tolist() == pytest.approx([math.exp(2.5)])
+    w, _ = mixing.explorer_is_weights(learner, explorer, mask, is_explorer, "sequence_mask", None, 3.0)
+    assert w[0].tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="mode"):
+        mixing.explorer_is_weights(learner, explorer, mask, is_explorer, "none", None, 3.0)
+
+
+def test_mean_logp_gap_counts_known_explorer_tokens_only():
+    learner = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
+    explorer = torch.tensor([[-3.0, float("nan"), -5.0], [-9.0, -9.0, -9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    total, count = mixing.mean_logp_gap(learner, explorer, mask, torch.tensor([True, False]))
+    assert (total.item(), count.item()) == (2.0, 1.0)
+
+
+def test_off_policy_mask_logps_per_source():
+    is_explorer = torch.tensor([True, False])
+    sampling = torch.tensor([[-1.0, -1.0], [-2.0, -2.0]])
+    own = torch.tensor([[-5.0, -5.0], [float("nan")] * 2])
+    kept = mixing.off_policy_mask_logps(sampling, is_explorer, own, False, (2, 2))
+    assert torch.isnan(kept[0]).all() and kept[1].tolist() == [-2.0, -2.0]
+    judged = mixing.off_policy_mask_logps(sampling, is_explorer, own, True, (2, 2))
+    assert judged[0].tolist() == [-5.0, -5.0] and judged[1].tolist() == [-2.0, -2.0]
+    # Without sampling log-probs learner rows see NaN, which TRL's mask reads as "no drift", as with its own default.
+    assert torch.isnan(mixing.off_policy_mask_logps(None, is_explorer, None, True, (2, 2))).all()
