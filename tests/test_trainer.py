@@ -508,3 +508,19 @@ def test_local_explorer_leaves_the_learner_random_stream_alone(tiny, tmp_path, o
     local = learner_rows("local", explorer_mode="local", explorer_model=str(tiny["explorer"]))
     offline = learner_rows("offline", explorer_mode="offline", explorer_rollouts=str(oracle))
     assert all(torch.equal(a, b) for a, b in zip(local, offline))
+
+
+def test_empty_explorer_completion_is_an_empty_finished_answer(tiny, tmp_path):
+    """A stored empty response is scored like a learner completion that stops at once (a lone EOS), not a crash."""
+    path = write_oracle_rollouts(tiny, tmp_path / "empty.jsonl", logprob=-1.0)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        r.update(response="", response_ids=[], small_model_log_probs=[])
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = s2l_args(tmp_path, path, mix_schedule="constant", mix_alpha_start=0.5, mask_truncated_completions=True)
+    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+    out = _mixed_batch(trainer, tiny)
+    is_explorer = out["s2l_is_explorer"]
+    mask = out["completion_mask"][is_explorer]
+    assert mask.sum(dim=1).tolist() == [1] * int(is_explorer.sum())
+    assert (out["completion_ids"][is_explorer][:, 0] == trainer.eos_token_ids[0]).all()

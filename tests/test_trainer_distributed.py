@@ -71,3 +71,12 @@ def test_group_straddling_two_processes_has_exact_composition(tmp_path):
             assert all(r["reward"] == 0.0 for r in rows if not r["explorer"])
     # The learner generated only G_s rows per group (3 groups), summed over both processes.
     assert ranks[0]["learner_rows_generated"] == [0.0, 3.0, 6.0, 12.0]
+    # One group per step split 2 + 2: process 0 holds only explorer rows, process 1 only learner rows; both
+    # processes still enter the learner's generation, and every row comes from its source.
+    for rank, only_explorer in ((ranks[0], True), (ranks[1], False)):
+        assert len(rank["split_records"]) == 2
+        for record in rank["split_records"]:
+            assert record["g_w"] == 2
+            assert [r["explorer"] for r in record["rows"]] == [only_explorer] * 2
+            assert [r["reward"] for r in record["rows"]] == [1.0 if only_explorer else 0.0] * 2
+    assert ranks[0]["split_rewards"] == [0.5, 0.5]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +24,7 @@ def test_training_steps_against_real_explorer_server(tiny, tmp_path, explorer_se
         explorer_model=str(tiny["explorer"]),
         max_steps=3,
         mix_steps=3,
+        explorer_importance_sampling="token_truncate",
     )
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
     assert trainer.explorer_tokenizer_matches
@@ -33,8 +33,9 @@ def test_training_steps_against_real_explorer_server(tiny, tmp_path, explorer_se
     assert logged(trainer, "s2l/explorer_fraction") == pytest.approx([1.0, 0.5, 0.0])
     assert logged(trainer, "s2l/learner_rows_generated") == [0.0, 4.0, 8.0]
     assert len(logged(trainer, "s2l/reward/explorer")) == 2
-    # The server returns sampled-token log-probs, so the learner-minus-explorer gap is measured.
+    # The server returns sampled-token log-probs: explorer IS weights and the learner-minus-explorer gap use them.
     assert len(logged(trainer, "s2l/logp_gap")) == 2
+    assert len(logged(trainer, "s2l/explorer_is_weight/mean")) == 2
     latency = logged(trainer, "s2l/explorer_latency_s")
     assert latency[0] > 0 and latency[1] > 0
     # Explorer completions obey the learner's length cap.
@@ -84,43 +85,47 @@ def test_explorer_server_killed_mid_run(tiny, tmp_path):
     assert not (tmp_path / "out" / "checkpoint-2").exists()
 
 
-def test_learner_on_vllm_server_path_generates_only_its_rows(tiny, tmp_path, explorer_server):
+def test_learner_on_vllm_server_path_generates_only_its_rows(tiny, tmp_path, explorer_server, monkeypatch):
     """TRL's vLLM-server learner path, with the frozen tiny server standing in for the learner's own server.
 
-    Weight sync needs CUDA, so it is a no-op here; what is exercised is the generation of G_s rows per group through
+    It runs through TRL's real `VLLMGeneration` class and attribute names. Weight sync needs CUDA, so it is a no-op
+    here; what is exercised is the generation of G_s rows per group through
     the server, the slicing back to rows, and TRL's learner importance sampling next to the explorer's NaN
     log-probs (ratio exactly 1 on explorer rows).
     """
     from trl.generation.vllm_client import VLLMClient
+    from trl.generation.vllm_generation import VLLMGeneration
 
     rollouts = write_oracle_rollouts(tiny, tmp_path / "oracle.jsonl")
     args = s2l_args(tmp_path, rollouts, mix_schedule="constant", mix_alpha_start=0.5)
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
-    client = VLLMClient(base_url=explorer_server.base_url)
+    # TRL's real generation object in server mode; only the NCCL weight-transfer set-up (CUDA) is skipped.
+    monkeypatch.setattr(VLLMClient, "init_communicator", lambda self, device=0: None)
+    generation = VLLMGeneration(
+        trainer.model,
+        trainer.accelerator,
+        trainer.processing_class,
+        mode="server",
+        server_base_url=explorer_server.base_url,
+        server_timeout=60,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=-1,
+        max_completion_length=args.max_completion_length,
+        logprobs=0,
+    )
+    monkeypatch.setattr(generation, "sync_weights", lambda: None)
     requests = []
-    original = client.generate
+    original = generation.vllm_client.generate
 
     def recording_generate(**kw):
         requests.append((len(kw["prompts"]), kw["n"]))
         return original(**kw)
 
-    client.generate = recording_generate
+    generation.vllm_client.generate = recording_generate
     trainer.use_vllm = True
     trainer._last_loaded_step = 0
-    trainer.vllm_generation = SimpleNamespace(
-        mode="server",
-        vllm_client=client,
-        sync_weights=lambda: None,
-        repetition_penalty=1.0,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=-1,
-        min_p=None,
-        max_completion_length=args.max_completion_length,
-        logprobs=0,
-        structured_outputs_regex=None,
-        generation_kwargs={},
-    )
+    trainer.vllm_generation = generation
     rows = [dict(r) for r in tiny_dataset(tiny).select(range(2))]
     trainer.model.train()
     out = trainer._generate_and_score_completions([r for r in rows for _ in range(4)])

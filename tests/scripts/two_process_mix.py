@@ -22,17 +22,17 @@ from s2l_trl.rewards import accuracy_reward  # noqa: E402
 class RecordingTrainer(S2LTrainer):
     records: list[dict] = []
 
-    def _postprocess_mixed_batch(self, output, plan):
-        super()._postprocess_mixed_batch(output, plan)
-        start = self.accelerator.process_index * len(plan.is_explorer)
-        rewards = self._last_rewards_per_func[start : start + len(plan.is_explorer), 0].tolist()
+    def _finish_round(self, output, rnd):
+        super()._finish_round(output, rnd)
+        start = self.accelerator.process_index * len(rnd.placement.is_explorer)
+        rewards = rnd.rewards_per_func[start : start + len(rnd.placement.is_explorer), 0].tolist()
         self.records.append(
             {
-                "step": plan.step,
-                "g_w": plan.g_w,
+                "step": rnd.step,
+                "g_w": rnd.g_w,
                 "rows": [
                     {"group": g, "slot": s, "explorer": e, "reward": r}
-                    for (g, s), e, r in zip(plan.local_slots, plan.is_explorer, rewards)
+                    for (g, s), e, r in zip(rnd.placement.slots, rnd.placement.is_explorer, rewards)
                 ],
             }
         )
@@ -52,13 +52,27 @@ def main(workdir: str) -> None:
     args = s2l_args(work, rollouts, per_device_train_batch_size=6, max_steps=4, mix_steps=4)
     trainer = RecordingTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
     trainer.train()
+    # G = 4, 2 rows per process, alpha 0.5: process 0 holds only explorer rows, process 1 only learner rows.
+    first_records, RecordingTrainer.records = RecordingTrainer.records, []
+    split_args = s2l_args(
+        work / "split",
+        rollouts,
+        per_device_train_batch_size=2,
+        max_steps=2,
+        mix_schedule="constant",
+        mix_alpha_start=0.5,
+    )
+    split = RecordingTrainer(str(tiny["learner"]), [accuracy_reward], args=split_args, train_dataset=tiny_dataset(tiny))
+    split.train()
     out = {
         "world_size": state.num_processes,
         "rank": state.process_index,
-        "records": trainer.records,
+        "records": first_records,
         "learner_rows_generated": [
             h["s2l/learner_rows_generated"] for h in trainer.state.log_history if "s2l/learner_rows_generated" in h
         ],
+        "split_records": RecordingTrainer.records,
+        "split_rewards": [h["reward"] for h in split.state.log_history if "reward" in h],
     }
     (work / f"rank{state.process_index}.json").write_text(json.dumps(out))
 
