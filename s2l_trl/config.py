@@ -87,6 +87,16 @@ class S2LConfig(GRPOConfig):
             checks this before training starts."""
         ),
     )
+    explorer_prefetch: bool = field(
+        default=True,
+        metadata=_help(
+            """Generate the explorer rows of the next generation round while the learner trains on the current one.
+            The explorer is frozen, so they never go stale; a run with prefetch draws exactly the rows a run
+            without it draws. Applies to explorers that run in the background (server, offline, your own object;
+            not `"local"`, which samples with torch's global generator) when `steps_per_generation >=
+            gradient_accumulation_steps`; at most one round ahead. A resumed run regenerates the prefetched round."""
+        ),
+    )
     explorer_temperature: float = field(
         default=0.7,
         metadata=_help("""Sampling temperature of the explorer (the authors' setting; the learner keeps

@@ -69,6 +69,44 @@ class MixedRound:
     rewards_per_func: torch.Tensor | None = None  # gathered over processes
 
 
+@dataclass
+class ExplorerPrefetch:
+    """The explorer request of the next round, started while the learner trains on the current one (main process).
+
+    Created at the end of round `index - 1` (`_prefetch_next_round`), consumed by round `index` when its request is
+    the same, else waited for and dropped. At most one exists.
+    """
+
+    index: int
+    groups: list[int]
+    request: tuple
+    future: Future
+
+
+class _Lookahead:
+    """Wraps Transformers' epoch iterator so the trainer can peek at generation batches it has not handed out yet."""
+
+    def __init__(self, source):
+        self.source = source
+        self.buffer: list[Any] = []
+        self.next_micro_step = 0  # TRL micro-step of the next item handed out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.buffer.pop(0) if self.buffer else next(self.source)
+
+    def peek(self, offset: int) -> Any:
+        """The item `offset` places ahead of the next one, or `None` when the epoch ends first."""
+        while len(self.buffer) <= offset:
+            try:
+                self.buffer.append(next(self.source))
+            except StopIteration:
+                return None
+        return self.buffer[offset]
+
+
 class S2LTrainer(GRPOTrainer):
     """[`~trl.GRPOTrainer`] for small-to-large policy optimization (S2L-PO).
 
@@ -118,9 +156,11 @@ class S2LTrainer(GRPOTrainer):
             args.mix_alpha_end,
         )
         self._round: MixedRound | None = None
-        # The explorer's random state when the current round was requested: a checkpoint taken inside the round
-        # stores it, so that a resumed run regenerates the round with the same explorer draws.
-        self._explorer_state_at_round_start: Any = None
+        self._prefetched: ExplorerPrefetch | None = None
+        self._lookahead: _Lookahead | None = None
+        # The explorer's random state before each pending round's request (round index -> state): a checkpoint
+        # stores the one of the round a resumed run regenerates, so that it draws the same explorer rows.
+        self._explorer_state_before: dict[int, Any] = {}
         self._explorer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2l-explorer")
 
         # Multi-turn tool loops and custom rollouts continue completions with the learner, so the explorer is off.
@@ -157,6 +197,12 @@ class S2LTrainer(GRPOTrainer):
             with torch.random.fork_rng(devices=[]):
                 self.explorer = explorer if explorer is not None else self._build_explorer()
             self._check_explorer_covers(self.train_dataset)
+        self.prefetch_enabled = bool(
+            args.explorer_prefetch
+            and self.mixing_enabled
+            and broadcast_object_list([getattr(self.explorer, "runs_in_background", True)], from_process=0)[0]
+            and args.steps_per_generation >= args.gradient_accumulation_steps
+        )
 
     # ------------------------------------------------------------------ set-up
     def _build_explorer(self) -> Explorer:
@@ -268,6 +314,16 @@ class S2LTrainer(GRPOTrainer):
                 )
         return super()._prepare_inputs(generation_batch)
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Transformers calls this once per optimizer step to pull that step's micro-batches (for GRPO: generation
+        batches of prompts) from the epoch's iterator. S2L: unchanged, through a lookahead that lets the explorer
+        prefetch the next round's prompts without changing their order."""
+        if self._lookahead is None or self._lookahead.source is not epoch_iterator:
+            self._lookahead = _Lookahead(epoch_iterator)
+        batch_samples, num_items = super().get_batch_samples(self._lookahead, num_batches, device)
+        self._lookahead.next_micro_step = self._step + len(batch_samples)
+        return batch_samples, num_items
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
         """TRL calls this with the local rows of a generation batch (each prompt repeated for its group) and expects
         the scored batch dict back (ids, masks, advantages, optional old/sampling/ref log-probs).
@@ -283,6 +339,7 @@ class S2LTrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
             if train and self._round is not None:
                 self._finish_round(output, self._round)
+                self._prefetch_next_round(self._round)
         finally:
             self._round = None
         return output
@@ -358,21 +415,25 @@ class S2LTrainer(GRPOTrainer):
         return super()._compute_loss(model, inputs)
 
     def _save_checkpoint(self, model, trial):
-        """TRL's checkpoint, plus `s2l_state.json`: the round position and the explorer's random state (at the start
-        of the round when the checkpoint falls inside one, so a resumed run redraws the same explorer rows)."""
+        """TRL's checkpoint, plus `s2l_state.json`: the explorer's random state before the round a resumed run
+        generates first (the current round when the checkpoint falls inside it, else the next), so that the resumed
+        run redraws the explorer rows the uninterrupted run drew."""
         super()._save_checkpoint(model, trial)
         if not self.args.should_save:
             return
         every = self.args.steps_per_generation * self.num_iterations
-        inside_round = (self.state.global_step * self.args.gradient_accumulation_steps) % every != 0
+        micro_step = self.state.global_step * self.args.gradient_accumulation_steps
+        pending = micro_step // every
         state_fn = getattr(self.explorer, "state_dict", None)
         explorer_state = None
         if callable(state_fn):
-            explorer_state = self._explorer_state_at_round_start if inside_round else state_fn()
+            explorer_state = (
+                self._explorer_state_before[pending] if pending in self._explorer_state_before else state_fn()
+            )
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         _write_json_atomically(
             os.path.join(folder, S2L_STATE_NAME),
-            {"global_step": self.state.global_step, "inside_round": inside_round, "explorer_state": explorer_state},
+            {"global_step": self.state.global_step, "next_round": pending, "explorer_state": explorer_state},
         )
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -435,10 +496,71 @@ class S2LTrainer(GRPOTrainer):
         rnd.request = ([h[1] for h in all_heads], rnd.g_w, [h[2] for h in all_heads])
         if not self.accelerator.is_main_process:
             return
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None:
+            if (prefetched.index, prefetched.groups, prefetched.request[:2]) == (
+                rnd.index,
+                rnd.groups,
+                rnd.request[:2],
+            ):
+                rnd.future = prefetched.future
+                return
+            logger.warning(
+                "The prefetched explorer request of round %d does not match round %d's prompts; regenerating it.",
+                prefetched.index,
+                rnd.index,
+            )
+            prefetched.future.exception()  # let it finish, then undo its draws so the run stays reproducible
+            load_fn = getattr(self.explorer, "load_state_dict", None)
+            if callable(load_fn) and prefetched.index in self._explorer_state_before:
+                load_fn(self._explorer_state_before[prefetched.index])
+        self._submit_explorer_request(rnd.index, rnd.request, rnd)
+
+    def _submit_explorer_request(self, index: int, request: tuple, rnd: MixedRound | None = None) -> Future | None:
+        """Start round `index`'s explorer request in the background (main process), remembering the explorer's
+        random state before it for checkpoints."""
         state_fn = getattr(self.explorer, "state_dict", None)
-        self._explorer_state_at_round_start = state_fn() if callable(state_fn) else None
-        if getattr(self.explorer, "runs_in_background", True):
-            rnd.future = self._explorer_pool.submit(_timed_generate, self.explorer, *rnd.request)
+        if callable(state_fn):
+            self._explorer_state_before = {k: v for k, v in self._explorer_state_before.items() if k >= index - 1}
+            self._explorer_state_before[index] = state_fn()
+        if not getattr(self.explorer, "runs_in_background", True):
+            return None  # generated in the foreground by `_finish_explorer_request`
+        future = self._explorer_pool.submit(_timed_generate, self.explorer, *request)
+        if rnd is not None:
+            rnd.future = future
+        return future
+
+    def _prefetch_next_round(self, rnd: MixedRound) -> None:
+        """Start the explorer request of round `rnd.index + 1` while the learner trains on round `rnd.index`.
+
+        Every process peeks at its next generation batch (the rows TRL will hand it, unchanged) and the request is
+        gathered exactly as `_start_explorer_request` will gather it; skipped at the end of an epoch, after the
+        last step, and when the next round has no explorer rows.
+        """
+        if not self.prefetch_enabled or self._lookahead is None:
+            return
+        every = self.args.steps_per_generation * self.num_iterations
+        next_start = (rnd.index + 1) * every
+        step = next_start // self.args.gradient_accumulation_steps + 1
+        alpha, g_w, _ = self.current_mix(step)
+        if g_w == 0 or (self.state.max_steps > 0 and step > self.state.max_steps):
+            return
+        offset = next_start - self._lookahead.next_micro_step
+        batch = self._lookahead.peek(offset) if offset >= 0 else None
+        if not all(gather_object([batch is not None])):  # every process must take part in the gather below
+            return
+        placement = mixing.place_rows(self.accelerator.process_index, len(batch), self.num_generations, g_w)
+        prompt_ids = self._tokenize_prompts([x["prompt"] for x in batch])[0]
+        heads = [
+            (placement.slots[i][0], self._explorer_prompt_ids(prompt_ids[i], batch[i]), _lookup_fields(batch[i]))
+            for i in placement.group_heads
+        ]
+        all_heads = sorted(gather_object(heads), key=lambda h: h[0])
+        if not self.accelerator.is_main_process:
+            return
+        request = ([h[1] for h in all_heads], g_w, [h[2] for h in all_heads])
+        future = self._submit_explorer_request(rnd.index + 1, request)
+        self._prefetched = ExplorerPrefetch(rnd.index + 1, [h[0] for h in all_heads], request, future)
 
     def _finish_explorer_request(self, rnd: MixedRound) -> None:
         payload: list[Any] = [None]

@@ -524,3 +524,61 @@ def test_empty_explorer_completion_is_an_empty_finished_answer(tiny, tmp_path):
     mask = out["completion_mask"][is_explorer]
     assert mask.sum(dim=1).tolist() == [1] * int(is_explorer.sum())
     assert (out["completion_ids"][is_explorer][:, 0] == trainer.eos_token_ids[0]).all()
+
+
+class _StepRecordingOffline(OfflineExplorer):
+    """Seeded offline explorer that records, per request, the trainer's optimizer step and the rows it drew."""
+
+    trainer = None
+
+    def generate(self, prompt_ids, n, inputs=None):
+        out = super().generate(prompt_ids, n, inputs=inputs)
+        self.calls.append((self.trainer.state.global_step, out.completion_ids))
+        return out
+
+
+class _CountCallsAtStepEnd(TrainerCallback):
+    def __init__(self, explorer):
+        self.explorer, self.counts = explorer, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.counts.append((state.global_step, len(self.explorer.calls)))
+
+
+def _prefetch_run(tiny, tmp_path, rollouts, prefetch: bool):
+    explorer = _StepRecordingOffline(rollouts, seed=5)
+    explorer.calls = []
+    counter = _CountCallsAtStepEnd(explorer)
+    args = s2l_args(tmp_path, max_steps=4, mix_steps=4, explorer_prefetch=prefetch)
+    trainer = S2LTrainer(
+        str(tiny["learner"]),
+        [digit_reward],
+        args=args,
+        train_dataset=tiny_dataset(tiny),
+        explorer=explorer,
+        callbacks=[counter],
+    )
+    explorer.trainer = trainer
+    trainer.train()
+    return trainer, explorer, counter
+
+
+def test_prefetch_draws_the_same_rows_one_round_ahead(tiny, tmp_path):
+    rollouts = write_oracle_rollouts(tiny, tmp_path / "r.jsonl", per_prompt=6)
+    rows = [json.loads(line) for line in rollouts.read_text().splitlines()]
+    for i, r in enumerate(rows):  # distinguishable stored samples, so that the draws show
+        r["response_ids"] = [r["response_ids"][0], 10 + i % 50] + r["response_ids"][1:]
+    rollouts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    plain, plain_explorer, _ = _prefetch_run(tiny, tmp_path / "plain", rollouts, prefetch=False)
+    ahead, ahead_explorer, counter = _prefetch_run(tiny, tmp_path / "ahead", rollouts, prefetch=True)
+    # Rounds with explorer rows: steps 1-3 (G_w = 4, 3, 2); without prefetch each is requested during its own step
+    # (optimizer step counter 0, 1, 2), with prefetch during the step before (0 for both round 0 and round 1).
+    assert [step for step, _ in plain_explorer.calls] == [0, 1, 2]
+    assert [step for step, _ in ahead_explorer.calls] == [0, 0, 1]
+    # The same rows, in the same order, and the same training.
+    assert [rows for _, rows in ahead_explorer.calls] == [rows for _, rows in plain_explorer.calls]
+    assert logged(ahead, "loss") == pytest.approx(logged(plain, "loss"), rel=1e-6, abs=1e-7)
+    # Never more than one round ahead: after step k, at most k + 1 rounds were requested; none past the last.
+    assert all(calls <= step + 1 for step, calls in counter.counts), counter.counts
+    assert len(ahead_explorer.calls) == 3
+    assert max(logged(ahead, "s2l/explorer_wait_s")) >= 0.0

@@ -23,6 +23,7 @@ def test_the_overridden_seams_are_the_documented_ones():
     assert sorted(OVERRIDDEN) == sorted(
         [
             "_prepare_inputs",
+            "get_batch_samples",
             "_generate_and_score_completions",
             "_generate_single_turn",
             "_calculate_rewards",
