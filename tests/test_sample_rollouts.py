@@ -6,12 +6,29 @@ from pathlib import Path
 import pytest
 
 from s2l_trl.cli.sample import main as sample_main
+from s2l_trl.data import PromptDataArguments
 from s2l_trl.explorers import ROLLOUT_FIELDS, ExplorerOutput, OfflineExplorer, SamplingSettings, read_rollouts
 from s2l_trl.explorers.offline import prompt_text_key
 from s2l_trl.sampling.engine import SamplingEngine
 from s2l_trl.sampling.rollouts import sample_rollouts, stable_prompt_id
 
 SMALL = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=8, seed=0)
+
+
+def record_explorer_rows(trainer) -> list[tuple[str, tuple[int, ...]]]:
+    """(prompt_id, completion ids) of every explorer row the trainer receives, recorded at the Explorer protocol."""
+    seen = []
+    explorer = trainer.explorer
+    original = explorer.generate
+
+    def generate(prompt_ids, n, inputs=None):
+        out = original(prompt_ids, n, inputs=inputs)
+        for i, example in enumerate(inputs):
+            seen.extend([(str(example["prompt_id"]), tuple(ids)) for ids in out.completion_ids[i * n : (i + 1) * n]])
+        return out
+
+    explorer.generate = generate
+    return seen
 
 
 def _rows(tiny, n):
@@ -82,27 +99,36 @@ def _scripted_engine(tiny, dataset_rows):
 
     tok = AutoTokenizer.from_pretrained(tiny["explorer"])
     engine = SamplingEngine(None, tok)
-    engine.explorer = _ScriptedExplorer(tok, {tuple(engine.encode(r["prompt"])): r["answer"] for r in dataset_rows})
+
+    def as_trained(prompt):  # a string prompt reaches the trainer (and the sampler) as a user turn
+        return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+
+    engine.explorer = _ScriptedExplorer(
+        tok, {tuple(engine.encode(as_trained(r["prompt"]))): r["answer"] for r in dataset_rows}
+    )
     return engine
 
 
 def test_text_prompts_without_ids_are_deduped_scored_and_matched_by_text(tiny, tmp_path):
     data = [
         {"prompt": "What is 1 + 2?", "answer": 3},
-        {"prompt": "What is 2 + 2?", "answer": "4"},
+        {"prompt": "What is 2 + 2?", "answer": 4},
         {"prompt": "What is 1 + 2?", "answer": 3},
     ]
     engine = _scripted_engine(tiny, data)
-    path = sample_rollouts(data, tmp_path / "r", engine=engine, num_generations=3)
+    answers = PromptDataArguments(dataset_solution_column="answer")
+    path = sample_rollouts(data, tmp_path / "r", engine=engine, num_generations=3, data_args=answers)
     rows = read_rollouts(path)
     assert len(rows) == 6  # the repeated prompt is sampled once
     assert [r["is_correct"] for r in rows] == [True, False, False] * 2
     assert [r["reward"] for r in rows[:3]] == [1.0, 0.0, 0.0]
-    assert rows[0]["prompt_id"] == stable_prompt_id("What is 1 + 2?") and rows[0]["prompt"] == "What is 1 + 2?"
+    # The stored prompt is the one the trainer sees: the string became a user turn.
+    assert rows[0]["prompt_id"] == stable_prompt_id("What is 1 + 2?")
+    assert rows[0]["prompt"] == [{"role": "user", "content": "What is 1 + 2?"}]
     assert rows[0]["ground_truth"] == "3"
-    out = OfflineExplorer(path).generate(
-        [[0], [0]], n=3, inputs=[{"prompt": "What is 2 + 2?"}, {"prompt": "What is 1 + 2?"}]
-    )
+    # The trainer's rows (mapped by the same data arguments) find their rollouts by prompt.
+    inputs = [{"prompt": [{"role": "user", "content": f"What is {a} + 2?"}]} for a in (2, 1)]
+    out = OfflineExplorer(path).generate([[0], [0]], n=3, inputs=inputs)
     assert sorted(out.completion_ids[:3]) == sorted(r["response_ids"] for r in rows[3:])
     assert prompt_text_key(rows[0]["prompt"]) == "What is 1 + 2?"
 
@@ -118,17 +144,22 @@ def test_shards_merge_and_resume_after_a_torn_write(tiny, tmp_path):
     ]
     engine = _scripted_engine(tiny, [{**r, "answer": r["reward_model"]["ground_truth"]} for r in data])
     out_dir = tmp_path / "r"
-    first = sample_rollouts(data, out_dir, engine=engine, num_generations=2, num_shards=2, shard_index=0)
+    gold = PromptDataArguments(dataset_solution_column="reward_model.ground_truth")
+    first = sample_rollouts(
+        data, out_dir, engine=engine, num_generations=2, num_shards=2, shard_index=0, data_args=gold
+    )
     assert first.name == "rollouts-00000-of-00002.jsonl" and not (out_dir / "rollouts.jsonl").exists()
     assert engine.explorer.prompts == 4  # rows 0, 2, 4, 6
 
     # Shard 1 is killed mid-prompt: one whole prompt, one orphan line, one torn line.
     shard1 = out_dir / "rollouts-00001-of-00002.jsonl"
-    sample_rollouts(data[:2], tmp_path / "scratch", engine=engine, num_generations=2)
+    sample_rollouts(data[:2], tmp_path / "scratch", engine=engine, num_generations=2, data_args=gold)
     done_lines = (tmp_path / "scratch" / "rollouts.jsonl").read_text().splitlines(keepends=True)
     shard1.write_text(done_lines[2] + done_lines[3] + done_lines[0] + done_lines[1][:25])
     engine.explorer.prompts = 0
-    merged = sample_rollouts(data, out_dir, engine=engine, num_generations=2, num_shards=2, shard_index=1)
+    merged = sample_rollouts(
+        data, out_dir, engine=engine, num_generations=2, num_shards=2, shard_index=1, data_args=gold
+    )
     assert engine.explorer.prompts == 2  # rows 3 and 5; row 1 was already complete
     assert merged == out_dir / "rollouts.jsonl"
     rows = read_rollouts(merged)
@@ -138,7 +169,7 @@ def test_shards_merge_and_resume_after_a_torn_write(tiny, tmp_path):
     assert len(out.completion_ids) == 14
 
     with pytest.raises(ValueError, match="num_generations: 2 \\(before\\) vs 3 \\(now\\)"):
-        sample_rollouts(data, out_dir, engine=engine, num_generations=3, num_shards=2, shard_index=1)
+        sample_rollouts(data, out_dir, engine=engine, num_generations=3, num_shards=2, shard_index=1, data_args=gold)
 
 
 def test_bad_inputs_are_named(tiny, tmp_path):
@@ -147,11 +178,18 @@ def test_bad_inputs_are_named(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"train\.jsonl:2: malformed JSON"):
         sample_rollouts(bad, tmp_path / "r", str(tiny["explorer"]))
     with pytest.raises(ValueError, match="no prompt column 'question'"):
-        sample_rollouts([{"prompt": "a"}], tmp_path / "r2", str(tiny["explorer"]), prompt_column="question")
-    with pytest.raises(ValueError, match="no answer column"):
+        sample_rollouts(
+            [{"prompt": "a"}],
+            tmp_path / "r2",
+            str(tiny["explorer"]),
+            data_args=PromptDataArguments(dataset_prompt_column="question"),
+        )
+    with pytest.raises(ValueError, match="no solution column 'solution'"):
         sample_rollouts(
             [{"prompt": "a"}], tmp_path / "r3", engine=_scripted_engine(tiny, [{"prompt": "a", "answer": "x"}])
         )
+    # Refused before anything is written.
+    assert not any((tmp_path / name).exists() for name in ("r", "r2", "r3"))
 
 
 def test_sampled_rollouts_train_s2l_trainer_offline(tiny, tmp_path):
@@ -181,19 +219,17 @@ def test_sampled_rollouts_train_s2l_trainer_offline(tiny, tmp_path):
     )
     stored = {(r["prompt_id"], tuple(r["response_ids"])) for r in read_rollouts(path)}
     dataset = Dataset.from_list(_rows(tiny, 4))
-    args = s2l_args(tmp_path, path, max_steps=2, mix_steps=2, explorer_model=str(tiny["explorer"]))
+    # token_truncate IS needs the explorer's log-probs: the stored small_model_log_probs must reach the trainer.
+    args = s2l_args(
+        tmp_path,
+        path,
+        max_steps=2,
+        mix_steps=2,
+        explorer_model=str(tiny["explorer"]),
+        explorer_importance_sampling="token_truncate",
+    )
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=dataset)
-    seen = []
-    original = trainer._postprocess_mixed_batch
-
-    def record(output, plan):
-        original(output, plan)
-        for i, is_explorer in enumerate(plan.is_explorer):
-            if is_explorer:
-                ids = output["completion_ids"][i][output["completion_mask"][i].bool()].tolist()
-                seen.append((plan.inputs[i]["prompt_id"], tuple(ids)))
-
-    trainer._postprocess_mixed_batch = record
+    seen = record_explorer_rows(trainer)
     trainer.train()
     assert logged(trainer, "s2l/alpha") == [1.0, 0.0]
     assert len(seen) == 8 and all(item in stored for item in seen)  # 2 groups x G_w = 4, each a stored sample

@@ -49,9 +49,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cd "$repo"
-
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
-die() { echo "[s2l_po] error: $*" >&2; exit 2; }
+log_prefix="s2l_po"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$here/common.sh"
 
 recipe=""
 accelerate_config="recipes/accelerate_configs/zero3.yaml"
@@ -74,7 +74,6 @@ log_dir="logs"
 dry_run=0
 trainer_args=()
 
-need() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --recipe) need "$@"; recipe="$2"; shift 2 ;;
@@ -96,7 +95,7 @@ while [ "$#" -gt 0 ]; do
         --health-timeout) need "$@"; health_timeout="$2"; shift 2 ;;
         --log-dir) need "$@"; log_dir="$2"; shift 2 ;;
         --dry-run) dry_run=1; shift ;;
-        -h|--help) usage; exit 0 ;;
+        -h|--help) usage_of "${BASH_SOURCE[0]}"; exit 0 ;;
         --) shift; trainer_args=("$@"); break ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -105,17 +104,7 @@ done
 [ -f "$recipe" ] || die "recipe $recipe not found"
 [ -f "$accelerate_config" ] || die "accelerate config $accelerate_config not found"
 
-# Read one top-level key of the recipe (empty when absent); pyyaml is a dependency of s2l-trl.
-recipe_value() {
-    python3 - "$recipe" "$1" <<'PY'
-import sys, yaml
-value = (yaml.safe_load(open(sys.argv[1])) or {}).get(sys.argv[2])
-print("" if value is None else str(value).lower() if isinstance(value, bool) else value)
-PY
-}
-url_port() { local p="${1##*:}"; p="${p%%/*}"; case "$p" in ''|*[!0-9]*) echo "$2" ;; *) echo "$p" ;; esac; }
-# shellcheck disable=SC2086  # word splitting on commas is the point
-count_gpus() { local IFS=,; set -- $1; echo "$#"; }
+recipe_value() { recipe_value_of "$recipe" "$1"; }
 
 num_machines="${NUM_MACHINES:-${SLURM_NNODES:-1}}"
 machine_rank="${MACHINE_RANK:-${NODE_RANK:-${SLURM_NODEID:-0}}}"
@@ -186,65 +175,23 @@ if [ "$dry_run" = 1 ]; then
     exit 0
 fi
 
-pids=()
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${pids[@]}"; do
-        # setsid made each server the leader of its own process group: signal that group (its vLLM workers
-        # included) by the recorded PID only.
-        kill -TERM -- "-$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    done
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-healthy() {
-    if command -v curl >/dev/null 2>&1; then
-        curl -sf -o /dev/null --max-time 5 "$1/health"
-    else
-        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=5)' "$1" 2>/dev/null
-    fi
-}
-wait_healthy() {  # url pid(or empty) log
-    local url="$1" pid="$2" log="$3" start=$SECONDS
-    until healthy "$url"; do
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-            echo "[s2l_po] server for $url exited before it became healthy; last lines of $log:" >&2
-            tail -n 30 "$log" >&2 || true
-            exit 1
-        fi
-        if [ $(( SECONDS - start )) -ge "$health_timeout" ]; then
-            echo "[s2l_po] $url did not answer /health within ${health_timeout} s" >&2
-            [ -z "$log" ] || tail -n 30 "$log" >&2 || true
-            exit 1
-        fi
-        sleep 5
-    done
-    echo "[s2l_po] $url healthy after $(( SECONDS - start )) s"
-}
-
+install_cleanup
 mkdir -p "$log_dir"
 explorer_pid=""; learner_pid=""
 if [ "$start_servers" = 1 ] && [ -n "$explorer_cmd" ]; then
     echo "[s2l_po] starting explorer: $explorer_cmd"
-    # setsid: the server leads its own process group, so cleanup can stop it and its workers by this PID.
-    CUDA_VISIBLE_DEVICES="$explorer_gpus" setsid "${explorer[@]}" >"$log_dir/explorer_server.log" 2>&1 &
-    explorer_pid=$!; pids+=("$explorer_pid")
+    start_in_group "$log_dir/explorer_server.log" CUDA_VISIBLE_DEVICES="$explorer_gpus" -- "${explorer[@]}"
+    explorer_pid=$last_pid
 fi
 if [ "$start_servers" = 1 ] && [ -n "$learner_cmd" ]; then
     echo "[s2l_po] starting learner vLLM server: $learner_cmd"
-    CUDA_VISIBLE_DEVICES="$learner_gpus" setsid "${learner[@]}" >"$log_dir/learner_server.log" 2>&1 &
-    learner_pid=$!; pids+=("$learner_pid")
+    start_in_group "$log_dir/learner_server.log" CUDA_VISIBLE_DEVICES="$learner_gpus" -- "${learner[@]}"
+    learner_pid=$last_pid
 fi
-[ -z "$explorer_cmd" ] || wait_healthy "http://$server_host:$explorer_port" "$explorer_pid" "$log_dir/explorer_server.log"
-[ -z "$learner_cmd" ] || wait_healthy "http://$server_host:$learner_port" "$learner_pid" "$log_dir/learner_server.log"
+[ -z "$explorer_cmd" ] || wait_healthy "http://$server_host:$explorer_port" "$explorer_pid" \
+    "$log_dir/explorer_server.log" "$health_timeout"
+[ -z "$learner_cmd" ] || wait_healthy "http://$server_host:$learner_port" "$learner_pid" \
+    "$log_dir/learner_server.log" "$health_timeout"
 
 echo "[s2l_po] training: $train_cmd"
 CUDA_VISIBLE_DEVICES="$train_gpus" "${train[@]}"

@@ -14,9 +14,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/../.."
+log_prefix="tiny_cpu"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$here/common.sh"
 
-die() { echo "[tiny_cpu] error: $*" >&2; exit 2; }
-need() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
 dir=".tiny"; port=8001; health_timeout=600; dry_run=0; trainer_args=()
 recipe="recipes/tiny/s2l_po/config_cpu.yaml"
 while [ "$#" -gt 0 ]; do
@@ -25,7 +26,7 @@ while [ "$#" -gt 0 ]; do
         --port) need "$@"; port="$2"; shift 2 ;;
         --health-timeout) need "$@"; health_timeout="$2"; shift 2 ;;
         --dry-run) dry_run=1; shift ;;
-        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage_of "${BASH_SOURCE[0]}"; exit 0 ;;
         --) shift; trainer_args=("$@"); break ;;
         *) die "unknown option $1" ;;
     esac
@@ -52,36 +53,12 @@ if [ "$dry_run" = 1 ]; then
     exit 0
 fi
 
-server_pid=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if [ -n "$server_pid" ]; then
-        kill -TERM -- "-$server_pid" 2>/dev/null || true
-        for _ in $(seq 30); do kill -0 "$server_pid" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "-$server_pid" 2>/dev/null || true
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
+install_cleanup
 "${build[@]}"
 log="$dir/explorer_server.log"
 echo "[tiny_cpu] starting the explorer server (log: $log)"
-# setsid: the server leads its own process group, so cleanup stops it and its engine processes by this PID.
-setsid "${server[@]}" >"$log" 2>&1 &
-server_pid=$!
-start=$SECONDS
-until python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=5)' "$url" 2>/dev/null; do
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "[tiny_cpu] the explorer server exited; last lines of $log:" >&2; tail -n 30 "$log" >&2; exit 1
-    fi
-    if [ $(( SECONDS - start )) -ge "$health_timeout" ]; then
-        echo "[tiny_cpu] $url did not answer /health within ${health_timeout} s" >&2; tail -n 30 "$log" >&2; exit 1
-    fi
-    sleep 2
-done
-echo "[tiny_cpu] explorer healthy after $(( SECONDS - start )) s; training"
+# Its own process group, so clean-up stops it and its engine processes by this PID (and nothing else).
+start_in_group "$log" -- "${server[@]}"
+wait_healthy "$url" "$last_pid" "$log" "$health_timeout" 2
+echo "[tiny_cpu] explorer healthy; training"
 "${train[@]}"

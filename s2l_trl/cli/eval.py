@@ -2,6 +2,7 @@
 
 s2l-eval --model_path Qwen/Qwen3-1.7B --mode nothink --k 16 --benchmarks aime24 aime25 math500
 s2l-eval --model_path <ckpt> --backend server --server_base_url http://127.0.0.1:8000
+s2l-eval --config eval.yaml                                          # the same fields as YAML keys
 s2l-eval --model_path <ckpt> --timestamp 20250101_120000            # resume an interrupted run
 s2l-eval --model_path <ckpt> --timestamp 20250101_120000 --skip_inference   # re-extract and re-score
 s2l-eval plot result/Qwen3-0.6B_<ts> result/Qwen3-1.7B_<ts> --output passk.png
@@ -12,81 +13,79 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 
-from ..evaluation.data import BENCHMARKS, DEFAULT_BENCHMARKS
-from ..explorers.factory import SAMPLING_BACKENDS as BACKENDS
+from trl import TrlParser
 
+from ..evaluation.runner import EvalArguments
 
-def _bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    if value.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+JUDGES = ("math_verify", "official_compat")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="s2l-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class PlotArguments:
+    r"""
+    Settings of `s2l-eval plot`: pass@k-vs-k curves (log2 k axis) of finished runs, one panel per benchmark, to PNG.
+    The result folders may also be given first, without `--result_dirs`.
+
+    Parameters:
+        result_dirs (`list[str]`):
+            `result/<model>_<timestamp>` folders written by `s2l-eval`, one curve each.
+        output (`str`, *optional*, defaults to `"passk.png"`):
+            Path of the PNG.
+        labels (`list[str]` or `None`, *optional*, defaults to `None`):
+            Legend entries, one per result folder (default: the folder names).
+        benchmarks (`list[str]` or `None`, *optional*, defaults to `None`):
+            Panels to draw (default: every benchmark found).
+        judge (`str`, *optional*, defaults to `"math_verify"`):
+            Whose verdicts to plot: `"math_verify"` or `"official_compat"` (the authors' lenient rule).
+    """
+
+    result_dirs: list[str] = field(
+        metadata={"help": "`result/<model>_<timestamp>` folders written by `s2l-eval`, one curve each."}
     )
-    p.add_argument("--model_path", required=True, help="model id or path (names the output folders)")
-    p.add_argument(
-        "--mode",
-        choices=["think", "nothink"],
-        default="nothink",
-        help="Qwen3 soft switch and sampling preset (default: nothink)",
+    output: str = field(default="passk.png", metadata={"help": "Path of the PNG."})
+    labels: list[str] | None = field(
+        default=None, metadata={"help": "Legend entries, one per result folder (default: the folder names)."}
     )
-    p.add_argument("--k", type=int, default=16, help="samples per problem (default: 16)")
-    p.add_argument(
-        "--benchmarks",
-        nargs="+",
-        default=list(DEFAULT_BENCHMARKS),
-        choices=sorted(BENCHMARKS),
-        help="benchmarks to run (default: aime24 aime25 math500)",
+    benchmarks: list[str] | None = field(
+        default=None, metadata={"help": "Panels to draw (default: every benchmark found)."}
     )
-    p.add_argument("--data_dir", default=None, help="read <data_dir>/<bench>.jsonl instead of the Hub data sets")
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
-    p.add_argument(
-        "--backend",
-        choices=(*BACKENDS, "transformers"),
-        default="vllm",
-        help="vllm: in-process engine (GPU); server: OpenAI-compatible vLLM server; transformers: CPU",
+    judge: str = field(
+        default="math_verify",
+        metadata={
+            "help": 'Whose verdicts to plot: `"math_verify"` or `"official_compat"` (the authors\' lenient rule).',
+            "choices": list(JUDGES),
+        },
     )
-    p.add_argument("--server_base_url", default=None, help="URL of the vLLM server (backend 'server')")
-    p.add_argument("--tokenizer_path", default=None, help="tokenizer (default: --model_path)")
-    p.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs of the vLLM engine")
-    p.add_argument("--dtype", default="auto", help="vLLM weight dtype (float32 for the tiny CPU models)")
-    p.add_argument("--max_model_len", type=int, default=None, help="vLLM context length")
-    p.add_argument("--gpu_memory_utilization", type=float, default=0.9)
-    p.add_argument("--enforce_eager", type=_bool, default=False, help="skip CUDA graphs (required on CPU)")
-    p.add_argument("--max_tokens", type=int, default=32768, help="completion length cap (default: 32768)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="per-request sampling seed; -1 sends none (needed on vLLM-CPU for long prompts)",
-    )
-    p.add_argument("--temperature", type=float, default=None, help="override the mode's preset")
-    p.add_argument("--top_p", type=float, default=None, help="override the mode's preset")
-    p.add_argument("--top_k", type=int, default=None, help="override the mode's preset")
-    p.add_argument("--presence_penalty", type=float, default=None, help="override the mode's preset")
-    p.add_argument("--batch_prompts", type=int, default=32, help="problems per generation request")
-    p.add_argument("--batch_size", type=int, default=64, help="rows per generate call (transformers backend)")
-    p.add_argument("--output_root", default=".", help="folder that holds output/ and result/ (default: .)")
-    p.add_argument("--timestamp", default=None, help="run id in the folder names; reuse one to resume that run")
-    p.add_argument("--skip_inference", action="store_true", help="reuse <bench>_raw.jsonl")
-    p.add_argument("--skip_extraction", action="store_true", help="reuse <bench>.jsonl (re-judges its predictions)")
-    return p
+
+    def __post_init__(self):
+        if self.judge not in JUDGES:
+            raise ValueError(f"judge must be one of {list(JUDGES)}, got {self.judge!r}.")
+        if self.labels is not None and len(self.labels) != len(self.result_dirs):
+            raise ValueError(
+                f"labels has {len(self.labels)} entries for {len(self.result_dirs)} result_dirs; expected one each."
+            )
 
 
-def build_plot_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="s2l-eval plot", description="pass@k-vs-k curves (log2 k axis) to PNG.")
-    p.add_argument("result_dirs", nargs="+", help="result/<model>_<timestamp> folders")
-    p.add_argument("--output", default="passk.png", help="PNG path (default: passk.png)")
-    p.add_argument("--labels", nargs="+", default=None, help="legend entries, one per folder")
-    p.add_argument("--benchmarks", nargs="+", default=None, help="panels (default: all found)")
-    p.add_argument("--judge", choices=["math_verify", "official_compat"], default="math_verify")
-    return p
+def make_parser() -> TrlParser:
+    return TrlParser(EvalArguments, prog="s2l-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+
+
+def make_plot_parser() -> TrlParser:
+    return TrlParser(PlotArguments, prog="s2l-eval plot", description=PlotArguments.__doc__.split("Parameters:")[0])
+
+
+def plot(argv: list[str]) -> dict:
+    """`s2l-eval plot DIR [DIR ...] [--output passk.png] ...`."""
+    from ..evaluation.plot import plot_passk
+
+    if argv and not argv[0].startswith("-"):  # leading result folders, as positionals
+        argv = ["--result_dirs", *argv]
+    (a,) = make_plot_parser().parse_args_and_config(args=argv)
+    path = plot_passk(a.result_dirs, a.output, labels=a.labels, benchmarks=a.benchmarks, judge=a.judge)
+    print(f"wrote {path}")
+    return {"plot": str(path)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,15 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "plot":
-        from ..evaluation.plot import plot_passk
+        return plot(argv[1:])
+    from ..evaluation.runner import run_evaluation
 
-        a = build_plot_parser().parse_args(argv[1:])
-        path = plot_passk(a.result_dirs, a.output, labels=a.labels, benchmarks=a.benchmarks, judge=a.judge)
-        print(f"wrote {path}")
-        return {"plot": str(path)}
-    from ..evaluation.runner import EvalArguments, run_evaluation
-
-    args = EvalArguments(**vars(build_parser().parse_args(argv)))
+    (args,) = make_parser().parse_args_and_config(args=argv)
     summary = run_evaluation(args)
     print(f"\n{args.run_name}  (mode={args.mode}, k={args.k}; results in {args.result_dir})")
     for bench, row in summary["benchmarks"].items():

@@ -1,10 +1,16 @@
 """`s2l-sample`: offline explorer rollouts for S2L-PO's `explorer_rollouts`, in the authors' JSONL schema.
 
-    s2l-sample --model_path Qwen/Qwen3-0.6B --output_dir rollouts/dapo_qwen3-0.6b --num_generations 16
-    s2l-sample --model_path <explorer> --backend server --server_base_url http://127.0.0.1:8000 \\
-        --dataset data/train.jsonl --num_shards 4 --shard_index 0      # one of four workers
+The data arguments are `s2l-train`'s own (`dataset_name`, `dataset_prompt_column`, `dataset_solution_column`,
+`dataset_prompt_id_column`, `dataset_prompt_template`, `system_prompt`, ...), and `chat_template_kwargs` is the
+training run's: give the same values as the recipe (recipes/launch/s2l_po_offline.sh passes them for you) and the
+explorer is sampled on exactly the prompt token ids the trainer uses, each row carrying the problem's `prompt_id`.
 
-Default data set: BytedTsinghua-SIA/DAPO-Math-17k (see s2l_trl/sampling/rollouts.py for its prompt format).
+    s2l-sample --model_path Qwen/Qwen3-1.7B-Base --output_dir data/rollouts/qwen3-1.7b \\
+        --dataset_name open-r1/DAPO-Math-17k-Processed --dataset_config all \\
+        --dataset_prompt_id_column extra_info.index --num_generations 16
+    s2l-sample --config sample.yaml                                   # the same fields as YAML keys
+    s2l-sample ... --backend server --server_base_url http://127.0.0.1:8000 --num_shards 4 --shard_index 0
+
 Re-running the same command resumes: prompts with all G samples are skipped.
 """
 
@@ -13,90 +19,141 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 
+from trl import TrlParser
+
+from ..data import PromptDataArguments, parse_chat_template_kwargs
 from ..explorers.base import SamplingSettings
-from ..explorers.factory import SAMPLING_BACKENDS as BACKENDS
-from ..sampling.rollouts import DEFAULT_DATASET, DEFAULT_SAMPLING, sample_rollouts
+from ..sampling.engine import EngineArguments
+from ..sampling.rollouts import DEFAULT_SAMPLING, sample_rollouts
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="s2l-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass(kw_only=True)
+class SampleArguments(EngineArguments):
+    r"""
+    Settings of one `s2l-sample` run (on top of the backend settings of [`~s2l_trl.sampling.engine.EngineArguments`]
+    and the data arguments [`~s2l_trl.data.PromptDataArguments`] it shares with `s2l-train`).
+
+    Parameters:
+        model_path (`str`):
+            Explorer model id or path.
+        output_dir (`str`):
+            Folder of `rollouts.jsonl` (and of the shard files while sharded sampling runs).
+        chat_template_kwargs (`dict` or `str` or `None`, *optional*, defaults to `None`):
+            The training run's `chat_template_kwargs` (a JSON object on the command line), applied with the chat
+            template when the prompts are tokenized, as the trainer does.
+        num_generations (`int`, *optional*, defaults to `16`):
+            G, samples per prompt.
+        temperature (`float`, *optional*, defaults to `0.7`):
+            Sampling temperature (the authors' explorer setting).
+        top_p (`float`, *optional*, defaults to `0.95`):
+            Nucleus sampling threshold (the authors' explorer setting).
+        top_k (`int` or `None`, *optional*, defaults to `None`):
+            Top-k sampling cut-off; `None` samples from the whole vocabulary.
+        max_tokens (`int`, *optional*, defaults to `4096`):
+            Completion length cap; give the recipe's `max_completion_length`.
+        seed (`int`, *optional*, defaults to `0`):
+            Sampling seed.
+        data_source (`str` or `None`, *optional*, defaults to `None`):
+            `data_source` written for rows that have none (default: the data set's name).
+        max_prompts (`int` or `None`, *optional*, defaults to `None`):
+            Sample only the first N (deduplicated) prompts.
+        dedupe (`bool`, *optional*, defaults to `True`):
+            Sample a repeated `prompt_id` once; `--no_dedupe` adds G rollouts to its pool per repeat.
+        num_shards (`int`, *optional*, defaults to `1`):
+            Number of workers sharing the prompts (each runs with its own `shard_index`).
+        shard_index (`int`, *optional*, defaults to `0`):
+            This worker's share: prompts `shard_index::num_shards`.
+        batch_prompts (`int`, *optional*, defaults to `8`):
+            Prompts per generation request (outputs are still flushed per prompt).
+    """
+
+    model_path: str = field(metadata={"help": "Explorer model id or path."})
+    output_dir: str = field(
+        metadata={"help": "Folder of `rollouts.jsonl` (and of the shard files while sharded sampling runs)."}
     )
-    p.add_argument("--model_path", required=True, help="explorer model id or path")
-    p.add_argument("--output_dir", required=True, help="folder of rollouts.jsonl (and the shard files)")
-    p.add_argument(
-        "--dataset",
-        default=DEFAULT_DATASET,
-        help=f"Hub id or local JSONL/parquet/save_to_disk path (default: {DEFAULT_DATASET})",
-    )
-    p.add_argument("--dataset_config", default=None)
-    p.add_argument("--split", default="train")
-    p.add_argument("--prompt_column", default="prompt")
-    p.add_argument(
-        "--answer_column",
+    chat_template_kwargs: dict | str | None = field(
         default=None,
-        help="gold answer column, dotted for nested fields (default: solution / answer / ground_truth "
-        "/ reward_model.ground_truth)",
+        metadata={
+            "help": "The training run's `chat_template_kwargs` (a JSON object on the command line), applied with the "
+            "chat template when the prompts are tokenized, as the trainer does."
+        },
     )
-    p.add_argument("--data_source", default=None, help="data_source for rows without one (default: the data set)")
-    p.add_argument("--max_prompts", type=int, default=None)
-    p.add_argument("--no_dedupe", action="store_true", help="keep repeated prompts (data sets without prompt_id)")
-    p.add_argument("--num_generations", type=int, default=16, help="G, samples per prompt (default: 16)")
-    p.add_argument("--backend", choices=(*BACKENDS, "transformers"), default="vllm")
-    p.add_argument("--server_base_url", default=None)
-    p.add_argument("--tokenizer_path", default=None)
-    p.add_argument("--tensor_parallel_size", type=int, default=1)
-    p.add_argument("--dtype", default="auto", help="vLLM weight dtype (float32 for the tiny CPU models)")
-    p.add_argument("--max_model_len", type=int, default=None)
-    p.add_argument("--gpu_memory_utilization", type=float, default=0.9)
-    p.add_argument("--enforce_eager", action="store_true", help="skip CUDA graphs (required on CPU)")
-    p.add_argument("--temperature", type=float, default=DEFAULT_SAMPLING.temperature)
-    p.add_argument("--top_p", type=float, default=DEFAULT_SAMPLING.top_p)
-    p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--max_tokens", type=int, default=DEFAULT_SAMPLING.max_tokens)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_shards", type=int, default=1)
-    p.add_argument("--shard_index", type=int, default=0)
-    p.add_argument("--batch_prompts", type=int, default=8, help="prompts per generation request")
-    p.add_argument("--batch_size", type=int, default=64, help="rows per generate call (transformers backend)")
-    return p
+    num_generations: int = field(default=16, metadata={"help": "G, samples per prompt."})
+    temperature: float = field(
+        default=DEFAULT_SAMPLING.temperature, metadata={"help": "Sampling temperature (the authors' explorer setting)."}
+    )
+    top_p: float = field(
+        default=DEFAULT_SAMPLING.top_p,
+        metadata={"help": "Nucleus sampling threshold (the authors' explorer setting)."},
+    )
+    top_k: int | None = field(
+        default=None, metadata={"help": "Top-k sampling cut-off; `None` samples from the whole vocabulary."}
+    )
+    max_tokens: int = field(
+        default=DEFAULT_SAMPLING.max_tokens,
+        metadata={"help": "Completion length cap; give the recipe's `max_completion_length`."},
+    )
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    data_source: str | None = field(
+        default=None,
+        metadata={"help": "`data_source` written for rows that have none (default: the data set's name)."},
+    )
+    max_prompts: int | None = field(default=None, metadata={"help": "Sample only the first N (deduplicated) prompts."})
+    dedupe: bool = field(
+        default=True,
+        metadata={"help": "Sample a repeated `prompt_id` once; `--no_dedupe` adds G rollouts to its pool per repeat."},
+    )
+    num_shards: int = field(
+        default=1, metadata={"help": "Number of workers sharing the prompts (each runs with its own `shard_index`)."}
+    )
+    shard_index: int = field(default=0, metadata={"help": "This worker's share: prompts `shard_index::num_shards`."})
+    batch_prompts: int = field(
+        default=8, metadata={"help": "Prompts per generation request (outputs are still flushed per prompt)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.chat_template_kwargs = parse_chat_template_kwargs(self.chat_template_kwargs)
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}.")
+
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_tokens=self.max_tokens, seed=self.seed
+        )
+
+
+def make_parser() -> TrlParser:
+    return TrlParser(
+        (PromptDataArguments, SampleArguments),
+        prog="s2l-sample",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def main(argv: list[str] | None = None):
-    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    data_args, args = make_parser().parse_args_and_config(args=sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sampling = SamplingSettings(
-        temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_tokens=a.max_tokens, seed=a.seed
-    )
-    vllm_kwargs = {
-        "dtype": a.dtype,
-        "max_model_len": a.max_model_len,
-        "gpu_memory_utilization": a.gpu_memory_utilization,
-        "enforce_eager": a.enforce_eager,
-    }
     path = sample_rollouts(
-        a.dataset,
-        a.output_dir,
-        a.model_path,
-        backend=a.backend,
-        tokenizer_path=a.tokenizer_path,
-        num_generations=a.num_generations,
-        sampling=sampling,
-        server_base_url=a.server_base_url,
-        tensor_parallel_size=a.tensor_parallel_size,
-        vllm_kwargs=vllm_kwargs,
-        split=a.split,
-        dataset_config=a.dataset_config,
-        prompt_column=a.prompt_column,
-        answer_column=a.answer_column,
-        data_source=a.data_source,
-        max_prompts=a.max_prompts,
-        num_shards=a.num_shards,
-        shard_index=a.shard_index,
-        batch_prompts=a.batch_prompts,
-        batch_size=a.batch_size,
-        dedupe=not a.no_dedupe,
+        None,
+        args.output_dir,
+        args.model_path,
+        data_args=data_args,
+        chat_template_kwargs=args.chat_template_kwargs,
+        engine_args=args,
+        num_generations=args.num_generations,
+        sampling=args.sampling(),
+        data_source=args.data_source,
+        max_prompts=args.max_prompts,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        batch_prompts=args.batch_prompts,
+        dedupe=args.dedupe,
     )
     print(f"rollouts: {path}")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -10,54 +11,59 @@ from dataclasses import dataclass, field
 import datasets
 import transformers
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 
 from ..callbacks import MixProgressCallback
+from ..checkpoints import last_complete_checkpoint
 from ..config import S2LConfig
-from ..data import load_prompt_dataset, to_conversational
+from ..data import PromptDataArguments, load_train_dataset
 from ..rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
 
+TRAINERS = ("s2l", "grpo")
+
 
 @dataclass
-class S2LScriptArguments(ScriptArguments):
+class S2LScriptArguments(PromptDataArguments):
     r"""
-    Script arguments of `s2l-train` (on top of TRL's `ScriptArguments`: `dataset_name`, `dataset_config`,
-    `dataset_train_split`, `dataset_test_split`, ...). `dataset_name` is a Hub id or a local JSONL/JSON/parquet/CSV
-    file or saved dataset directory.
+    Script arguments of `s2l-train`: the data arguments shared with `s2l-sample`
+    ([`~s2l_trl.data.PromptDataArguments`]: `dataset_name`, `dataset_config`, `dataset_train_split`,
+    `dataset_prompt_column`, `dataset_solution_column`, `dataset_prompt_id_column`, `dataset_prompt_template`,
+    `system_prompt`) plus the two below.
 
-    Args:
+    Parameters:
         trainer (`str`, *optional*, defaults to `"s2l"`):
             `"s2l"` trains with `S2LTrainer` / `S2LConfig`; `"grpo"` with plain `GRPOTrainer` / `GRPOConfig`, so a
             baseline recipe differs from its S2L-PO twin only by the explorer block.
         reward_funcs (`list[str]`, *optional*, defaults to `["accuracy", "format"]`):
             Reward functions by name, from `s2l_trl.rewards.REWARD_FUNCS`.
-        dataset_prompt_column (`str`, *optional*, defaults to `"prompt"`):
-            Column with the prompt (a string or a chat message list). Dotted names reach into nested columns.
-        dataset_solution_column (`str`, *optional*, defaults to `"solution"`):
-            Column with the gold answer, e.g. `reward_model.ground_truth` for DAPO-Math-17k.
-        dataset_prompt_id_column (`str`, *optional*):
-            Column identifying each problem (e.g. `extra_info.index`), used to match offline explorer rollouts.
-        dataset_prompt_template (`str`, *optional*):
-            `str.format` pattern with `{prompt}` applied to string prompts.
-        system_prompt (`str`, *optional*):
-            System message prepended to string prompts.
     """
 
     trainer: str = field(
         default="s2l",
-        metadata={"help": "`s2l` (S2LTrainer) or `grpo` (plain GRPOTrainer).", "choices": ["s2l", "grpo"]},
+        metadata={
+            "help": '`"s2l"` trains with `S2LTrainer` / `S2LConfig`; `"grpo"` with plain `GRPOTrainer` / `GRPOConfig`, '
+            "so a baseline recipe differs from its S2L-PO twin only by the explorer block."
+        },
     )
     reward_funcs: list[str] = field(
-        default_factory=lambda: ["accuracy", "format"], metadata={"help": "Reward functions by name."}
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={"help": "Reward functions by name, from `s2l_trl.rewards.REWARD_FUNCS`."},
     )
-    dataset_prompt_column: str = field(default="prompt", metadata={"help": "Prompt column."})
-    dataset_solution_column: str = field(default="solution", metadata={"help": "Gold-answer column."})
-    dataset_prompt_id_column: str | None = field(default=None, metadata={"help": "Problem id column."})
-    dataset_prompt_template: str | None = field(default=None, metadata={"help": "Template for string prompts."})
-    system_prompt: str | None = field(default=None, metadata={"help": "System prompt for string prompts."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.trainer not in TRAINERS:
+            raise ValueError(f"trainer must be 's2l' or 'grpo', got {self.trainer!r}.")
+
+
+def _reads(func, argument: str) -> bool:
+    """Whether reward function ``func`` takes ``argument`` (a data-set column) by name."""
+    try:
+        return argument in inspect.signature(func).parameters
+    except (TypeError, ValueError):  # not introspectable (a model, a C callable): assume it does not
+        return False
 
 
 def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig) -> None:
@@ -70,26 +76,19 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir):
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-            logger.info("Checkpoint found, resuming training at %s.", last_checkpoint)
-
-    raw = load_prompt_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
-    train_dataset = raw.map(
-        to_conversational,
-        remove_columns=raw.column_names,
-        fn_kwargs={
-            "prompt_column": script_args.dataset_prompt_column,
-            "solution_column": script_args.dataset_solution_column,
-            "prompt_id_column": script_args.dataset_prompt_id_column
-            or ("prompt_id" if "prompt_id" in raw.column_names else None),
-            "prompt_template": script_args.dataset_prompt_template,
-            "system_prompt": script_args.system_prompt,
-        },
-    )
+    # Data first: a data set the run cannot train on is refused before a trainer or an output folder exists.
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    need_solution = [name for name, func in zip(script_args.reward_funcs, reward_funcs) if _reads(func, "solution")]
+    train_dataset = load_train_dataset(
+        script_args, needs_solution=bool(need_solution), needed_by=f"the reward functions {need_solution}"
+    )
+
+    # Resume from the newest checkpoint that was saved to the end (a kill during a save leaves a torn one behind).
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(training_args.output_dir):
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        if checkpoint is not None:
+            logger.info("Checkpoint found, resuming training at %s.", checkpoint)
 
     # GRPOTrainer loads the learner from its id with these (trust_remote_code lives on the config itself).
     model_init_kwargs = {
@@ -114,7 +113,6 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
         peft_config=get_peft_config(model_args),
         callbacks=[MixProgressCallback()],
     )
-    checkpoint = training_args.resume_from_checkpoint or last_checkpoint
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -127,37 +125,36 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
 
 
 def make_parser(trainer: str = "s2l") -> TrlParser:
-    if trainer not in ("s2l", "grpo"):
+    """The parser of one kind of run: script arguments, `S2LConfig` (or `GRPOConfig` for `trainer="grpo"`), model."""
+    if trainer not in TRAINERS:
         raise ValueError(f"trainer must be 's2l' or 'grpo', got {trainer!r}.")
     return TrlParser((S2LScriptArguments, S2LConfig if trainer == "s2l" else GRPOConfig, ModelConfig))
 
 
-def _requested_trainer(argv: list[str]) -> str:
-    """The `trainer` of a run, from `--trainer` or the recipe, read before parsing to pick the config class."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--trainer="):
-            return arg.split("=", 1)[1]
-        if arg == "--trainer" and i + 1 < len(argv):
-            return argv[i + 1]
-    for i, arg in enumerate(argv):
-        path = (
-            arg.split("=", 1)[1]
-            if arg.startswith("--config=")
-            else (argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-        )
-        if path:
-            import yaml
+def _config_flag_apart(argv: list[str]) -> list[str]:
+    """``--config=PATH`` as ``--config PATH``, the only form `TrlParser` reads."""
+    out = []
+    for arg in argv:
+        out += ["--config", arg.split("=", 1)[1]] if arg.startswith("--config=") else [arg]
+    return out
 
-            with open(path) as f:
-                return (yaml.safe_load(f) or {}).get("trainer", "s2l")
-    return "s2l"
+
+def parse_args(argv: list[str] | None = None) -> tuple[S2LScriptArguments, S2LConfig | GRPOConfig, ModelConfig]:
+    """Parse a command line (and its `--config` YAML) into script, training and model arguments.
+
+    The script arguments are parsed first, alone (YAML and flags, other keys left over), because their `trainer`
+    field decides the training-arguments class: `S2LConfig` for `s2l`, `GRPOConfig` for `grpo`.
+    """
+    argv = _config_flag_apart(list(sys.argv[1:] if argv is None else argv))
+    # No -h here (the full parser prints the full help) and no abbreviations (a training flag must never be taken
+    # for a prefix of a script flag).
+    script_parser = TrlParser(S2LScriptArguments, add_help=False, allow_abbrev=False)
+    script_args, _ = script_parser.parse_args_and_config(args=argv, return_remaining_strings=True)
+    return make_parser(script_args.trainer).parse_args_and_config(args=argv)
 
 
 def cli(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = make_parser(_requested_trainer(argv))
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    main(script_args, training_args, model_args)
+    main(*parse_args(argv))
 
 
 if __name__ == "__main__":

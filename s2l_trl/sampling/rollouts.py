@@ -5,18 +5,20 @@ Each output line is one sample with the fields of :data:`s2l_trl.explorers.offli
     prompt_id, prompt, prompt_ids, response, response_ids, small_model_log_probs, reward, is_correct,
     data_source, ground_truth
 
-``prompt`` is the data set's prompt value unchanged (a string or a list of chat messages) and ``prompt_id`` its
-``prompt_id`` column when it has one, else a stable hash of the prompt text, so the trainer's
-:class:`~s2l_trl.explorers.OfflineExplorer` (``explorer_rollouts``) finds the rows of every training prompt.
-``reward``/``is_correct`` come from the same math-verify judge as `s2l-eval` (the trainer re-scores anyway).
+The prompts are the training data set read and mapped by :func:`s2l_trl.data.load_train_dataset` with the same data
+arguments as `s2l-train` (:class:`s2l_trl.data.PromptDataArguments`), and the explorer is sampled on
+:func:`s2l_trl.data.prompt_token_ids` of them, TRL's own tokenization of the trainer's prompt (chat template,
+``chat_template_kwargs``). So, by construction:
 
-Default data set: ``BytedTsinghua-SIA/DAPO-Math-17k`` (split ``train``). Its ``prompt`` is a one-message
-conversation ``[{"role": "user", "content": "Solve the following math problem step by step. The last line of your
-response should be of the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\\n\\n
-<problem>\\n\\nRemember to put your answer on its own line after \\"Answer:\\"."}]``, the gold answer sits in
-``reward_model["ground_truth"]``, and ``data_source`` is ``"math_dapo"``. The Hub copy repeats each of its ~17.9k
-problems many times; rows whose prompt text was already seen are skipped (``dedupe``) when the data set has no
-``prompt_id`` column, since the trainer matches such rows by prompt text anyway.
+* ``prompt`` is the conversational prompt the trainer sees (after `dataset_prompt_template` / `system_prompt`);
+* ``prompt_ids`` are the token ids the trainer uses as the prompt, and the completions continue exactly them;
+* ``prompt_id`` is the row's id column (`dataset_prompt_id_column`, dotted names reach nested fields, e.g.
+  ``extra_info.index``; else a ``prompt_id`` column), or a stable hash of the prompt text when there is none;
+* ``ground_truth`` is the row's ``solution`` (`dataset_solution_column`); ``reward``/``is_correct`` come from the
+  same math-verify judge as `s2l-eval` (the trainer re-scores anyway).
+
+Rows repeating a ``prompt_id`` are sampled once (``dedupe``); with ``dedupe=False`` each repeat adds G more rollouts
+to the pool of that ``prompt_id``.
 
 Sharding: ``num_shards`` workers can each run ``shard_index`` = 0 .. N-1 (rows ``i::N``) into
 ``rollouts-<i>-of-<N>.jsonl``; the one that finishes last merges every shard into ``rollouts.jsonl``. With one
@@ -26,6 +28,7 @@ that already have all G samples.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,48 +41,18 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..answers import MathJudge
-from ..data import get_field, load_prompt_dataset
+from ..data import PromptDataArguments, load_train_dataset, parse_chat_template_kwargs
 from ..explorers.base import SamplingSettings
-from ..explorers.factory import build_explorer
 from ..explorers.offline import prompt_text_key
-from ..jsonl import drop_torn_tail, read_jsonl
-from .engine import SamplingEngine
+from ..jsonl import JsonlWriter, drop_torn_tail, read_jsonl, write_jsonl_atomic
+from .engine import EngineArguments, SamplingEngine
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATASET = "BytedTsinghua-SIA/DAPO-Math-17k"
 # The authors' offline sampler: temperature 0.7, top-p 0.95.
 DEFAULT_SAMPLING = SamplingSettings(temperature=0.7, top_p=0.95, top_k=None, max_tokens=4096)
-_ANSWER_COLUMNS = ("solution", "answer", "ground_truth", "reward_model.ground_truth")
 MERGED_NAME = "rollouts.jsonl"
-
-
-def load_prompts(dataset: Any, split: str = "train", config: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a training data set given as rows, a `datasets.Dataset`, a local file/folder or a Hub id.
-
-    Paths and Hub ids are read by :func:`s2l_trl.data.load_prompt_dataset`, the trainer's loader (a malformed JSONL
-    line is an error naming file and line).
-    """
-    if isinstance(dataset, list):
-        return [dict(r) for r in dataset]
-    if not isinstance(dataset, (str, os.PathLike)):  # a datasets.Dataset
-        return [dict(r) for r in dataset]
-    return [dict(r) for r in load_prompt_dataset(str(dataset), config, split)]
-
-
-def _ground_truth(row: dict[str, Any], answer_column: str | None, where: str) -> str:
-    columns = (answer_column,) if answer_column else _ANSWER_COLUMNS
-    for column in columns:
-        try:
-            value = get_field(row, column)
-        except KeyError:
-            continue
-        if isinstance(value, list) and value:
-            value = value[0]
-        return str(value)
-    raise ValueError(
-        f"{where}: no answer column; looked for {list(columns)} in {sorted(row)} (set answer_column / --answer_column)."
-    )
+_JUDGE = "s2l-sample's judge (the reward and is_correct of every rollout)"
 
 
 def stable_prompt_id(prompt: Any) -> str:
@@ -93,38 +66,60 @@ def _shard_path(output_dir: Path, shard_index: int, num_shards: int) -> Path:
     return output_dir / f"rollouts-{shard_index:05d}-of-{num_shards:05d}.jsonl"
 
 
-def _completed_prompts(path: Path, num_generations: int) -> set[str]:
-    """Prompt ids with all G samples in ``path``; a torn last line and incomplete prompts are removed."""
+def _completed_samplings(path: Path, num_generations: int, occurrences: Counter) -> Counter:
+    """How many times each prompt id was fully sampled (G lines each) in ``path``.
+
+    A torn last line and a prompt's lines beyond its last full set of G are removed (a killed run); more lines than
+    the prompt's occurrences allow mean the file was made with other settings.
+    """
     if not path.exists():
-        return set()
+        return Counter()
     drop_torn_tail(path)  # written by a killed process
     lines = read_jsonl(path)
     counts = Counter(str(row["prompt_id"]) for row in lines)
-    too_many = [pid for pid, c in counts.items() if c > num_generations]
-    if too_many:
-        raise ValueError(
-            f"{path}: prompt_id {too_many[0]!r} has {counts[too_many[0]]} rollouts, more than "
-            f"num_generations={num_generations}; it was made with other settings."
-        )
-    complete = {pid for pid, c in counts.items() if c == num_generations}
-    kept = [row for row in lines if str(row["prompt_id"]) in complete]
-    if len(kept) != len(lines):
-        # Rewrite without the partly written prompt, which will be sampled again.
-        tmp = path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in kept:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    return complete
+    for pid, count in counts.items():
+        limit = num_generations * max(1, occurrences.get(pid, 1))
+        if count > limit:
+            raise ValueError(
+                f"{path}: prompt_id {pid!r} has {count} rollouts, more than num_generations={num_generations} "
+                f"x {max(1, occurrences.get(pid, 1))} occurrence(s); it was made with other settings."
+            )
+    extra = {pid: count % num_generations for pid, count in counts.items() if count % num_generations}
+    if extra:
+        # Drop the partly written last set of each such prompt, which will be sampled again.
+        kept = []
+        for row in reversed(lines):
+            pid = str(row["prompt_id"])
+            if extra.get(pid, 0) > 0:
+                extra[pid] -= 1
+                continue
+            kept.append(row)
+        write_jsonl_atomic(path, reversed(kept))
+        counts = Counter(str(row["prompt_id"]) for row in kept)
+    return Counter({pid: count // num_generations for pid, count in counts.items()})
+
+
+_SETTING_KEYS = (
+    "model",
+    "num_generations",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "num_shards",
+    "data",
+    "chat_template_kwargs",
+)
 
 
 def _check_settings(output_dir: Path, settings: dict[str, Any]) -> None:
     path = output_dir / "sample_config.json"
     if path.exists():
         old = json.loads(path.read_text())
-        keys = ("model", "num_generations", "temperature", "top_p", "top_k", "max_tokens", "num_shards")
         clashes = [
-            f"{k}: {old.get(k)!r} (before) vs {settings.get(k)!r} (now)" for k in keys if old.get(k) != settings.get(k)
+            f"{k}: {old.get(k)!r} (before) vs {settings.get(k)!r} (now)"
+            for k in _SETTING_KEYS
+            if k in old and old.get(k) != settings.get(k)
         ]
         if clashes:
             raise ValueError(
@@ -154,53 +149,45 @@ def merge_shards(output_dir: str | Path, num_shards: int) -> Path | None:
 
 
 def sample_rollouts(
-    dataset: Any = DEFAULT_DATASET,
+    dataset: Any = None,
     output_dir: str | Path = "rollouts",
     model_path: str | None = None,
     *,
+    data_args: PromptDataArguments | None = None,
+    chat_template_kwargs: dict[str, Any] | str | None = None,
     engine: SamplingEngine | None = None,
+    engine_args: EngineArguments | None = None,
     backend: str = "local",
-    tokenizer_path: str | None = None,
+    server_base_url: str | None = None,
     num_generations: int = 16,
     sampling: SamplingSettings | None = None,
-    server_base_url: str | None = None,
-    tensor_parallel_size: int = 1,
-    vllm_kwargs: dict[str, Any] | None = None,
-    split: str = "train",
-    dataset_config: str | None = None,
-    prompt_column: str = "prompt",
-    answer_column: str | None = None,
     data_source: str | None = None,
     max_prompts: int | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
     batch_prompts: int = 8,
-    batch_size: int = 64,
     dedupe: bool = True,
 ) -> Path:
-    """Sample ``num_generations`` explorer completions per prompt into the offline rollout schema.
+    """Sample ``num_generations`` explorer completions per training prompt into the offline rollout schema.
 
     Args:
-        dataset: rows, a `datasets.Dataset`, a local JSONL/parquet/`save_to_disk` path, or a Hub id
-            (default DAPO-Math-17k).
+        dataset: rows, a `datasets.Dataset`, or a local file/folder or Hub id (replaces ``data_args.dataset_name``);
+            ``None`` reads ``data_args.dataset_name``.
         output_dir: folder of the shard files and ``rollouts.jsonl``.
         model_path: explorer model id or path (needed unless ``engine`` is given).
-        engine: a ready :class:`SamplingEngine` (tests, notebooks); otherwise one is built for ``backend``.
-        backend: ``"vllm"``, ``"server"`` or ``"local"`` (see :func:`build_explorer`).
-        tokenizer_path: explorer tokenizer (default ``model_path``).
+        data_args: the data arguments of the training run (columns, id column, template, system prompt); defaults
+            to :class:`~s2l_trl.data.PromptDataArguments`'s.
+        chat_template_kwargs: the training run's `chat_template_kwargs` (a dict or a JSON object string).
+        engine: a ready :class:`SamplingEngine` (tests, notebooks); otherwise one is built from ``engine_args``.
+        engine_args: backend settings; default ``EngineArguments(backend=backend, server_base_url=...)``.
+        backend / server_base_url: shortcuts for ``engine_args``.
         num_generations: G, samples per prompt (default 16).
         sampling: sampling settings (default temperature 0.7, top-p 0.95, 4096 new tokens).
-        server_base_url / tensor_parallel_size / vllm_kwargs: backend settings.
-        split / dataset_config: Hub split and config.
-        prompt_column: column holding the prompt (string or chat messages).
-        answer_column: column (dotted path for nested fields) of the gold answer; default: the first of
-            ``solution``, ``answer``, ``ground_truth``, ``reward_model.ground_truth`` that exists.
         data_source: ``data_source`` written when a row has none (default: the data set's name).
         max_prompts: use only the first N (deduplicated) prompts.
-        num_shards / shard_index: this worker samples rows ``shard_index::num_shards``.
+        num_shards / shard_index: this worker samples prompts ``shard_index::num_shards``.
         batch_prompts: prompts per generation request.
-        batch_size: rows per ``generate`` call (transformers backend).
-        dedupe: skip repeated prompts when the data set has no ``prompt_id`` column.
+        dedupe: sample a repeated ``prompt_id`` once; ``False`` adds G rollouts per repeat.
 
     Returns:
         The path to pass as ``explorer_rollouts``: ``rollouts.jsonl`` once every shard is done, else this
@@ -211,23 +198,26 @@ def sample_rollouts(
     if num_generations < 1:
         raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
     sampling = sampling or SamplingSettings(**vars(DEFAULT_SAMPLING))
+    chat_template_kwargs = parse_chat_template_kwargs(chat_template_kwargs)
     output_dir = Path(output_dir)
-    source_name = dataset if isinstance(dataset, (str, os.PathLike)) else "dataset"
-    rows = load_prompts(dataset, split=split, config=dataset_config)
-    if not rows:
-        raise ValueError(f"{source_name}: the data set has no rows.")
-    if prompt_column not in rows[0]:
-        raise ValueError(f"{source_name}: no prompt column {prompt_column!r}; columns are {sorted(rows[0])}.")
-    has_ids = "prompt_id" in rows[0]
+    data_args = data_args or PromptDataArguments()
+    rows = None
+    if isinstance(dataset, (str, os.PathLike)):
+        data_args = dataclasses.replace(data_args, dataset_name=str(dataset))
+    elif dataset is not None:
+        rows = dataset
+    source_name = data_args.dataset_name if rows is None else "dataset"
+    # The trainer's own loading and mapping (validated: bad rows are refused before anything is written).
+    prompts = load_train_dataset(
+        data_args, needs_solution=True, needed_by=_JUDGE, keep_columns=("data_source",), rows=rows
+    )
     items, seen = [], set()
-    for i, row in enumerate(rows):
-        prompt = row[prompt_column]
-        pid = str(row["prompt_id"]) if has_ids else stable_prompt_id(prompt)
-        if not has_ids and dedupe:
-            if pid in seen:
-                continue
-            seen.add(pid)
-        items.append({"prompt_id": pid, "prompt": prompt, "row": row, "where": f"{source_name} (row {i})"})
+    for i, row in enumerate(prompts):
+        pid = row["prompt_id"] if row.get("prompt_id") is not None else stable_prompt_id(row["prompt"])
+        if dedupe and pid in seen:
+            continue
+        seen.add(pid)
+        items.append({"prompt_id": pid, "row": row, "where": f"{source_name} (row {i})"})
     if max_prompts is not None:
         items = items[:max_prompts]
     items = items[shard_index::num_shards]
@@ -244,44 +234,40 @@ def sample_rollouts(
             "top_k": sampling.top_k,
             "max_tokens": sampling.max_tokens,
             "num_shards": num_shards,
+            "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k != "dataset_name"},
+            "chat_template_kwargs": chat_template_kwargs,
         },
     )
     path = _shard_path(output_dir, shard_index, num_shards)
-    done = _completed_prompts(path, num_generations)
-    todo = [item for item in items if item["prompt_id"] not in done]
+    done = _completed_samplings(path, num_generations, Counter(item["prompt_id"] for item in items))
+    todo = []
+    for item in items:
+        if done[item["prompt_id"]] > 0:
+            done[item["prompt_id"]] -= 1
+        else:
+            todo.append(item)
     if todo:
         own_engine = engine is None
         if own_engine:
             if model_path is None:
                 raise ValueError("sample_rollouts needs model_path (or a ready engine).")
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
-            explorer = build_explorer(
-                backend,
-                model=model_path,
-                sampling=sampling,
-                tokenizer=tokenizer,
-                server_base_url=server_base_url,
-                tensor_parallel_size=tensor_parallel_size,
-                batch_size=batch_size,
-                vllm_kwargs=vllm_kwargs,
+            engine_args = engine_args or EngineArguments(backend=backend, server_base_url=server_base_url)
+            engine = engine_args.build_engine(model_path, sampling, chat_template_kwargs)
+        elif chat_template_kwargs and engine.chat_template_kwargs != chat_template_kwargs:
+            raise ValueError(
+                f"chat_template_kwargs {chat_template_kwargs!r} differ from the ready engine's "
+                f"{engine.chat_template_kwargs!r}; build the engine with them."
             )
-            engine = SamplingEngine(explorer, tokenizer)
         try:
-            prompt_ids = [engine.encode(item["prompt"]) for item in todo]
-            ids_of = {item["prompt_id"]: ids for item, ids in zip(todo, prompt_ids)}
+            prompt_ids = engine.encode_batch([item["row"]["prompt"] for item in todo])
             with (
-                path.open("a", encoding="utf-8") as f,
+                JsonlWriter(path) as out,
                 tqdm(total=len(items), initial=len(items) - len(todo), desc="sampling rollouts", unit="prompt") as bar,
             ):
-                for item, completions in engine.stream(todo, prompt_ids, num_generations, batch_prompts, bar):
-                    f.write(
-                        _rollout_lines(
-                            item, ids_of[item["prompt_id"]], completions, answer_column, data_source or str(source_name)
-                        )
-                    )
-                    f.flush()  # one prompt's G lines at a time: a killed run keeps every finished prompt
+                stream = engine.stream(todo, prompt_ids, num_generations, batch_prompts, bar)
+                for (item, completions), ids in zip(stream, prompt_ids):
+                    # One prompt's G lines at a time: a killed run keeps every finished prompt.
+                    out.write(*_rollout_records(item, ids, completions, data_source or str(source_name)))
         finally:
             if own_engine:
                 engine.close()
@@ -290,29 +276,30 @@ def sample_rollouts(
     return merged or path
 
 
-def _rollout_lines(
-    item: dict[str, Any], prompt_ids: list[int], completions, answer_column: str | None, data_source: str
-) -> str:
+def _rollout_records(
+    item: dict[str, Any], prompt_ids: list[int], completions, data_source: str
+) -> list[dict[str, Any]]:
     row = item["row"]
-    gold = _ground_truth(row, answer_column, item["where"])
+    gold = row["solution"]
     judge = MathJudge(gold)
-    lines = []
+    records = []
     for c in completions:
         correct = judge.judge(c.text).correct
-        record = {
-            "prompt_id": item["prompt_id"],
-            "prompt": item["prompt"],
-            "prompt_ids": prompt_ids,
-            "response": c.text,
-            "response_ids": c.token_ids,
-            # JSON has no NaN: an unknown log-prob is null (read back as NaN by the offline explorer).
-            "small_model_log_probs": None
-            if c.logprobs is None
-            else [None if (lp is None or math.isnan(lp)) else lp for lp in c.logprobs],
-            "reward": float(correct),
-            "is_correct": correct,
-            "data_source": row.get("data_source") or data_source,
-            "ground_truth": gold,
-        }
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    return "".join(lines)
+        records.append(
+            {
+                "prompt_id": item["prompt_id"],
+                "prompt": row["prompt"],
+                "prompt_ids": list(prompt_ids),
+                "response": c.text,
+                "response_ids": c.token_ids,
+                # JSON has no NaN: an unknown log-prob is null (read back as NaN by the offline explorer).
+                "small_model_log_probs": None
+                if c.logprobs is None
+                else [None if (lp is None or math.isnan(lp)) else lp for lp in c.logprobs],
+                "reward": float(correct),
+                "is_correct": correct,
+                "data_source": row.get("data_source") or data_source,
+                "ground_truth": gold,
+            }
+        )
+    return records
