@@ -57,24 +57,60 @@ class S2LConfig(GRPOConfig):
     )
     explorer_server_base_url: str = field(
         default="http://127.0.0.1:8001",
-        metadata=_help("""Base URL of the explorer server (`"server"` mode)."""),
+        metadata=_help(
+            """Base URL of the explorer server (`"server"` mode), or several separated by commas, all serving the
+            same model: each round's requests go to the server with the least work in flight, and a server that dies
+            is dropped while others remain. One `trl vllm-serve --data_parallel_size N` is one URL; explorers on other
+            nodes are more URLs."""
+        ),
     )
     explorer_server_timeout: float = field(
         default=240.0,
         metadata=_help(
-            """Seconds to wait for the explorer server's `/health` at start-up before failing with an error naming
-            the URL."""
+            """Seconds to wait for each explorer server's `/health` at start-up before failing with an error naming
+            the URL; a URL that answers 4xx (not a vLLM server) fails at once."""
         ),
+    )
+    explorer_server_check_model_name: bool = field(
+        default=True,
+        metadata=_help(
+            """Check at start-up that the explorer server serves `explorer_model`, comparing names by their last path
+            component, case-insensitive. Turn off when it loads the same weights from a folder of another name. The
+            tokenizer check (a probe text tokenized by the server and here, id for id) always runs."""
+        ),
+    )
+    explorer_prompts_per_request: int = field(
+        default=32,
+        metadata=_help(
+            """Prompts per explorer generation request. A round is split into requests of this many prompts (each
+            asking `G_w` completions per prompt), sent concurrently and retried one by one. 32 keeps a request at
+            <= 512 sequences, about what one vLLM engine decodes at once: a minute or two for 4,096-token completions
+            on one GPU."""
+        ),
+    )
+    explorer_max_concurrent_requests: int = field(
+        default=4,
+        metadata=_help("""Explorer requests in flight per server; use at least the server's data-parallel size."""),
     )
     explorer_request_timeout: float = field(
         default=600.0,
-        metadata=_help("""Seconds one explorer generation request may take before it is retried."""),
+        metadata=_help(
+            """Seconds one explorer request (one chunk of `explorer_prompts_per_request` prompts) may take, queueing
+            in the server included, before it is retried."""
+        ),
     )
     explorer_max_retries: int = field(
         default=3,
         metadata=_help(
-            """Retries of a failed or timed-out explorer generation request (with exponential back-off) before
-            training stops with an error naming the URL."""
+            """Retries of one failed or timed-out explorer request, with exponential back-off; a request whose server
+            is dropped is resent to another without using a retry. Training stops with an error naming every URL when
+            a request runs out of retries and no other server is left."""
+        ),
+    )
+    explorer_server_max_failures: int = field(
+        default=3,
+        metadata=_help(
+            """Consecutive failed requests after which an explorer server is dropped while others remain."""
         ),
     )
     explorer_rollouts: str | None = field(
@@ -205,6 +241,13 @@ class S2LConfig(GRPOConfig):
             self.explorer_max_tokens = self.max_completion_length
         if self.explorer_max_tokens < 1:
             raise ValueError(f"explorer_max_tokens must be >= 1, got {self.explorer_max_tokens!r}.")
+        for name in (
+            "explorer_prompts_per_request",
+            "explorer_max_concurrent_requests",
+            "explorer_server_max_failures",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
         if self.explorer_max_retries < 0:
             raise ValueError(f"explorer_max_retries must be >= 0, got {self.explorer_max_retries!r}.")
 

@@ -65,6 +65,7 @@ class MixedRound:
     explorer_latency_s: float = 0.0  # wall time of the explorer's work
     explorer_wait_s: float = 0.0  # time the trainer blocked on it
     explorer_tokens: int = 0
+    explorer_failed_requests: int = 0  # explorer requests retried or resent this round (server backend)
     learner_rows: int = 0  # learner completions generated on this process
     rewards_per_func: torch.Tensor | None = None  # gathered over processes
 
@@ -207,6 +208,7 @@ class S2LTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ set-up
     def _build_explorer(self) -> Explorer:
         a = self.args
+        explorer_tok = getattr(self, "_explorer_tokenizer", None)
         sampling = SamplingSettings(
             temperature=a.explorer_temperature,
             top_p=a.explorer_top_p,
@@ -223,11 +225,21 @@ class S2LTrainer(GRPOTrainer):
                 "startup_timeout": a.explorer_server_timeout,
                 "request_timeout": a.explorer_request_timeout,
                 "max_retries": a.explorer_max_retries,
+                "prompts_per_request": a.explorer_prompts_per_request,
+                "max_concurrent_requests": a.explorer_max_concurrent_requests,
+                "max_server_failures": a.explorer_server_max_failures,
+                "check_model_name": a.explorer_server_check_model_name,
+                # The server must serve explorer_model's tokenizer, or the learner's when none is named.
+                "expected_tokenizer": explorer_tok if explorer_tok is not None else self._tokenizer,
+                "expected_model": a.explorer_model,
             },
             rollouts=a.explorer_rollouts,
             offline_kwargs={
                 "seed": a.seed,
                 "retokenize_with": None if self.explorer_tokenizer_matches else self._tokenizer,
+                "explorer_eos_token_ids": sorted(self._explorer_eos_ids) or None,
+                "eos_token_id": self.eos_token_ids[0],
+                "vocab_size": len(explorer_tok) if explorer_tok is not None else len(self._tokenizer),
             },
             device=self.accelerator.device,
             model_init_kwargs=a.model_init_kwargs if isinstance(a.model_init_kwargs, dict) else None,
@@ -235,6 +247,7 @@ class S2LTrainer(GRPOTrainer):
 
     def _check_explorer_tokenizer(self) -> bool:
         """True when explorer token ids can be used as learner token ids (same vocabulary and special tokens)."""
+        self._explorer_eos_ids: set[int] = set()
         if not self.args.explorer_model:
             return True  # nothing to compare with: ids are taken as the learner's and range-checked at use
         from transformers import AutoTokenizer
@@ -249,6 +262,15 @@ class S2LTrainer(GRPOTrainer):
             )
             return True
         self._explorer_tokenizer = explorer_tok
+        # A completion ends at any of the explorer's EOS ids: its tokenizer's and its generation config's.
+        self._explorer_eos_ids = {explorer_tok.eos_token_id} - {None}
+        try:
+            from transformers import GenerationConfig
+
+            eos = GenerationConfig.from_pretrained(self.args.explorer_model).eos_token_id
+            self._explorer_eos_ids |= set(eos if isinstance(eos, list) else [eos]) - {None}
+        except Exception:  # no generation config: the tokenizer's EOS is all there is
+            pass
         same = (
             explorer_tok.get_vocab() == self._tokenizer.get_vocab()
             and explorer_tok.eos_token_id == self._tokenizer.eos_token_id
@@ -571,14 +593,17 @@ class S2LTrainer(GRPOTrainer):
                     output, latency = rnd.future.result()
                 else:
                     output, latency = self._generate_in_foreground(rnd)
-                payload = [(output.completion_ids, output.logprobs, latency, time.perf_counter() - waited, None)]
+                failed = getattr(output.stats, "failed_requests", 0) if output.stats is not None else 0
+                payload = [
+                    (output.completion_ids, output.logprobs, latency, time.perf_counter() - waited, failed, None)
+                ]
             except Exception as exc:  # re-raised on every process below, so no process hangs in the broadcast
-                payload = [(None, None, 0.0, 0.0, f"{type(exc).__name__}: {exc}")]
+                payload = [(None, None, 0.0, 0.0, 0, f"{type(exc).__name__}: {exc}")]
         broadcast_object_list(payload, from_process=0)
-        completion_ids, logprobs, latency, waited, error = payload[0]
+        completion_ids, logprobs, latency, waited, failed, error = payload[0]
         if error is not None:
             raise ExplorerError(f"Explorer generation failed in the round of step {rnd.step}: {error}")
-        rnd.explorer_latency_s, rnd.explorer_wait_s = latency, waited
+        rnd.explorer_latency_s, rnd.explorer_wait_s, rnd.explorer_failed_requests = latency, waited, failed
         rnd.explorer_tokens = sum(len(ids) for ids in completion_ids)
         # Every process receives the whole answer (as TRL's vLLM-server path does) but converts only its own rows.
         position = {group: k for k, group in enumerate(rnd.groups)}
@@ -620,7 +645,7 @@ class S2LTrainer(GRPOTrainer):
         """Apply the learner's rules to an explorer completion: same tokenizer, EOS cut, length cap."""
         explorer_tok = getattr(self, "_explorer_tokenizer", None)
         if not self.explorer_tokenizer_matches and explorer_tok is not None and self.args.explorer_mode != "offline":
-            ended = bool(ids) and ids[-1] == explorer_tok.eos_token_id
+            ended = bool(ids) and ids[-1] in self._explorer_eos_ids
             text = explorer_tok.decode(ids, skip_special_tokens=True)
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"] + (
                 [self.eos_token_ids[0]] if ended else []
@@ -694,6 +719,7 @@ class S2LTrainer(GRPOTrainer):
             metrics["s2l/explorer_wait_s"].append(rnd.explorer_wait_s)
             if rnd.explorer_latency_s > 0:
                 metrics["s2l/explorer_tokens_per_s"].append(rnd.explorer_tokens / rnd.explorer_latency_s)
+            metrics["s2l/explorer_failed_requests"].append(float(rnd.explorer_failed_requests))
 
         if rnd.rewards_per_func is not None:
             rewards = (rnd.rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)

@@ -582,3 +582,34 @@ def test_prefetch_draws_the_same_rows_one_round_ahead(tiny, tmp_path):
     assert all(calls <= step + 1 for step, calls in counter.counts), counter.counts
     assert len(ahead_explorer.calls) == 3
     assert max(logged(ahead, "s2l/explorer_wait_s")) >= 0.0
+
+
+def test_prompts_without_rollouts_are_all_reported_before_training(tiny, tmp_path, oracle):
+    """Every training prompt must have offline rollouts: the trainer checks at start-up and names all missing ones."""
+    lines = oracle.read_text().splitlines()
+    kept = [line for line in lines if '"add-0-3"' not in line and '"add-0-7"' not in line]
+    assert len(kept) < len(lines)
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(kept) + "\n")
+    with pytest.raises(ExplorerError, match=r"2 of the .* training prompts.*add-0-3.*add-0-7"):
+        S2LTrainer(
+            str(tiny["learner"]),
+            [accuracy_reward],
+            args=s2l_args(tmp_path, partial),
+            train_dataset=tiny_dataset(tiny),
+        )
+
+
+@pytest.mark.server
+def test_a_server_serving_another_model_than_explorer_model_is_refused(
+    tiny, tmp_path, explorer_server, foreign_explorer
+):
+    args = s2l_args(
+        tmp_path,
+        explorer_mode="server",
+        explorer_server_base_url=explorer_server.base_url,
+        explorer_model=str(foreign_explorer),
+        explorer_server_timeout=30,
+    )
+    with pytest.raises(ExplorerError, match=r"serves .*explorer.*foreign"):
+        S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))

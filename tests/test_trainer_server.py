@@ -65,6 +65,8 @@ def test_explorer_server_killed_mid_run(tiny, tmp_path):
             save_steps=1,
             explorer_max_retries=1,
             explorer_request_timeout=20,
+            # Without prefetch the dead server is met by step 2's own round; with it, by step 3's (fetched at 2).
+            explorer_prefetch=False,
         )
         trainer = S2LTrainer(
             str(tiny["learner"]),

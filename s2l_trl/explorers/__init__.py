@@ -1,9 +1,9 @@
 """Explorer backends: where the frozen smaller model's completions come from (one factory, one set of names)."""
 
-from .base import Explorer, ExplorerError, ExplorerOutput, SamplingSettings
+from .base import Explorer, ExplorerError, ExplorerOutput, ExplorerStats, SamplingSettings
 from .factory import BACKENDS, SAMPLING_BACKENDS, build_explorer, resolve_backend
 from .local import LocalExplorer
-from .offline import ROLLOUT_FIELDS, OfflineExplorer, prompt_text_key, read_rollouts
+from .offline import ROLLOUT_FIELDS, OfflineExplorer, prompt_key, prompt_text_key, read_rollouts, validate_rollout
 from .server import ServerExplorer
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Explorer",
     "ExplorerError",
     "ExplorerOutput",
+    "ExplorerStats",
     "LocalExplorer",
     "OfflineExplorer",
     "ROLLOUT_FIELDS",
@@ -18,7 +19,9 @@ __all__ = [
     "SamplingSettings",
     "ServerExplorer",
     "build_explorer",
+    "prompt_key",
     "prompt_text_key",
     "read_rollouts",
     "resolve_backend",
+    "validate_rollout",
 ]

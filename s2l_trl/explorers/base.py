@@ -24,16 +24,44 @@ class SamplingSettings:
 
 
 @dataclass
+class ExplorerStats:
+    """What one explorer call cost, for the trainer's metrics (``s2l/explorer_latency_s``, explorer tokens/s).
+
+    Attributes:
+        wall_s: seconds the call took, end to end (every chunk, retry and back-off included).
+        prompts / rows: prompts asked for and completions returned (``rows = prompts * n``).
+        completion_tokens: tokens generated, summed over every returned completion.
+        requests: generation requests that succeeded (a round is split into several, see ``ServerExplorer``).
+        failed_requests: requests that failed and were retried (on the same server or another one).
+        servers: servers still in use at the end of the call (``ServerExplorer``); 0 where it does not apply.
+    """
+
+    wall_s: float = 0.0
+    prompts: int = 0
+    rows: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    failed_requests: int = 0
+    servers: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of wall time (0 when nothing was timed)."""
+        return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass
 class ExplorerOutput:
     """Completions for ``len(prompt_ids) * n`` rows, prompt-major (the ``n`` rows of a prompt are adjacent).
 
     ``logprobs`` holds the sampled token's log-probability under the explorer's sampling distribution, one list per
     completion aligned with ``completion_ids``; ``None`` where the backend does not know them (offline rows without
-    stored log-probs, a tokenizer mismatch).
+    stored log-probs, a tokenizer mismatch). ``stats`` says what the call cost, where the backend measures it.
     """
 
     completion_ids: list[list[int]]
     logprobs: list[list[float]] | None = None
+    stats: ExplorerStats | None = None
 
 
 @runtime_checkable

@@ -54,8 +54,10 @@ def build_explorer(
         model: model id or path (``local``, ``vllm``); a model object for ``local``.
         sampling: sampling settings of every request (all but ``offline``).
         tokenizer: the model's tokenizer, reused by ``local`` (loaded from ``model`` when omitted).
-        server_base_url: URL of the server (``server``).
-        server_kwargs: further arguments of :class:`~s2l_trl.explorers.ServerExplorer` (time-outs, retries).
+        server_base_url: URL of the server, or a list of URLs (``server``); the server must serve ``model`` with
+            ``tokenizer`` where they are given (checked at start-up).
+        server_kwargs: further arguments of :class:`~s2l_trl.explorers.ServerExplorer` (time-outs, retries, chunking;
+            ``expected_model=None`` / ``expected_tokenizer=None`` turn the identity checks off).
         rollouts: rollout file or folder (``offline``).
         offline_kwargs: further arguments of :class:`~s2l_trl.explorers.OfflineExplorer`.
         device / model_init_kwargs / batch_size: ``local`` settings.
@@ -67,7 +69,9 @@ def build_explorer(
 
         if not server_base_url:
             raise ValueError("The 'server' explorer backend needs a server URL (e.g. http://127.0.0.1:8000).")
-        return ServerExplorer(server_base_url, sampling, **(server_kwargs or {}))
+        # The server must serve `model` with `tokenizer` (when given): checked at start-up (see ServerExplorer).
+        identity = {"expected_tokenizer": tokenizer, "expected_model": model if isinstance(model, str) else None}
+        return ServerExplorer(server_base_url, sampling, **{**identity, **(server_kwargs or {})})
     if backend == "offline":
         from .offline import OfflineExplorer
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import ExplorerOutput, SamplingSettings
+from .base import ExplorerOutput, ExplorerStats, SamplingSettings
 
 
 class LocalExplorer:
@@ -48,7 +48,6 @@ class LocalExplorer:
         self.tokenizer = tokenizer
         self.sampling = sampling or SamplingSettings()
         self.batch_size = batch_size
-        self.last_latency_s = 0.0
         eos = self.model.generation_config.eos_token_id or tokenizer.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_token_id = (
@@ -99,8 +98,14 @@ class LocalExplorer:
                 end = next((i + 1 for i, t in enumerate(ids) if t in self.eos_token_ids), len(ids))
                 completion_ids.append(ids[:end])
                 logprobs.append(lps[:end])
-        self.last_latency_s = time.perf_counter() - start
-        return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs)
+        stats = ExplorerStats(
+            wall_s=time.perf_counter() - start,
+            prompts=len(prompt_ids),
+            rows=len(rows),
+            completion_tokens=sum(len(c) for c in completion_ids),
+            requests=1,
+        )
+        return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs, stats=stats)
 
 
 def _warp(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
