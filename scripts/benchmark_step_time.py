@@ -19,7 +19,7 @@ from datasets import load_dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from s2l_trl import S2LConfig, S2LTrainer
-from s2l_trl.devtools.tiny import build_tiny_setup
+from s2l_trl.devtools.tiny import build_tiny_setup, tiny_training_kwargs
 from s2l_trl.explorers import LocalExplorer, SamplingSettings
 
 
@@ -37,20 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="s2l-bench-"))
     tiny = build_tiny_setup(work / "tiny")
     ds = load_dataset("json", data_files=str(tiny["dataset"]), split="train")
-    common = dict(
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        learning_rate=1e-4,
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_completion_length=32,
-        max_steps=args.steps,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-    )
+    common = tiny_training_kwargs(max_completion_length=32, max_steps=args.steps)
 
     def step_times(trainer) -> list[float]:
         trainer.train()

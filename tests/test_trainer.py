@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from s2l_trl import S2LTrainer
+from s2l_trl.devtools.tiny import tiny_training_kwargs
 from s2l_trl.devtools.vllm_server import free_port
 from s2l_trl.explorers import ExplorerError, ExplorerOutput, OfflineExplorer
 from s2l_trl.rewards import accuracy_reward
@@ -39,20 +40,7 @@ def test_oracle_explorer_reward_follows_schedule(tiny, tmp_path, oracle):
 
 def test_alpha_zero_matches_plain_grpo(tiny, tmp_path, oracle):
     """With alpha = 0 throughout, S2LTrainer is GRPOTrainer: same losses and metrics for the same seed."""
-    common = dict(
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        learning_rate=1e-4,
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_completion_length=16,
-        max_steps=3,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-    )
+    common = tiny_training_kwargs(max_steps=3)
     grpo = GRPOTrainer(
         str(tiny["learner"]),
         [digit_reward],

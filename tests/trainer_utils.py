@@ -9,6 +9,7 @@ from datasets import load_dataset
 from transformers import AutoTokenizer
 
 from s2l_trl import S2LConfig
+from s2l_trl.devtools.tiny import tiny_training_kwargs
 
 
 def tiny_dataset(tiny):
@@ -50,23 +51,7 @@ def digit_reward(completions, **kwargs):
 
 
 def s2l_args(tmp_path, rollouts: Path | None = None, **overrides) -> S2LConfig:
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        learning_rate=1e-4,
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_completion_length=16,
-        max_steps=5,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        mix_steps=4,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    kwargs = tiny_training_kwargs(output_dir=str(tmp_path / "out"), max_steps=5, mix_steps=4, dataloader_num_workers=0)
     if rollouts is not None:
         kwargs.update(explorer_mode="offline", explorer_rollouts=str(rollouts))
     kwargs.update(overrides)

@@ -23,6 +23,27 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SYSTEM_PROMPT = "Add the numbers. Put the final answer in \\boxed{}."
 
 
+def tiny_training_kwargs(**overrides) -> dict:
+    """GRPO / S2L-PO training settings measured to work for the tiny models on a CPU, as config keyword arguments.
+
+    lr 1e-4 (TRL's 1e-6 does nothing on a ~1M-parameter model, >= 5e-4 collapses it), fp32, CPU, no reporting.
+    """
+    return {
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        "learning_rate": 1e-4,
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "max_completion_length": 16,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "seed": 0,
+        "disable_tqdm": True,
+        **overrides,
+    }
+
+
 def _arithmetic_corpus(rng: random.Random, n: int = 3000) -> list[str]:
     lines = []
     for _ in range(n):
