@@ -31,7 +31,7 @@ from trl import GRPOTrainer
 
 from . import mixing
 from .config import S2LConfig
-from .explorers import Explorer, ExplorerError, ExplorerOutput, SamplingSettings, build_explorer
+from .explorers import Explorer, ExplorerError, ExplorerOutput, SamplingSettings, build_explorer, generate_checked
 from .model_card import S2L_PAPER, create_s2l_model_card
 from .schedule import make_alpha_fn, split_group
 from .trl_compat import warn_if_untested_trl
@@ -820,13 +820,7 @@ def _lookup_fields(example: dict[str, Any]) -> dict[str, Any]:
 
 def _timed_generate(explorer: Explorer, prompt_ids, n, inputs) -> tuple[ExplorerOutput, float]:
     start = time.perf_counter()
-    out = explorer.generate(prompt_ids, n, inputs=inputs)
-    expected = len(prompt_ids) * n
-    if len(out.completion_ids) != expected:
-        raise ExplorerError(
-            f"The explorer returned {len(out.completion_ids)} completions, expected {expected} "
-            f"({len(prompt_ids)} prompts x {n})."
-        )
+    out = generate_checked(explorer, prompt_ids, n, inputs=inputs)
     return out, time.perf_counter() - start
 
 

@@ -91,11 +91,11 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=64, help="rows per generate call (transformers)")
     p.add_argument("--work_dir", default=None, help="where the tiny model and outputs go (default: a temp dir)")
     args = p.parse_args()
-    for key, value in {"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"}.items():
-        os.environ.setdefault(key, value)
-
     from s2l_trl.devtools.tiny import build_model, build_tiny_setup
-    from s2l_trl.devtools.vllm_server import VLLMServerProcess
+    from s2l_trl.devtools.vllm_server import CPU_ENV, VLLMServerProcess
+
+    for key, value in CPU_ENV.items():  # the in-process vLLM engine reads them too
+        os.environ.setdefault(key, value)
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="s2l_bench_"))
     if args.data_dir is None:

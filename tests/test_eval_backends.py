@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from s2l_trl.cli.eval import main as eval_main
+from s2l_trl.devtools.vllm_server import CPU_ENV
 from s2l_trl.explorers import ROLLOUT_FIELDS, OfflineExplorer, SamplingSettings, read_rollouts
 from s2l_trl.sampling.rollouts import sample_rollouts
 
@@ -45,7 +46,7 @@ def test_vllm_inprocess_backend_end_to_end(tiny, tmp_path, request):
             "(run this file first, e.g. `pytest tests/test_eval_backends.py`)"
         )
     data = _math_data(tmp_path / "data")
-    env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**CPU_ENV, **os.environ}
     cmd = [
         sys.executable,
         str(REPO / "eval" / "run_evaluation.py"),

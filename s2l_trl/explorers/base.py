@@ -82,3 +82,15 @@ class Explorer(Protocol):
 
 class ExplorerError(RuntimeError):
     """An explorer backend failed in a way training cannot recover from (server down, bad rollout file)."""
+
+
+def generate_checked(explorer: Explorer, prompt_ids: list[list[int]], n: int, inputs=None) -> ExplorerOutput:
+    """``explorer.generate`` with the one contract every caller relies on: ``len(prompt_ids) * n`` completions."""
+    out = explorer.generate(prompt_ids, n, inputs=inputs)
+    expected = len(prompt_ids) * n
+    if len(out.completion_ids) != expected:
+        raise ExplorerError(
+            f"The explorer {type(explorer).__name__} returned {len(out.completion_ids)} completions, expected "
+            f"{expected} ({len(prompt_ids)} prompts x n={n})."
+        )
+    return out

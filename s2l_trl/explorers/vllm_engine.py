@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 from .base import ExplorerOutput, SamplingSettings
@@ -53,7 +52,6 @@ class VLLMEngineExplorer:
             logprobs_mode="processed_logprobs",
             **(llm_kwargs or {}),
         )
-        self.last_latency_s = 0.0
 
     def generate(
         self, prompt_ids: list[list[int]], n: int, inputs: list[dict[str, Any]] | None = None
@@ -74,11 +72,9 @@ class VLLMEngineExplorer:
             seed=s.seed,
             logprobs=0,
         )
-        start = time.perf_counter()
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(ids)} for ids in prompt_ids], sampling_params=params, use_tqdm=False
         )
-        self.last_latency_s = time.perf_counter() - start
         completion_ids: list[list[int]] = []
         logprobs: list[list[float]] = []
         for request in outputs:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import prompt_token_ids
-from ..explorers.base import Explorer, SamplingSettings
+from ..explorers.base import Explorer, SamplingSettings, generate_checked
 from ..explorers.factory import SAMPLING_BACKENDS, resolve_backend
 
 BACKEND_CHOICES = (*SAMPLING_BACKENDS, "transformers")
@@ -152,12 +152,8 @@ class SamplingEngine:
     ) -> list[list[Completion]]:
         """``n`` completions for each prompt, grouped per prompt."""
         start = time.perf_counter()
-        out = self.explorer.generate(list(prompt_ids), n, inputs=inputs)
+        out = generate_checked(self.explorer, list(prompt_ids), n, inputs=inputs)
         self.generation_seconds += time.perf_counter() - start
-        if len(out.completion_ids) != len(prompt_ids) * n:
-            raise RuntimeError(
-                f"The explorer returned {len(out.completion_ids)} completions for {len(prompt_ids)} prompts x n={n}."
-            )
         texts = self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
         self.generated_tokens += sum(len(ids) for ids in out.completion_ids)
         rows = [
