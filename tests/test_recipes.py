@@ -517,3 +517,41 @@ def test_tiny_cpu_dry_run():
         "--host 127.0.0.1 --port 8001 --dtype float32 --enforce_eager true"
     )
     assert train == "s2l-train --config recipes/tiny/s2l_po/config_cpu.yaml"
+
+
+def test_s2l_po_dry_run_one_explorer_server_per_gpu_group():
+    lines = dry_run(
+        "s2l_po.sh",
+        "--recipe",
+        "recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml",
+        "--explorer-gpus",
+        "0,1,2,3",
+        "--explorer-servers",
+        "2",
+        "--learner-gpus",
+        "",
+    )
+    first, second, train = lines
+    assert first.startswith("CUDA_VISIBLE_DEVICES=0,1 trl vllm-serve --model Qwen/Qwen3-1.7B-Base ")
+    assert "--data_parallel_size 2" in first and "--port 8001" in first and "explorer_server_0.log" in first
+    assert second.startswith("CUDA_VISIBLE_DEVICES=2,3 trl vllm-serve ") and "--port 8002" in second
+    # The trainer gets every server's URL (bash prints the comma escaped; the shell reads it as a plain comma).
+    urls = train.split("--explorer_server_base_url ")[1].split()[0].replace("\\,", ",")
+    assert urls == "http://127.0.0.1:8001,http://127.0.0.1:8002"
+    uneven = subprocess.run(
+        [
+            "bash",
+            str(REPO / "recipes" / "launch" / "s2l_po.sh"),
+            "--recipe",
+            "recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml",
+            "--explorer-gpus",
+            "0,1,2",
+            "--explorer-servers",
+            "2",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert uneven.returncode != 0 and "must split evenly over --explorer-servers 2" in uneven.stderr

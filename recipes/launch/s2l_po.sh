@@ -8,7 +8,10 @@
 #      The explorer is frozen, so it is a plain vLLM server: no weight sync. Give it several GPUs with
 #      --explorer-dp (data parallel: independent replicas, best for a 1.7B/4B model that fits on one GPU) or
 #      --explorer-tp (tensor parallel: one model split over GPUs, for explorers too big for one GPU);
-#      the explorer GPU count must equal tp x dp.
+#      the explorer GPU count must equal tp x dp. With --explorer-servers N the explorer GPUs are split into N
+#      groups, one independent server each (ports P, P+1, ...), and the trainer gets all their URLs
+#      (explorer_server_base_url=url1,url2,...): its requests go to the least loaded server, and a server that dies
+#      is dropped while the others carry on.
 #   2. learner vLLM server (if --learner-gpus is not empty and the recipe has use_vllm: true, vllm_mode: server):
 #      CUDA_VISIBLE_DEVICES=<learner GPUs> trl vllm-serve --model <learner> --port 8000 ...
 #      TRL pushes the learner's weights to it after every optimizer step (NCCL, vllm_group_port 51216).
@@ -24,7 +27,8 @@
 #   --accelerate-config PATH    [recipes/accelerate_configs/zero3.yaml]
 #   --explorer-model ID         [recipe explorer_model]
 #   --explorer-gpus LIST        [0,1]            --explorer-tp N [1]   --explorer-dp N [#GPUs / tp]
-#   --explorer-port N           [port of recipe explorer_server_base_url, else 8001]
+#   --explorer-port N           [port of recipe explorer_server_base_url, else 8001]; server k listens on N + k
+#   --explorer-servers N        [1] independent explorer servers, each on #explorer GPUs / N GPUs (tp x dp each)
 #   --no-explorer               start no explorer (GRPO baselines)
 #   --learner-model ID          [recipe model_name_or_path]
 #   --learner-gpus LIST         [2,3]; '' = no learner server (use_vllm: false or vllm_mode: colocate)
@@ -61,6 +65,7 @@ explorer_tp=1
 explorer_dp=""
 explorer_port=""
 use_explorer=1
+explorer_servers=1
 learner_model=""
 learner_gpus="2,3"
 learner_tp=1
@@ -83,6 +88,7 @@ while [ "$#" -gt 0 ]; do
         --explorer-tp) need "$@"; explorer_tp="$2"; shift 2 ;;
         --explorer-dp) need "$@"; explorer_dp="$2"; shift 2 ;;
         --explorer-port) need "$@"; explorer_port="$2"; shift 2 ;;
+        --explorer-servers) need "$@"; explorer_servers="$2"; shift 2 ;;
         --no-explorer) use_explorer=0; shift ;;
         --learner-model) need "$@"; learner_model="$2"; shift 2 ;;
         --learner-gpus) need "$@"; learner_gpus="$2"; shift 2 ;;
@@ -117,10 +123,14 @@ if [ "$use_explorer" = 1 ]; then
     [ -n "$explorer_model" ] || explorer_model="$(recipe_value explorer_model)"
     [ -n "$explorer_model" ] || die "no explorer model: set explorer_model in the recipe or pass --explorer-model"
     [ -n "$explorer_port" ] || explorer_port="$(url_port "$(recipe_value explorer_server_base_url)" 8001)"
+    [[ "$explorer_servers" =~ ^[1-9][0-9]*$ ]] || die "--explorer-servers must be a positive integer, got $explorer_servers"
     n_explorer_gpus="$(count_gpus "$explorer_gpus")"
-    [ -n "$explorer_dp" ] || explorer_dp=$(( n_explorer_gpus / explorer_tp ))
-    [ $(( explorer_tp * explorer_dp )) -eq "$n_explorer_gpus" ] \
-        || die "explorer GPUs ($explorer_gpus) must number tp x dp = $explorer_tp x $explorer_dp"
+    [ $(( n_explorer_gpus % explorer_servers )) -eq 0 ] \
+        || die "explorer GPUs ($explorer_gpus) must split evenly over --explorer-servers $explorer_servers"
+    gpus_per_explorer=$(( n_explorer_gpus / explorer_servers ))
+    [ -n "$explorer_dp" ] || explorer_dp=$(( gpus_per_explorer / explorer_tp ))
+    [ $(( explorer_tp * explorer_dp )) -eq "$gpus_per_explorer" ] \
+        || die "each explorer server's GPUs ($gpus_per_explorer) must number tp x dp = $explorer_tp x $explorer_dp"
 fi
 use_learner_server=0
 if [ -n "$learner_gpus" ] && [ "$(recipe_value use_vllm)" = "true" ] && [ "$(recipe_value vllm_mode)" = "server" ]; then
@@ -133,17 +143,24 @@ if [ -n "$learner_gpus" ] && [ "$(recipe_value use_vllm)" = "true" ] && [ "$(rec
         || die "learner GPUs ($learner_gpus) must number tp x dp = $learner_tp x $learner_dp"
 fi
 num_processes=$(( $(count_gpus "$train_gpus") * num_machines ))
+# One log per explorer server: explorer_server.log for a single one (as before), explorer_server_<k>.log otherwise.
+explorer_log() { if [ "$explorer_servers" = 1 ]; then echo explorer_server.log; else echo "explorer_server_$1.log"; fi; }
 
 server_args() {  # model tp dp port -> the trl vllm-serve arguments, one per line
     printf '%s\n' --model "$1" --tensor_parallel_size "$2" --data_parallel_size "$3" --host "$bind_host" \
         --port "$4" --gpu_memory_utilization "$gpu_memory_utilization"
     [ -z "$max_model_len" ] || printf '%s\n' --max_model_len "$max_model_len"
 }
-explorer=(); learner=(); explorer_cmd=""; learner_cmd=""
+learner=(); explorer_cmds=(); explorer_gpu_groups=(); explorer_urls=(); learner_cmd=""
 if [ "$use_explorer" = 1 ]; then
-    mapfile -t explorer < <(server_args "$explorer_model" "$explorer_tp" "$explorer_dp" "$explorer_port")
-    explorer=(trl vllm-serve "${explorer[@]}")
-    explorer_cmd="$(printf '%q ' "${explorer[@]}")"
+    IFS=, read -r -a all_explorer_gpus <<<"$explorer_gpus"
+    for (( k = 0; k < explorer_servers; k++ )); do
+        group="$(IFS=,; echo "${all_explorer_gpus[*]:$(( k * gpus_per_explorer )):$gpus_per_explorer}")"
+        mapfile -t explorer < <(server_args "$explorer_model" "$explorer_tp" "$explorer_dp" $(( explorer_port + k )))
+        explorer_cmds+=("$(printf '%q ' trl vllm-serve "${explorer[@]}")")
+        explorer_gpu_groups+=("$group")
+        explorer_urls+=("http://$server_host:$(( explorer_port + k ))")
+    done
 fi
 if [ "$use_learner_server" = 1 ]; then
     mapfile -t learner < <(server_args "$learner_model" "$learner_tp" "$learner_dp" "$learner_port")
@@ -156,7 +173,7 @@ train=(accelerate launch --config_file "$accelerate_config" --num_processes "$nu
        --main_process_ip "$main_ip" --main_process_port "$main_port"
        -m s2l_trl.cli.train --config "$recipe")
 # Servers always live on rank 0; point every node's trainer at them (the recipes say 127.0.0.1).
-[ "$use_explorer" = 0 ] || train+=(--explorer_server_base_url "http://$server_host:$explorer_port")
+[ "$use_explorer" = 0 ] || train+=(--explorer_server_base_url "$(IFS=,; echo "${explorer_urls[*]}")")
 [ "$use_learner_server" = 0 ] || train+=(--vllm_server_base_url "http://$server_host:$learner_port")
 train+=("${trainer_args[@]}")
 train_cmd="$(printf '%q ' "${train[@]}")"
@@ -166,10 +183,12 @@ start_servers=0; [ "$machine_rank" = 0 ] && start_servers=1
 if [ "$dry_run" = 1 ]; then
     echo "# s2l_po.sh dry run: machine rank $machine_rank of $num_machines; commands in launch order"
     if [ "$start_servers" = 1 ]; then
-        [ -z "$explorer_cmd" ] || echo "CUDA_VISIBLE_DEVICES=$explorer_gpus $explorer_cmd> $log_dir/explorer_server.log 2>&1 &"
+        for k in "${!explorer_cmds[@]}"; do
+            echo "CUDA_VISIBLE_DEVICES=${explorer_gpu_groups[$k]} ${explorer_cmds[$k]}> $log_dir/$(explorer_log "$k") 2>&1 &"
+        done
         [ -z "$learner_cmd" ] || echo "CUDA_VISIBLE_DEVICES=$learner_gpus $learner_cmd> $log_dir/learner_server.log 2>&1 &"
     fi
-    [ -z "$explorer_cmd" ] || echo "# wait for http://$server_host:$explorer_port/health (<= ${health_timeout} s)"
+    for url in "${explorer_urls[@]}"; do echo "# wait for $url/health (<= ${health_timeout} s)"; done
     [ -z "$learner_cmd" ] || echo "# wait for http://$server_host:$learner_port/health (<= ${health_timeout} s)"
     echo "CUDA_VISIBLE_DEVICES=$train_gpus $train_cmd"
     exit 0
@@ -177,19 +196,23 @@ fi
 
 install_cleanup
 mkdir -p "$log_dir"
-explorer_pid=""; learner_pid=""
-if [ "$start_servers" = 1 ] && [ -n "$explorer_cmd" ]; then
-    echo "[s2l_po] starting explorer: $explorer_cmd"
-    start_in_group "$log_dir/explorer_server.log" CUDA_VISIBLE_DEVICES="$explorer_gpus" -- "${explorer[@]}"
-    explorer_pid=$last_pid
-fi
+explorer_pids=(); learner_pid=""
+for k in "${!explorer_cmds[@]}"; do
+    [ "$start_servers" = 1 ] || break
+    echo "[s2l_po] starting explorer $k: ${explorer_cmds[$k]}"
+    mapfile -t explorer < <(server_args "$explorer_model" "$explorer_tp" "$explorer_dp" $(( explorer_port + k )))
+    start_in_group "$log_dir/$(explorer_log "$k")" CUDA_VISIBLE_DEVICES="${explorer_gpu_groups[$k]}" -- \
+        trl vllm-serve "${explorer[@]}"
+    explorer_pids+=("$last_pid")
+done
 if [ "$start_servers" = 1 ] && [ -n "$learner_cmd" ]; then
     echo "[s2l_po] starting learner vLLM server: $learner_cmd"
     start_in_group "$log_dir/learner_server.log" CUDA_VISIBLE_DEVICES="$learner_gpus" -- "${learner[@]}"
     learner_pid=$last_pid
 fi
-[ -z "$explorer_cmd" ] || wait_healthy "http://$server_host:$explorer_port" "$explorer_pid" \
-    "$log_dir/explorer_server.log" "$health_timeout"
+for k in "${!explorer_urls[@]}"; do
+    wait_healthy "${explorer_urls[$k]}" "${explorer_pids[$k]:-}" "$log_dir/$(explorer_log "$k")" "$health_timeout"
+done
 [ -z "$learner_cmd" ] || wait_healthy "http://$server_host:$learner_port" "$learner_pid" \
     "$log_dir/learner_server.log" "$health_timeout"
 
