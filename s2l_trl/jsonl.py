@@ -97,3 +97,20 @@ def write_jsonl_atomic(path: str | Path, records) -> Path:
         raise
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(path: str | Path, payload: Any, indent: int | None = 2) -> Path:
+    """Write one JSON document through a synced temporary file renamed over ``path``: a crash leaves the old file or
+    the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=indent)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path

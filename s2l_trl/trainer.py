@@ -32,6 +32,7 @@ from trl import GRPOTrainer
 from . import mixing
 from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, ExplorerOutput, SamplingSettings, build_explorer, generate_checked
+from .jsonl import write_json_atomic
 from .model_card import S2L_PAPER, create_s2l_model_card
 from .schedule import make_alpha_fn, split_group
 from .trl_compat import warn_if_untested_trl
@@ -453,7 +454,7 @@ class S2LTrainer(GRPOTrainer):
                 self._explorer_state_before[pending] if pending in self._explorer_state_before else state_fn()
             )
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        _write_json_atomically(
+        write_json_atomic(
             os.path.join(folder, S2L_STATE_NAME),
             {"global_step": self.state.global_step, "next_round": pending, "explorer_state": explorer_state},
         )
@@ -822,12 +823,3 @@ def _timed_generate(explorer: Explorer, prompt_ids, n, inputs) -> tuple[Explorer
     start = time.perf_counter()
     out = generate_checked(explorer, prompt_ids, n, inputs=inputs)
     return out, time.perf_counter() - start
-
-
-def _write_json_atomically(path: str, payload: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

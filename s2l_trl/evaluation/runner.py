@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..answers import make_judge
 from ..explorers.base import SamplingSettings
-from ..jsonl import JsonlWriter, drop_torn_tail, iter_jsonl, read_jsonl, write_jsonl_atomic
+from ..jsonl import JsonlWriter, drop_torn_tail, iter_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from ..sampling.engine import EngineArguments, SamplingEngine
 from .data import BENCHMARKS, DEFAULT_BENCHMARKS, get_spec, load_benchmark, user_turn
 from .passk import summarize
@@ -395,7 +395,7 @@ def run_scoring(args: EvalArguments, bench: str) -> dict[str, Any]:
         "official_compat": summarize(compat_counts, n),
     }
     args.result_dir.mkdir(parents=True, exist_ok=True)
-    (args.result_dir / f"{bench}.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic(args.result_dir / f"{bench}.json", result)
     return result
 
 
@@ -441,5 +441,5 @@ def run_evaluation(args: EvalArguments, engine: SamplingEngine | None = None) ->
     if lazy.engine is not None:
         summary["inference_seconds"] = inference_s
         summary["generated_tokens"] = lazy.engine.generated_tokens
-    summary_path.write_text(json.dumps(summary, indent=2))
+    write_json_atomic(summary_path, summary)
     return summary
