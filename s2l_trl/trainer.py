@@ -285,16 +285,33 @@ class S2LTrainer(GRPOTrainer):
         return same
 
     def _check_explorer_covers(self, dataset) -> None:
-        """Refuse to start when the explorer cannot serve some training prompts (offline rollouts), naming all."""
+        """Refuse to start when the explorer cannot serve some training prompts (offline rollouts), naming all; and
+        when stored rollouts were sampled on other prompt token ids than this run builds (another chat template or
+        `chat_template_kwargs`), which would append explorer answers to prompts they were not sampled for."""
         missing_fn = getattr(self.explorer, "missing", None)
         if dataset is None or not callable(missing_fn) or not hasattr(dataset, "__len__"):
             return
-        missing = missing_fn([_lookup_fields(dict(row)) for row in dataset])
+        examples = [_lookup_fields(dict(row)) for row in dataset]
+        missing = missing_fn(examples)
         if missing:
             shown = ", ".join(missing[:20]) + (f", ... ({len(missing) - 20} more)" if len(missing) > 20 else "")
             raise ExplorerError(
                 f"The explorer has no rollouts for {len(missing)} of the {len(dataset)} training prompts: {shown}. "
                 "Sample them first (s2l-sample with the same data arguments as s2l-train)."
+            )
+        stored_fn = getattr(self.explorer, "stored_prompt_ids", None)
+        if not callable(stored_fn) or not self.explorer_tokenizer_matches:
+            return
+        mismatched = []
+        for example in examples:
+            stored = stored_fn(example)
+            if stored is not None and stored != list(self._tokenize_prompts([example["prompt"]])[0][0]):
+                mismatched.append(str(example.get("prompt_id", example["prompt"]))[:80])
+        if mismatched:
+            raise ExplorerError(
+                f"{len(mismatched)} of the {len(dataset)} training prompts were sampled on other prompt token ids "
+                f"than this run builds (e.g. {', '.join(mismatched[:5])}): the rollouts were made with another chat "
+                "template, system prompt or chat_template_kwargs. Re-run s2l-sample with this run's data arguments."
             )
 
     # ------------------------------------------------------------------ schedule

@@ -601,3 +601,16 @@ def test_a_server_serving_another_model_than_explorer_model_is_refused(
     )
     with pytest.raises(ExplorerError, match=r"serves .*explorer.*foreign"):
         S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+
+
+def test_rollouts_sampled_on_other_prompt_ids_are_refused(tiny, tmp_path, oracle):
+    """Stored prompt ids must be the ones this run builds, or explorer answers land after the wrong prompt."""
+    rows = [json.loads(line) for line in oracle.read_text().splitlines()]
+    for r in rows:
+        r["prompt_ids"] = [5, 6, 7]  # e.g. sampled on the raw question instead of the chat-templated prompt
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ExplorerError, match=r"sampled on other prompt token ids.*add-0-0"):
+        S2LTrainer(
+            str(tiny["learner"]), [accuracy_reward], args=s2l_args(tmp_path, stale), train_dataset=tiny_dataset(tiny)
+        )

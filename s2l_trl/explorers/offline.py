@@ -252,6 +252,16 @@ class OfflineExplorer:
                 labels.append(label)
         return labels
 
+    def stored_prompt_ids(self, example: dict[str, Any]) -> list[int] | None:
+        """The prompt token ids stored with the rollouts of a data-set row (`prompt_ids`), or `None` when none were
+        recorded; the trainer compares them with the ids it builds itself."""
+        _, candidates = self._candidates(example)
+        for i in candidates:
+            ids = self.rows[i].get("prompt_ids")
+            if ids:
+                return list(ids)
+        return None
+
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, int]:
         """JSON-serialisable state of the draws: the seed and how many requests were served."""
