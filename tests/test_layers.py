@@ -13,7 +13,7 @@ LAYERS = [
     {"answers", "jsonl"},
     {"explorers"},
     {"config", "model_card"},
-    {"trainer", "callbacks", "checkpoints"},
+    {"trainer", "callbacks", "checkpoints", "codistill"},
     {"rewards", "data"},
     {"sampling"},
     {"evaluation"},

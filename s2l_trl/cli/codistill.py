@@ -1,0 +1,132 @@
+"""`s2l-codistill --config recipe.yaml`: CoDistill-GRPO training (a large and a small model) driven by `TrlParser`.
+
+Same shape as `s2l-train` (open-r1 style): script arguments (the data arguments shared with `s2l-train` and
+`s2l-sample`, reward functions), [`CoDistillConfig`] and TRL's `ModelConfig` for the large model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import transformers
+from transformers import set_seed
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from ..callbacks import MixProgressCallback
+from ..checkpoints import last_complete_checkpoint
+from ..codistill import CoDistillConfig
+from ..data import PromptDataArguments, load_train_dataset
+from ..rewards import get_reward_funcs
+from .train import _config_flag_apart, _reads
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CoDistillScriptArguments(PromptDataArguments):
+    r"""
+    Script arguments of `s2l-codistill`: the data arguments shared with `s2l-train` and `s2l-sample`
+    ([`~s2l_trl.data.PromptDataArguments`]) plus the two below. The large model is `ModelConfig.model_name_or_path`,
+    the small one `CoDistillConfig.small_model`.
+
+    Parameters:
+        reward_funcs (`list[str]`, *optional*, defaults to `["accuracy", "format"]`):
+            Reward functions by name, from `s2l_trl.rewards.REWARD_FUNCS`: the verifiable reward of both models.
+        small_use_peft (`bool`, *optional*, defaults to `False`):
+            Train the small model with LoRA too, with the `ModelConfig` LoRA settings (`lora_r`, `lora_alpha`, ...)
+            that `use_peft` applies to the large model.
+    """
+
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={"help": "Reward functions by name, from `s2l_trl.rewards.REWARD_FUNCS` (both models' reward)."},
+    )
+    small_use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the small model with LoRA too, with the ModelConfig LoRA settings (lora_r, lora_alpha, "
+            "...) that use_peft applies to the large model."
+        },
+    )
+
+
+def main(script_args: CoDistillScriptArguments, training_args: CoDistillConfig, model_args: ModelConfig) -> None:
+    set_seed(training_args.seed)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    if not training_args.small_model:
+        raise ValueError("s2l-codistill needs small_model (the small model's id or path) in the recipe.")
+
+    reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    need_solution = [name for name, func in zip(script_args.reward_funcs, reward_funcs) if _reads(func, "solution")]
+    train_dataset = load_train_dataset(
+        script_args, needs_solution=bool(need_solution), needed_by=f"the reward functions {need_solution}"
+    )
+
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(training_args.output_dir):
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        if checkpoint is not None:
+            logger.info("Checkpoint found, resuming training at %s.", checkpoint)
+
+    model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    training_args.model_init_kwargs = {
+        **{k: v for k, v in model_init_kwargs.items() if v is not None},
+        **(training_args.model_init_kwargs or {}),
+    }
+    peft_config = get_peft_config(model_args)
+    small_peft_config = None
+    if script_args.small_use_peft:
+        from dataclasses import replace
+
+        small_peft_config = get_peft_config(replace(model_args, use_peft=True))
+
+    from ..codistill.trainer import CoDistillTrainer
+
+    trainer = CoDistillTrainer(
+        model=model_args.model_name_or_path,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        peft_config=peft_config,
+        small_peft_config=small_peft_config,
+        callbacks=[MixProgressCallback()],
+    )
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    # `large_model/` and `small_model/` under output_dir, each with its model card.
+    trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((CoDistillScriptArguments, CoDistillConfig, ModelConfig))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[CoDistillScriptArguments, CoDistillConfig, ModelConfig]:
+    argv = _config_flag_apart(list(sys.argv[1:] if argv is None else argv))
+    return make_parser().parse_args_and_config(args=argv)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    main(*parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli()
