@@ -17,6 +17,7 @@ LAYERS = [
     {"rewards", "data"},
     {"sampling"},
     {"evaluation"},
+    {"miniature"},
     {"cli"},
     {"devtools"},
 ]

@@ -511,12 +511,21 @@ def test_offline_launcher_passes_every_data_argument(tmp_path):
 
 def test_tiny_cpu_dry_run():
     build, server, train = dry_run("tiny_cpu.sh")
-    assert build == "python -m s2l_trl.devtools.tiny .tiny --warm_start_explorer_steps 150"
+    family = ".tiny/miniature/family-same_corpus"
+    assert build == f"python -m s2l_trl.miniature family --family_dir {family}"
     assert server.startswith(
-        "VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model .tiny/explorer "
+        f"VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model {family}/M "
         "--host 127.0.0.1 --port 8001 --dtype float32 --enforce_eager true"
     )
-    assert train == "s2l-train --config recipes/tiny/s2l_po/config_cpu.yaml"
+    assert train.startswith(
+        f"python -m s2l_trl.miniature demo --family_dir {family} --output_dir .tiny/miniature/demo "
+        "--explorer_backend server --explorer_server_base_url http://127.0.0.1:8001 --learner L"
+    )
+    # Options reach the commands: another folder and port, and demo arguments after --.
+    build, server, train = dry_run("tiny_cpu.sh", "--dir", "/tmp/t", "--port", "8011", "--", "--steps", "5")
+    assert "--family_dir /tmp/t/miniature/family-same_corpus" in build
+    assert "--port 8011" in server and "--model /tmp/t/miniature/family-same_corpus/M" in server
+    assert "--explorer_server_base_url http://127.0.0.1:8011" in train and train.endswith("--steps 5")
 
 
 def test_s2l_po_dry_run_one_explorer_server_per_gpu_group():

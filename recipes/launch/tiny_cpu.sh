@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The README's main job: tiny S2L-PO end to end on a CPU, no GPU and no Hub access.
+# The README's main job: tiny S2L-PO learning next to GRPO on a CPU, no GPU and no Hub access.
 #
-#   recipes/launch/tiny_cpu.sh [--dir .tiny] [--port 8001] [--health-timeout 600] [--dry-run] [-- TRAINER ARGS]
+#   recipes/launch/tiny_cpu.sh [--dir .tiny] [--port 8001] [--health-timeout 600] [--dry-run] [-- DEMO ARGS]
 #
-#   1. python -m s2l_trl.devtools.tiny .tiny ...  builds tokenizer, learner, format-taught explorer and data (idempotent)
-#   2. trl vllm-serve on 127.0.0.1:8001  the frozen tiny explorer, on vLLM-CPU (float32, eager), in the background
+#   1. python -m s2l_trl.miniature family  builds (once; cached under DIR/miniature) the miniature family: one
+#      digit-level BPE tokenizer and three Qwen3-architecture sizes S/M/L SFT'd on the same multi-step addition corpus
+#   2. trl vllm-serve on 127.0.0.1:8001   the frozen explorer (size M), on vLLM-CPU (float32, eager), in the background
 #   3. waits for GET /health (bounded)
-#   4. s2l-train --config recipes/tiny/s2l_po/config_cpu.yaml
+#   4. python -m s2l_trl.miniature demo    S2L-PO (explorer rows from the server, linear alpha 1 -> 0) and GRPO from
+#      the same learner weights (size L early in its SFT); prints held-out accuracy against steps, writes curves.png
 #   5. stops the server it started (its process group, by PID) on every exit path.
 # VLLM_HOST_IP=127.0.0.1 and VLLM_CPU_KVCACHE_SPACE=1 (GiB) are what vLLM-CPU needs on a small machine; values
-# already in the environment win.
+# already in the environment win. Full-size experiments and their numbers: results/miniature/README.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +21,6 @@ log_prefix="tiny_cpu"
 source "$here/common.sh"
 
 dir=".tiny"; port=8001; health_timeout=600; dry_run=0; trainer_args=()
-recipe="recipes/tiny/s2l_po/config_cpu.yaml"
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --dir) need "$@"; dir="$2"; shift 2 ;;
@@ -34,15 +35,14 @@ done
 export VLLM_HOST_IP="${VLLM_HOST_IP:-127.0.0.1}" VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 url="http://127.0.0.1:$port"
 
-# The explorer is first taught the \boxed{} answer format (~15 s), so that its rows earn reward from step 1.
-build=(python -m s2l_trl.devtools.tiny "$dir" --warm_start_explorer_steps 150)
-server=(trl vllm-serve --model "$dir/explorer" --host 127.0.0.1 --port "$port" --dtype float32 --enforce_eager true)
-train=(s2l-train --config "$recipe")
-# The recipe names .tiny/ and port 8001; anything else is passed as overrides.
-[ "$dir" = ".tiny" ] || train+=(--model_name_or_path "$dir/learner" --explorer_model "$dir/explorer"
-                                --dataset_name "$dir/addition.jsonl")
-[ "$port" = 8001 ] || train+=(--explorer_server_base_url "$url")
-train+=("${trainer_args[@]}")
+family="$dir/miniature/family-same_corpus"
+# The first run trains the family (~5 min on 2 cores); later runs reuse it.
+build=(python -m s2l_trl.miniature family --family_dir "$family")
+server=(trl vllm-serve --model "$family/M" --host 127.0.0.1 --port "$port" --dtype float32 --enforce_eager true)
+# Settings of the demo: recipes/tiny/miniature/demo_cpu.args (one flag per line); DEMO ARGS after -- override them.
+mapfile -t recipe_args < <(grep -v '^#' recipes/tiny/miniature/demo_cpu.args | grep -v '^$')
+train=(python -m s2l_trl.miniature demo --family_dir "$family" --output_dir "$dir/miniature/demo"
+       --explorer_backend server --explorer_server_base_url "$url" "${recipe_args[@]}" "${trainer_args[@]}")
 
 if [ "$dry_run" = 1 ]; then
     printf '%q ' "${build[@]}"; echo
@@ -60,5 +60,5 @@ echo "[tiny_cpu] starting the explorer server (log: $log)"
 # Its own process group, so clean-up stops it and its engine processes by this PID (and nothing else).
 start_in_group "$log" -- "${server[@]}"
 wait_healthy "$url" "$last_pid" "$log" "$health_timeout" 2
-echo "[tiny_cpu] explorer healthy; training"
+echo "[tiny_cpu] explorer healthy; training S2L-PO, then GRPO from the same weights"
 "${train[@]}"

@@ -1,0 +1,118 @@
+"""``python -m s2l_trl.miniature {family,passk,rl,curves}``: one command per experiment (see results/miniature)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+from .family import FamilySpec, build_family
+
+DEFAULT_FAMILY = ".tiny/miniature/family-same_corpus"
+
+
+def _family_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family_dir", default=DEFAULT_FAMILY, help="where the family is built / cached")
+    p.add_argument("--construction", default="same_corpus", choices=["same_corpus", "distilled"])
+    p.add_argument("--sft_steps", type=int, default=FamilySpec.sft_steps)
+    p.add_argument("--sizes", nargs="+", default=["S", "M", "L"])
+    p.add_argument("--train_problems", type=int, default=FamilySpec.train_problems)
+    p.add_argument("--checkpoints", type=int, nargs="*", default=[250, 500, 1000])
+
+
+def _family(a: argparse.Namespace):
+    spec = FamilySpec(
+        sizes=a.sizes,
+        construction=a.construction,
+        sft_steps=a.sft_steps,
+        train_problems=a.train_problems,
+        checkpoints=[c for c in a.checkpoints if c < a.sft_steps],
+    )
+    return build_family(a.family_dir, spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m s2l_trl.miniature", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("family", help="build (or reuse) the model family")
+    _family_args(p)
+
+    p = sub.add_parser("passk", help="experiment 1: pass@k curves of every size")
+    _family_args(p)
+    p.add_argument("--output_dir", default="results/miniature/passk")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--num_problems", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--at_sft_step", type=int, default=None, help="evaluate an intermediate SFT checkpoint")
+
+    from .rl import ABLATIONS, MAIN_METHODS, METHODS, RLSettings
+
+    p = sub.add_parser("rl", help="experiments 2-4: GRPO vs S2L-PO vs high-temperature GRPO, ablations")
+    _family_args(p)
+    p.add_argument("--output_dir", default="results/miniature/rl")
+    p.add_argument("--methods", nargs="+", default=MAIN_METHODS + ABLATIONS, choices=sorted(METHODS))
+    p.add_argument("--ablation_seeds", type=int, nargs="*", default=[0])
+    for f in fields(RLSettings):
+        if f.name == "seeds":
+            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        elif f.name == "learner_sft_step":
+            p.add_argument("--learner_sft_step", type=int, default=None)
+        else:
+            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+
+    p = sub.add_parser("demo", help="README main job: a short S2L-PO run next to GRPO from the same start")
+    _family_args(p)
+    p.add_argument("--output_dir", default=".tiny/miniature/demo")
+    for f in fields(RLSettings):
+        if f.name == "seeds":
+            p.add_argument("--seeds", type=int, nargs="+", default=[0])
+        elif f.name == "learner_sft_step":
+            p.add_argument("--learner_sft_step", type=int, default=None)
+        else:
+            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+
+    p = sub.add_parser("curves", help="per-step curves (reward per source, alpha, held-out accuracy) to PNG")
+    p.add_argument("runs", nargs="+", help="run folders or trainer_state.json files")
+    p.add_argument("--output", required=True)
+    p.add_argument("--labels", nargs="*", default=None)
+
+    a = parser.parse_args(argv)
+    import torch
+
+    # One thread: these models are too small to gain from two, and on a shared 2-core machine a second thread
+    # mostly waits on the first (measured: several times slower per step under load).
+    torch.set_num_threads(1)
+    if a.command == "curves":
+        from .curves import plot_run_curves
+
+        print(plot_run_curves(a.runs, a.output, a.labels))
+        return
+    family = _family(a)
+    if a.command == "family":
+        for size, m in family.manifest["models"].items():
+            print(
+                f"[family] {size}: {m['parameters']:,} parameters, final SFT loss {m['sft_losses_every_50'][-1]}, "
+                f"built in {m['sft_seconds']} s ({family.path(size)})"
+            )
+    elif a.command == "passk":
+        from .passk_exp import run_passk
+
+        summary = run_passk(family, a.output_dir, a.n, a.num_problems, a.temperature, step=a.at_sft_step)
+        print(open(f"{a.output_dir}/passk.md").read())
+        print(json.dumps(summary["crossover_k"]))
+    elif a.command == "rl":
+        from .rl import run_experiment
+
+        settings = RLSettings(**{f.name: getattr(a, f.name) for f in fields(RLSettings)})
+        run_experiment(family, settings, a.output_dir, a.methods, a.ablation_seeds)
+        print(open(f"{a.output_dir}/rl.md").read())
+    elif a.command == "demo":
+        from .rl import demo
+
+        settings = RLSettings(**{f.name: getattr(a, f.name) for f in fields(RLSettings)})
+        print(demo(family, settings, a.output_dir))
+
+
+if __name__ == "__main__":
+    main()

