@@ -21,7 +21,8 @@ _SECTIONS = {
 }
 
 
-def _help(text: str) -> dict[str, str]:
+def field_help(text: str) -> dict[str, str]:
+    """A field's `metadata`: its help text on one line (written as a wrapped triple-quoted paragraph)."""
     return {"help": " ".join(text.split())}
 
 
@@ -40,7 +41,7 @@ class S2LConfig(GRPOConfig):
 
     explorer_mode: str = field(
         default="server",
-        metadata=_help(
+        metadata=field_help(
             """Where explorer completions come from. `"server"`: a frozen model behind an OpenAI-compatible vLLM
             server (`trl vllm-serve` or `vllm serve`), never weight-synced. `"offline"`: pre-sampled rollouts read
             from `explorer_rollouts` (the authors' JSONL schema, as written by `s2l-sample`). `"local"`: an
@@ -49,7 +50,7 @@ class S2LConfig(GRPOConfig):
     )
     explorer_model: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             """Model id or path of the explorer. Required for `"local"`. For `"server"` and `"offline"` it is used
             to check that the explorer tokenizer matches the learner's: when it does not, explorer completions are
             decoded and re-tokenized with the learner tokenizer and their log-probs dropped."""
@@ -57,7 +58,7 @@ class S2LConfig(GRPOConfig):
     )
     explorer_server_base_url: str = field(
         default="http://127.0.0.1:8001",
-        metadata=_help(
+        metadata=field_help(
             """Base URL of the explorer server (`"server"` mode), or several separated by commas, all serving the
             same model: each round's requests go to the server with the least work in flight, and a server that dies
             is dropped while others remain. One `trl vllm-serve --data_parallel_size N` is one URL; explorers on other
@@ -66,14 +67,14 @@ class S2LConfig(GRPOConfig):
     )
     explorer_server_timeout: float = field(
         default=240.0,
-        metadata=_help(
+        metadata=field_help(
             """Seconds to wait for each explorer server's `/health` at start-up before failing with an error naming
             the URL; a URL that answers 4xx (not a vLLM server) fails at once."""
         ),
     )
     explorer_server_check_model_name: bool = field(
         default=True,
-        metadata=_help(
+        metadata=field_help(
             """Check at start-up that the explorer server serves `explorer_model`, comparing names by their last path
             component, case-insensitive. Turn off when it loads the same weights from a folder of another name. The
             tokenizer check (a probe text tokenized by the server and here, id for id) always runs."""
@@ -81,7 +82,7 @@ class S2LConfig(GRPOConfig):
     )
     explorer_prompts_per_request: int = field(
         default=32,
-        metadata=_help(
+        metadata=field_help(
             """Prompts per explorer generation request. A round is split into requests of this many prompts (each
             asking `G_w` completions per prompt), sent concurrently and retried one by one. 32 keeps a request at
             <= 512 sequences, about what one vLLM engine decodes at once: a minute or two for 4,096-token completions
@@ -90,18 +91,20 @@ class S2LConfig(GRPOConfig):
     )
     explorer_max_concurrent_requests: int = field(
         default=4,
-        metadata=_help("""Explorer requests in flight per server; use at least the server's data-parallel size."""),
+        metadata=field_help(
+            """Explorer requests in flight per server; use at least the server's data-parallel size."""
+        ),
     )
     explorer_request_timeout: float = field(
         default=600.0,
-        metadata=_help(
+        metadata=field_help(
             """Seconds one explorer request (one chunk of `explorer_prompts_per_request` prompts) may take, queueing
             in the server included, before it is retried."""
         ),
     )
     explorer_max_retries: int = field(
         default=3,
-        metadata=_help(
+        metadata=field_help(
             """Retries of one failed or timed-out explorer request, with exponential back-off; a request whose server
             is dropped is resent to another without using a retry. Training stops with an error naming every URL when
             a request runs out of retries and no other server is left."""
@@ -109,13 +112,13 @@ class S2LConfig(GRPOConfig):
     )
     explorer_server_max_failures: int = field(
         default=3,
-        metadata=_help(
+        metadata=field_help(
             """Consecutive failed requests after which an explorer server is dropped while others remain."""
         ),
     )
     explorer_rollouts: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             """Offline rollouts for `"offline"` mode: a JSONL file, a parquet file, or a directory saved by
             `datasets.Dataset.save_to_disk`, with the columns `prompt_id, prompt, prompt_ids, response, response_ids,
             small_model_log_probs, reward, is_correct, data_source, ground_truth`. Stored rewards are ignored: every
@@ -125,7 +128,7 @@ class S2LConfig(GRPOConfig):
     )
     explorer_prefetch: bool = field(
         default=True,
-        metadata=_help(
+        metadata=field_help(
             """Generate the explorer rows of the next generation round while the learner trains on the current one.
             The explorer is frozen, so they never go stale; a run with prefetch draws exactly the rows a run
             without it draws. Applies to explorers that run in the background (server, offline, your own object;
@@ -135,44 +138,44 @@ class S2LConfig(GRPOConfig):
     )
     explorer_temperature: float = field(
         default=0.7,
-        metadata=_help("""Sampling temperature of the explorer (the authors' setting; the learner keeps
+        metadata=field_help("""Sampling temperature of the explorer (the authors' setting; the learner keeps
             `temperature`)."""),
     )
-    explorer_top_p: float = field(default=0.95, metadata=_help("""Top-p of the explorer, in (0, 1]."""))
+    explorer_top_p: float = field(default=0.95, metadata=field_help("""Top-p of the explorer, in (0, 1]."""))
     explorer_top_k: int | None = field(
-        default=None, metadata=_help("""Top-k of the explorer; `None` or `-1` disables it.""")
+        default=None, metadata=field_help("""Top-k of the explorer; `None` or `-1` disables it.""")
     )
     explorer_max_tokens: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             """Maximum explorer completion length; defaults to `max_completion_length`. Explorer completions are
             always truncated at `max_completion_length`, like the learner's."""
         ),
     )
     mix_schedule: str = field(
         default="linear",
-        metadata=_help(
+        metadata=field_help(
             f"""Shape of `alpha_i`, the explorer fraction: one of {SCHEDULES} (`"linear"` is the paper's). A Python
             callable `step -> alpha` can be passed to the trainer instead (`S2LTrainer(mix_schedule=...)`)."""
         ),
     )
     mix_steps: int = field(
         default=8,
-        metadata=_help(
+        metadata=field_help(
             """`T_mix`: the number of optimizer steps with explorer rows. After it, `G_w = 0`. The schedule is read
             at the optimizer step at which each generation round starts."""
         ),
     )
     mix_alpha_start: float = field(
-        default=1.0, metadata=_help("""`alpha_1`, the explorer fraction at the first step, in [0, 1].""")
+        default=1.0, metadata=field_help("""`alpha_1`, the explorer fraction at the first step, in [0, 1].""")
     )
     mix_alpha_end: float = field(
         default=0.0,
-        metadata=_help("""`alpha_{T_mix}`, the explorer fraction at step `T_mix` (`"linear"` and `"cosine"`)."""),
+        metadata=field_help("""`alpha_{T_mix}`, the explorer fraction at step `T_mix` (`"linear"` and `"cosine"`)."""),
     )
     explorer_importance_sampling: str = field(
         default="none",
-        metadata=_help(
+        metadata=field_help(
             f"""Importance-sampling correction of explorer tokens, one of {EXPLORER_IS_MODES}: weight
             `pi_old / pi_explorer` with the learner's log-probs at generation time. `"none"` gives ratio 1, as the
             authors' code does; the others have the meaning of TRL's `vllm_importance_sampling_mode`. Needs explorer
@@ -182,15 +185,19 @@ class S2LConfig(GRPOConfig):
     )
     explorer_importance_sampling_clip_min: float | None = field(
         default=None,
-        metadata=_help("""Lower bound of the explorer IS weight (`*_truncate`: clamp; `*_mask`: zero below it)."""),
+        metadata=field_help(
+            """Lower bound of the explorer IS weight (`*_truncate`: clamp; `*_mask`: zero below it)."""
+        ),
     )
     explorer_importance_sampling_clip_max: float | None = field(
         default=3.0,
-        metadata=_help("""Upper bound of the explorer IS weight (`*_truncate`: clamp; `*_mask`: zero above it)."""),
+        metadata=field_help(
+            """Upper bound of the explorer IS weight (`*_truncate`: clamp; `*_mask`: zero above it)."""
+        ),
     )
     explorer_off_policy_mask: bool = field(
         default=False,
-        metadata=_help(
+        metadata=field_help(
             """Whether TRL's off-policy sequence mask (`off_policy_mask_threshold`) may drop explorer rows. When
             `False` explorer rows are always kept; when `True` their divergence is measured against the explorer's
             own log-probs where known."""
@@ -198,7 +205,7 @@ class S2LConfig(GRPOConfig):
     )
     advantage_grouping: str = field(
         default="combined",
-        metadata=_help(
+        metadata=field_help(
             """`"combined"` (the paper): one group baseline over all `G` rows. `"per_source"`: explorer and learner
             rows are each normalised within their own rows of the group, as the authors' script effectively does."""
         ),
@@ -252,17 +259,19 @@ class S2LConfig(GRPOConfig):
             raise ValueError(f"explorer_max_retries must be >= 0, got {self.explorer_max_retries!r}.")
 
 
-def _parameter_docs(cls) -> str:
-    """TRL-style "Parameters:" block built from the field help texts (the one source of each description)."""
+def parameter_docs(cls, sections: dict[str, str]) -> str:
+    """TRL-style "Parameters:" block of the fields a config class declares itself, built from their help texts (the
+    one source of each description); ``sections`` maps the first field of each "> Parameters that control ..."
+    heading to its title."""
     lines = ["", "    Parameters:"]
     own = [f for f in fields(cls) if f.name in cls.__annotations__]
     for f in own:
-        if f.name in _SECTIONS:
-            lines += ["", f"        > {_SECTIONS[f.name]}", ""]
+        if f.name in sections:
+            lines += ["", f"        > {sections[f.name]}", ""]
         default = "None" if f.default is None else repr(f.default)
         lines.append(f"        {f.name} (`{f.type}`, *optional*, defaults to `{default}`):")
         lines.append(f"            {f.metadata['help']}")
     return "\n".join(lines) + "\n"
 
 
-S2LConfig.__doc__ = (S2LConfig.__doc__ or "") + _parameter_docs(S2LConfig)
+S2LConfig.__doc__ = (S2LConfig.__doc__ or "") + parameter_docs(S2LConfig, _SECTIONS)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from s2l_trl.devtools.vllm_server import free_port
+from trainer_utils import launch_two_cpu_processes
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -25,25 +21,7 @@ def test_tiny_recipe_two_cpu_processes(tiny, explorer_server, tmp_path):
     # ddp.yaml is the GPU file (MULTI_GPU, bf16, 8 processes); the command line overrides its topology and precision.
     # `--cpu --num_processes 2` would silently run ONE process: `--multi_gpu` with the recipe's `use_cpu: true`
     # really starts two ranks and DDP runs over gloo.
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ACCELERATE_CONFIG),
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_ip",
-        "127.0.0.1",
-        "--main_process_port",
-        str(free_port()),
+    proc = launch_two_cpu_processes(
         "-m",
         "s2l_trl.cli.train",
         "--config",
@@ -63,10 +41,9 @@ def test_tiny_recipe_two_cpu_processes(tiny, explorer_server, tmp_path):
         # info on the main process: the Trainer's "Total train batch size (w. parallel, ...)" line.
         "--log_level",
         "info",
-    ]
-    # One thread per rank: two ranks and the vLLM server share the machine's cores.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+        config_file=str(ACCELERATE_CONFIG),
+        cwd=REPO,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
 

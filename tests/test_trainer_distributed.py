@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
-from s2l_trl.devtools.vllm_server import free_port
+from trainer_utils import launch_two_cpu_processes
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_mix.py"
@@ -20,28 +16,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "two_process_mix.py"
 def test_group_straddling_two_processes_has_exact_composition(tmp_path):
     # `accelerate launch --cpu --num_processes 2` silently runs one process; --multi_gpu with use_cpu=True (gloo)
     # really starts two, which the test checks through the world size each rank reports.
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_ip",
-        "127.0.0.1",
-        "--main_process_port",
-        str(free_port()),
-        str(SCRIPT),
-        str(tmp_path),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = launch_two_cpu_processes(str(SCRIPT), str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]

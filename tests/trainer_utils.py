@@ -60,3 +60,30 @@ def s2l_args(tmp_path, rollouts: Path | None = None, **overrides) -> S2LConfig:
 
 def logged(trainer, key: str) -> list[float]:
     return [h[key] for h in trainer.state.log_history if key in h]
+
+
+def launch_two_cpu_processes(*program: str, config_file: str | None = None, cwd=None, timeout: float = 600):
+    """Run ``program`` (a script path and its arguments, or ``-m module ...``) under `accelerate launch` with two real
+    CPU processes, and return the finished process.
+
+    `accelerate launch --cpu --num_processes 2` silently runs ONE process; `--multi_gpu` with `use_cpu=True` in the
+    trainer config really starts two ranks and DDP runs over gloo. Callers assert the world size they ran with.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from s2l_trl.devtools.vllm_server import free_port
+
+    # One thread per rank: two ranks (and maybe a vLLM server) share the machine's cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    for attempt in range(2):  # a free port can be taken by another process before the ranks bind it: retry once
+        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+        if config_file is not None:
+            cmd += ["--config_file", config_file]
+        cmd += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+        cmd += ["--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+        proc = subprocess.run([*cmd, *program], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+        if proc.returncode == 0 or "Address already in use" not in proc.stdout + proc.stderr or attempt:
+            return proc
+    return proc

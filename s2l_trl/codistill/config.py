@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-from ..config import S2LConfig
+from ..config import S2LConfig, field_help, parameter_docs
 from ..mixing import EXPLORER_IS_MODES
 from .objectives import KD_MODES
 
@@ -15,10 +15,6 @@ _SECTIONS = {
     "kd_coef": "Parameters that control the small model's KD reward",
     "mix_schedule": "S2L-PO parameters whose CoDistill defaults differ (the large model's side)",
 }
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": " ".join(text.split())}
 
 
 @dataclass
@@ -43,7 +39,7 @@ class CoDistillConfig(S2LConfig):
 
     small_model: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             """Model id or path of the small model, trained alongside the large one (`CoDistillTrainer` also takes a
             model object through its `small_model` argument, which wins). It must share the large model's tokenizer:
             the KD reward and the importance weights compare the two models token by token."""
@@ -51,36 +47,36 @@ class CoDistillConfig(S2LConfig):
     )
     small_model_init_kwargs: dict | str | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             """Keyword arguments of `AutoModelForCausalLM.from_pretrained` for the small model (a dict, or a JSON
             string on the command line). Defaults to `model_init_kwargs`."""
         ),
     )
     small_learning_rate: float | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             """Peak learning rate of the small model's own optimizer (same optimizer type, betas, epsilon and warm-up
             as the large model's). Defaults to `learning_rate`."""
         ),
     )
     small_lr_scheduler_type: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             """Learning-rate schedule of the small model (a `transformers.SchedulerType` name). Defaults to
             `lr_scheduler_type`."""
         ),
     )
     small_weight_decay: float | None = field(
         default=None,
-        metadata=_help("""Weight decay of the small model's optimizer. Defaults to `weight_decay`."""),
+        metadata=field_help("""Weight decay of the small model's optimizer. Defaults to `weight_decay`."""),
     )
     small_max_grad_norm: float | None = field(
         default=None,
-        metadata=_help("""Gradient-norm clip of the small model (0 turns it off). Defaults to `max_grad_norm`."""),
+        metadata=field_help("""Gradient-norm clip of the small model (0 turns it off). Defaults to `max_grad_norm`."""),
     )
     kd_coef: float = field(
         default=0.1,
-        metadata=_help(
+        metadata=field_help(
             """Weight of the KD reward in the small model's reward: reward = verifiable reward + `kd_coef` x KD
             reward. 0 makes the small model's update plain GRPO on its own rollouts. *Assumption*: 0.1 keeps the
             dense term (a log-ratio, typically within a few nats) below a unit of the normalised verifiable
@@ -89,7 +85,7 @@ class CoDistillConfig(S2LConfig):
     )
     kd_mode: str = field(
         default="token",
-        metadata=_help(
+        metadata=field_help(
             f"""How the KD reward enters the small model's update, one of {KD_MODES}. `"token"` (*assumption*,
             default): dense, the per-token log-ratio `log pi_large(y_t) - log pi_small(y_t)` is added to each token's
             advantage after the group normalisation of the verifiable reward. `"sequence"`: its mean over the
@@ -98,7 +94,7 @@ class CoDistillConfig(S2LConfig):
     )
     kd_clip: float | None = field(
         default=None,
-        metadata=_help(
+        metadata=field_help(
             """When set, each token's KD log-ratio is clamped to `[-kd_clip, kd_clip]` before use (a guard against
             tokens the large model finds nearly impossible)."""
         ),
@@ -106,7 +102,7 @@ class CoDistillConfig(S2LConfig):
     # S2L-PO fields whose CoDistill defaults differ: the small model fills every row, importance weights on.
     mix_schedule: str = field(
         default="constant",
-        metadata=_help(
+        metadata=field_help(
             """Schedule of the small model's share of each rollout group, as in S2L-PO (`"linear"`, `"cosine"`,
             `"constant"`, `"step"`). CoDistill default: `"constant"` with `mix_alpha_start=1.0`, so the large model
             generates nothing; rows the large model generates (alpha < 1) train the large model only."""
@@ -114,11 +110,13 @@ class CoDistillConfig(S2LConfig):
     )
     mix_alpha_start: float = field(
         default=1.0,
-        metadata=_help("""Share of each group sampled by the small model at the first step (CoDistill default 1)."""),
+        metadata=field_help(
+            """Share of each group sampled by the small model at the first step (CoDistill default 1)."""
+        ),
     )
     explorer_importance_sampling: str = field(
         default="token_truncate",
-        metadata=_help(
+        metadata=field_help(
             f"""Importance weights `pi_large / pi_small` of the small model's tokens in the large model's update, one
             of {EXPLORER_IS_MODES} (S2L-PO's field; the large model's log-probs are its own at rollout time).
             CoDistill default `"token_truncate"`: per token, clamped at `explorer_importance_sampling_clip_max`;
@@ -127,7 +125,7 @@ class CoDistillConfig(S2LConfig):
     )
     explorer_importance_sampling_clip_max: float | None = field(
         default=2.0,
-        metadata=_help(
+        metadata=field_help(
             """Upper bound of the importance weight (CoDistill default 2.0; truncate: clamp, mask: zero)."""
         ),
     )
@@ -186,17 +184,4 @@ class CoDistillConfig(S2LConfig):
         return str(getattr(name, "value", name))
 
 
-def _parameter_docs(cls) -> str:
-    lines = ["", "    Parameters:"]
-    for f in fields(cls):
-        if f.name not in cls.__annotations__:
-            continue
-        if f.name in _SECTIONS:
-            lines += ["", f"        > {_SECTIONS[f.name]}", ""]
-        default = "None" if f.default is None else repr(f.default)
-        lines.append(f"        {f.name} (`{f.type}`, *optional*, defaults to `{default}`):")
-        lines.append(f"            {f.metadata['help']}")
-    return "\n".join(lines) + "\n"
-
-
-CoDistillConfig.__doc__ = (CoDistillConfig.__doc__ or "") + _parameter_docs(CoDistillConfig)
+CoDistillConfig.__doc__ = (CoDistillConfig.__doc__ or "") + parameter_docs(CoDistillConfig, _SECTIONS)
