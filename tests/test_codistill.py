@@ -180,3 +180,35 @@ def test_save_and_resume_restores_both_models_optimizers_schedule_and_step(tiny,
     for model in ("large", "small"):
         for key in a[model]:
             torch.testing.assert_close(b[model][key], a[model][key], msg=f"{model}: {key}")
+
+
+def test_s2l_codistill_cli_trains_the_tiny_recipe_and_saves_both_models(tiny, tmp_path):
+    import json
+    from pathlib import Path
+
+    from s2l_trl.cli.codistill import cli
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "codistill" / "config_cpu.yaml"
+    out = tmp_path / "out"
+    cli(
+        [
+            "--config",
+            str(recipe),
+            "--model_name_or_path",
+            str(tiny["learner"]),
+            "--small_model",
+            str(tiny["explorer"]),
+            "--dataset_name",
+            str(tiny["dataset"]),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+        ]
+    )
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert [h["s2l/alpha"] for h in state["log_history"] if "s2l/alpha" in h] == [1.0, 1.0]
+    assert all("codistill/kd_reward" in h and "small/loss" in h for h in state["log_history"] if "loss" in h)
+    for sub in ("large_model", "small_model"):
+        assert (out / sub / "config.json").exists() and (out / sub / "README.md").exists()

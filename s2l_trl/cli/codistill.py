@@ -7,21 +7,15 @@ Same shape as `s2l-train` (open-r1 style): script arguments (the data arguments 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
-import datasets
-import transformers
-from transformers import set_seed
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..callbacks import MixProgressCallback
-from ..checkpoints import last_complete_checkpoint
 from ..codistill import CoDistillConfig
-from ..data import PromptDataArguments, load_train_dataset
-from ..rewards import get_reward_funcs
-from .train import _config_flag_apart, _reads
+from ..data import PromptDataArguments
+from .train import _config_flag_apart, prepare_run
 
 logger = logging.getLogger(__name__)
 
@@ -55,38 +49,9 @@ class CoDistillScriptArguments(PromptDataArguments):
 
 
 def main(script_args: CoDistillScriptArguments, training_args: CoDistillConfig, model_args: ModelConfig) -> None:
-    set_seed(training_args.seed)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
     if not training_args.small_model:
         raise ValueError("s2l-codistill needs small_model (the small model's id or path) in the recipe.")
-
-    reward_funcs = get_reward_funcs(script_args.reward_funcs)
-    need_solution = [name for name, func in zip(script_args.reward_funcs, reward_funcs) if _reads(func, "solution")]
-    train_dataset = load_train_dataset(
-        script_args, needs_solution=bool(need_solution), needed_by=f"the reward functions {need_solution}"
-    )
-
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        if checkpoint is not None:
-            logger.info("Checkpoint found, resuming training at %s.", checkpoint)
-
-    model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    training_args.model_init_kwargs = {
-        **{k: v for k, v in model_init_kwargs.items() if v is not None},
-        **(training_args.model_init_kwargs or {}),
-    }
+    reward_funcs, train_dataset, checkpoint = prepare_run(script_args, training_args, model_args)
     peft_config = get_peft_config(model_args)
     small_peft_config = None
     if script_args.small_use_peft:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import transformers
@@ -66,7 +67,10 @@ def _reads(func, argument: str) -> bool:
         return False
 
 
-def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig) -> None:
+def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[list, Any, str | None]:
+    """What every training CLI does before building its trainer: seed and logging, the reward functions, the data
+    set (validated before a trainer or an output folder exists), the checkpoint to resume from, and the learner's
+    loading arguments. Returns `(reward_funcs, train_dataset, checkpoint)`."""
     set_seed(training_args.seed)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
@@ -90,7 +94,7 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
         if checkpoint is not None:
             logger.info("Checkpoint found, resuming training at %s.", checkpoint)
 
-    # GRPOTrainer loads the learner from its id with these (trust_remote_code lives on the config itself).
+    # The trainer loads the learner from its id with these (trust_remote_code lives on the config itself).
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation,
@@ -100,6 +104,11 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
         **{k: v for k, v in model_init_kwargs.items() if v is not None},
         **(training_args.model_init_kwargs or {}),
     }
+    return reward_funcs, train_dataset, checkpoint
+
+
+def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig) -> None:
+    reward_funcs, train_dataset, checkpoint = prepare_run(script_args, training_args, model_args)
     if script_args.trainer == "grpo":
         trainer_cls = GRPOTrainer
     else:
