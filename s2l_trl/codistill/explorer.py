@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from ..explorers import ExplorerOutput, ExplorerStats
+from ..explorers import ExplorerOutput
+from ..explorers.local import in_process_output, sampled_completions
 
 
 class SmallModelExplorer:
@@ -79,18 +80,5 @@ class SmallModelExplorer:
         width = padded.size(1)
         new_tokens = out.sequences[:, width:]
         logits = torch.stack(out.logits, dim=1).float() / t.temperature
-        logps = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        eos = set(t.eos_token_ids)
-        completion_ids, logprobs = [], []
-        for ids, lps in zip(new_tokens.tolist(), logps.tolist()):
-            end = next((i + 1 for i, tok in enumerate(ids) if tok in eos), len(ids))
-            completion_ids.append(ids[:end])
-            logprobs.append(lps[:end])
-        stats = ExplorerStats(
-            wall_s=time.perf_counter() - start,
-            prompts=len(prompt_ids),
-            rows=len(rows),
-            completion_tokens=sum(len(c) for c in completion_ids),
-            requests=1,
-        )
-        return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs, stats=stats)
+        completion_ids, logprobs = sampled_completions(new_tokens, logits, t.eos_token_ids)
+        return in_process_output(completion_ids, logprobs, len(prompt_ids), start)

@@ -85,31 +85,13 @@ def build_model(
     max_position_embeddings: int = 512,
 ):
     """Save a randomly initialised Qwen3 model (and a copy of the tokenizer) to ``output_dir``."""
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer
+
+    from ..miniature.family import random_qwen3
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    head_dim = 32
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=max(1, hidden_size // head_dim),
-        num_key_value_heads=max(1, hidden_size // head_dim),
-        head_dim=head_dim,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
-    )
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
-    )
+    heads = max(1, hidden_size // 32)  # head_dim 32: vLLM-CPU has no kernel for 16
+    model = random_qwen3(tokenizer, hidden_size, num_layers, heads, hidden_size * 2, max_position_embeddings, seed)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

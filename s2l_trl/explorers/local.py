@@ -93,19 +93,39 @@ class LocalExplorer:
             scores = torch.stack(out.logits, dim=1).float()
             if do_sample:
                 scores = _warp(scores, s.temperature, s.top_k, s.top_p)
-            token_logps = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-            for ids, lps in zip(new_tokens.tolist(), token_logps.tolist()):
-                end = next((i + 1 for i, t in enumerate(ids) if t in self.eos_token_ids), len(ids))
-                completion_ids.append(ids[:end])
-                logprobs.append(lps[:end])
-        stats = ExplorerStats(
-            wall_s=time.perf_counter() - start,
-            prompts=len(prompt_ids),
-            rows=len(rows),
-            completion_tokens=sum(len(c) for c in completion_ids),
-            requests=1,
-        )
-        return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs, stats=stats)
+            ids, lps = sampled_completions(new_tokens, scores, self.eos_token_ids)
+            completion_ids += ids
+            logprobs += lps
+        return in_process_output(completion_ids, logprobs, len(prompt_ids), start)
+
+
+def sampled_completions(
+    new_tokens: torch.Tensor, scores: torch.Tensor, eos_token_ids
+) -> tuple[list[list[int]], list[list[float]]]:
+    """The sampled tokens of a `generate` call and their log-probs under ``scores`` (the sampling distribution,
+    ``(B, T, V)``), each row cut after its first EOS."""
+    token_logps = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+    eos = set(eos_token_ids)
+    completion_ids, logprobs = [], []
+    for ids, lps in zip(new_tokens.tolist(), token_logps.tolist()):
+        end = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+        completion_ids.append(ids[:end])
+        logprobs.append(lps[:end])
+    return completion_ids, logprobs
+
+
+def in_process_output(
+    completion_ids: list[list[int]], logprobs: list[list[float]], prompts: int, start: float
+) -> ExplorerOutput:
+    """An in-process explorer's answer with its stats (one request; wall time since ``start``)."""
+    stats = ExplorerStats(
+        wall_s=time.perf_counter() - start,
+        prompts=prompts,
+        rows=len(completion_ids),
+        completion_tokens=sum(len(c) for c in completion_ids),
+        requests=1,
+    )
+    return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs, stats=stats)
 
 
 def _warp(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:

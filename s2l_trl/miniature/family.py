@@ -100,22 +100,22 @@ def build_tokenizer(output_dir: str | Path, seed: int = 0):
     return hf_tok
 
 
-def init_model(tokenizer, size: Size, seed: int):
-    """A randomly initialised Qwen3 model of ``size`` (float32, tied embeddings), seeded."""
+def random_qwen3(tokenizer, hidden: int, layers: int, heads: int, intermediate: int, max_positions: int, seed: int):
+    """A randomly initialised, seeded Qwen3 causal LM for ``tokenizer`` (float32, tied embeddings, sampling on)."""
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    if size.hidden % size.heads:
-        raise ValueError(f"hidden {size.hidden} is not a multiple of heads {size.heads}.")
+    if hidden % heads:
+        raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}.")
     config = Qwen3Config(
         vocab_size=len(tokenizer),
-        hidden_size=size.hidden,
-        intermediate_size=size.hidden * 3,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.heads,
-        head_dim=size.hidden // size.heads,
-        max_position_embeddings=256,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
@@ -128,6 +128,11 @@ def init_model(tokenizer, size: Size, seed: int):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
     )
     return model
+
+
+def init_model(tokenizer, size: Size, seed: int):
+    """A randomly initialised Qwen3 model of ``size`` (float32, tied embeddings), seeded."""
+    return random_qwen3(tokenizer, size.hidden, size.layers, size.heads, size.hidden * 3, 256, seed)
 
 
 def _encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
