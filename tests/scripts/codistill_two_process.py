@@ -25,7 +25,7 @@ def fingerprint(model) -> list[float]:
 
 
 def main(workdir: str) -> None:
-    state = PartialState()
+    state = PartialState(cpu=True)  # without cpu=True it is not distributed on a GPU-less machine: no barrier
     work = Path(workdir)
     if state.is_main_process:
         build_tiny_setup(work / "tiny")

@@ -39,7 +39,7 @@ class RecordingTrainer(S2LTrainer):
 
 
 def main(workdir: str) -> None:
-    state = PartialState()
+    state = PartialState(cpu=True)  # without cpu=True it is not distributed on a GPU-less machine: no barrier
     work = Path(workdir)
     tiny = build_tiny_setup(work / "tiny") if state.is_main_process else None
     state.wait_for_everyone()
