@@ -155,6 +155,34 @@ def test_a_step_trains_both_models_and_the_large_model_generates_nothing(tiny, t
         assert "CoDistill-GRPO provenance" in (out / sub / "README.md").read_text(), sub
 
 
+def test_small_model_samples_and_trains_for_the_whole_run_by_default(tiny, tmp_path):
+    # Longer than S2L-PO's default T_mix (8): CoDistill's default schedule must not end before the run does.
+    trainer = codistill(tiny, tmp_path, max_steps=10)
+    assert trainer.args.mix_steps == 10
+    trainer.train()
+    assert logged(trainer, "s2l/learner_rows_generated") == [0.0] * 10
+    assert len(logged(trainer, "small/loss")) == 10
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "named"),
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, {}, "FSDP"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, {}, "DeepSpeed"),
+        ({}, {"fsdp": "full_shard"}, "FSDP"),
+    ],
+)
+def test_sharded_launches_are_refused_before_any_model_is_loaded(tmp_path, monkeypatch, env, args, named):
+    config = CoDistillConfig(small_model="/nonexistent/small", **tiny_training_kwargs(output_dir=str(tmp_path)))
+    # Set after __post_init__: Transformers' own DeepSpeed / FSDP set-up wants the package and a GPU.
+    for key, value in args.items():
+        setattr(config, key, value)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=f"DDP \\(or one process\\) only; {named} was requested"):
+        CoDistillTrainer("/nonexistent/large", [digit_reward], args=config, train_dataset=[{"prompt": "1+1"}])
+
+
 def _state(trainer):
     return {
         "large": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},

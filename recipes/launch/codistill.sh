@@ -5,13 +5,13 @@
 #
 # What it does: CUDA_VISIBLE_DEVICES=<train GPUs> accelerate launch --config_file <accelerate config>
 #   --num_processes N ... -m s2l_trl.cli.codistill --config <recipe> [ARGS]
-# No server is started: the small model samples the rollouts in-process with transformers (the large model samples
-# nothing at the default alpha = 1), so every GPU trains. A vLLM engine for the small model, weight-synced after each
-# of its optimizer steps, is future work (docs/codistill.md).
+# No server is started: the small model samples the rollouts (the large model samples nothing at the default
+# alpha = 1), with the colocated vLLM engine the GPU recipes turn on (`small_use_vllm: true`, weights pushed after
+# each of the small model's optimizer steps) or in-process with transformers; every GPU trains (docs/codistill.md).
 #
 # Options (defaults in brackets):
 #   --recipe PATH               recipe YAML (required)
-#   --accelerate-config PATH    [recipes/accelerate_configs/ddp.yaml] (DeepSpeed/FSDP: see docs/codistill.md)
+#   --accelerate-config PATH    [recipes/accelerate_configs/ddp.yaml] (DeepSpeed/FSDP are refused: docs/codistill.md)
 #   --train-gpus LIST           [0,1,2,3,4,5,6,7] GPUs of the training processes on this node
 #   --dry-run                   print the exact command and exit without starting anything
 #   -- ARGS                     passed to the trainer, e.g. -- --max_steps 10 --report_to none

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -10,8 +11,14 @@ from ..config import S2LConfig, field_help, parameter_docs
 from ..mixing import EXPLORER_IS_MODES
 from .objectives import KD_MODES
 
+logger = logging.getLogger(__name__)
+
+# `mix_steps` of a run whose length is set in epochs (max_steps <= 0): larger than any run.
+WHOLE_RUN_STEPS = 2**31 - 1
+
 _SECTIONS = {
     "small_model": "Parameters that control the small model and its optimizer",
+    "small_use_vllm": "Parameters that control how the small model samples",
     "kd_coef": "Parameters that control the small model's KD reward",
     "mix_schedule": "S2L-PO parameters whose CoDistill defaults differ (the large model's side)",
 }
@@ -74,6 +81,25 @@ class CoDistillConfig(S2LConfig):
         default=None,
         metadata=field_help("""Gradient-norm clip of the small model (0 turns it off). Defaults to `max_grad_norm`."""),
     )
+    small_use_vllm: bool = field(
+        default=False,
+        metadata=field_help(
+            """Sample the small model's rollouts with vLLM instead of transformers in-process. The engine is TRL's
+            `VLLMGeneration` bound to the *small* model and configured by TRL's `vllm_*` fields (`vllm_mode`
+            `"colocate"` or `"server"`, `vllm_server_base_url` / `vllm_server_host` / `vllm_server_port`,
+            `vllm_group_port`, `vllm_server_timeout`, `vllm_gpu_memory_utilization`, `vllm_max_model_length`,
+            `vllm_enable_sleep_mode`, `vllm_model_impl`, ...), which drive nothing else in CoDistill (`use_vllm`,
+            vLLM for the large model, is refused); it samples with TRL's `temperature`, `top_p`, `top_k`, `min_p`,
+            `repetition_penalty` and `max_completion_length`. The small model's weights are pushed into the engine
+            before the first generation after each of its optimizer steps (and before the first generation of a
+            run). The sampled tokens' log-probs used by the KD reward and the importance weights are recomputed by a
+            no-grad forward of the small model (`log_softmax(logits / temperature)`, the training convention); the
+            mean gap to vLLM's own is logged as `codistill/small/vllm_logp_gap`. In `"colocate"` mode every process
+            builds an engine (TRL's design) but only the main process samples, for the whole global batch;
+            `"server"` mode (`trl vllm-serve --model <small model>`) receives the weights over NCCL and needs CUDA.
+            DeepSpeed and FSDP are not supported with it."""
+        ),
+    )
     kd_coef: float = field(
         default=0.1,
         metadata=field_help(
@@ -108,6 +134,15 @@ class CoDistillConfig(S2LConfig):
             generates nothing; rows the large model generates (alpha < 1) train the large model only."""
         ),
     )
+    mix_steps: int | None = field(
+        default=None,
+        metadata=field_help(
+            """`T_mix`: the number of optimizer steps during which the small model samples (S2L-PO's field). CoDistill
+            default `None`: the whole run (`max_steps`). The small model learns only from its own rows, so with a
+            schedule that ends before the run, it stops sampling *and training* after `mix_steps` (warned at
+            start-up)."""
+        ),
+    )
     mix_alpha_start: float = field(
         default=1.0,
         metadata=field_help(
@@ -140,6 +175,16 @@ class CoDistillConfig(S2LConfig):
                 ) from exc
         if self.small_model is not None and not self.explorer_model:
             self.explorer_model = self.small_model  # S2L-PO's tokenizer check then compares the two tokenizers
+        if self.mix_steps is None:
+            self.mix_steps = self.max_steps if self.max_steps > 0 else WHOLE_RUN_STEPS
+        elif isinstance(self.mix_steps, int) and 0 < self.max_steps and self.mix_steps < self.max_steps:
+            logger.warning(
+                "mix_steps=%d < max_steps=%d: the small model samples no rows after step %d, so it stops training "
+                "there (CoDistill's default mix_steps=None keeps it sampling for the whole run).",
+                self.mix_steps,
+                self.max_steps,
+                self.mix_steps,
+            )
         super().__post_init__()
         # The small model is trained on its own samples: it samples with the learner's settings.
         self.explorer_temperature = self.temperature
@@ -171,6 +216,56 @@ class CoDistillConfig(S2LConfig):
         if self.beta != 0.0:
             raise ValueError(
                 f"CoDistill supports beta=0.0 only (no reference model for the small model), got beta={self.beta!r}."
+            )
+        if self.small_use_vllm:
+            self._check_small_vllm()
+
+    def _check_small_vllm(self) -> None:
+        """Refuse `vllm_*` settings the small model's engine cannot run with, before any model is loaded."""
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(
+                f"vllm_mode must be 'colocate' or 'server' with small_use_vllm=True, got {self.vllm_mode!r}."
+            )
+        if self.vllm_mode == "server":
+            url = self.vllm_server_base_url
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"vllm_server_base_url must start with http:// or https:// (small_use_vllm, server mode), got "
+                    f"{url!r}."
+                )
+            if url is None and not self.vllm_server_host:
+                raise ValueError(
+                    "small_use_vllm with vllm_mode='server' needs the server's address: set vllm_server_base_url or "
+                    f"vllm_server_host (got vllm_server_host={self.vllm_server_host!r})."
+                )
+            for name in ("vllm_group_port",) if url is not None else ("vllm_server_port", "vllm_group_port"):
+                port = getattr(self, name)
+                if not isinstance(port, int) or not 0 < port < 65536:
+                    raise ValueError(f"{name} must be a TCP port (1-65535), got {port!r}.")
+            if not self.vllm_server_timeout > 0:
+                raise ValueError(f"vllm_server_timeout must be > 0, got {self.vllm_server_timeout!r}.")
+        else:
+            # Only the main process samples (S2L-PO's explorer serves the whole global batch), while a tensor-parallel
+            # group generates collectively: its other ranks would never join.
+            if self.vllm_tensor_parallel_size != 1:
+                raise ValueError(
+                    "small_use_vllm with vllm_mode='colocate' supports vllm_tensor_parallel_size=1 only (the main "
+                    f"process samples alone), got {self.vllm_tensor_parallel_size!r}."
+                )
+            if not 0 < self.vllm_gpu_memory_utilization <= 1:
+                raise ValueError(
+                    f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization!r}."
+                )
+        if self.vllm_max_model_length is not None and self.vllm_max_model_length <= self.max_completion_length:
+            raise ValueError(
+                f"vllm_max_model_length ({self.vllm_max_model_length}) must exceed max_completion_length "
+                f"({self.max_completion_length}): it holds the prompt and the completion."
+            )
+        # The weights are pushed from the main process alone: sharded parameters would need every process to gather.
+        if self.deepspeed or self.fsdp:
+            raise ValueError(
+                "small_use_vllm does not support DeepSpeed or FSDP (the main process alone pushes the small model's "
+                f"weights into the engine), got deepspeed={self.deepspeed!r}, fsdp={self.fsdp!r}."
             )
 
     # Effective small-model optimizer settings (the large model's where unset).

@@ -24,8 +24,8 @@ class SmallModelExplorer:
 
     `runs_in_background = False`: it samples with the global generator, in the foreground (see
     `CoDistillTrainer._generate_in_foreground`). `bind` connects it to the trainer once TRL has built the generation
-    settings. On a GPU, a vLLM engine receiving the small model's weights after each of its optimizer steps would
-    replace it (future work: docs/codistill.md).
+    settings. `small_use_vllm=True` replaces it with `SmallModelVLLMExplorer` (a vLLM engine that receives the small
+    model's weights after each of its optimizer steps; docs/codistill.md).
     """
 
     runs_in_background = False

@@ -3,8 +3,9 @@
 Data flow of one generation round (train mode, default alpha = 1):
 
     S2L-PO plans the round (alpha, G_w, G_s) -> the *small* model is the explorer: it samples the G_w rows of every
-    group in-process (`SmallModelExplorer`: completions + sampled-token log-probs); the large model samples the G_s
-    rows (none by default) -> TRL scores the rows (verifiable rewards, group-relative advantages)
+    group in-process (`SmallModelExplorer`: completions + sampled-token log-probs), or with a vLLM engine that gets
+    its weights after each of its optimizer steps (`small_use_vllm`, `SmallModelVLLMExplorer`); the large model
+    samples the G_s rows (none by default) -> TRL scores the rows (verifiable rewards, group-relative advantages)
         -> one no-grad forward of the large model on the rows gives `log pi_large` (TRL's old log-probs), used twice:
            * large update: S2L-PO's per-token importance weights `pi_large / pi_small` on the small model's tokens
              (`explorer_importance_sampling`, truncated at 2 by default), folded into the advantages;
@@ -66,7 +67,8 @@ class CoDistillTrainer(S2LTrainer):
     max}` and `codistill/is_weight_raw/{min,mean,max}` (after / before truncation or masking), `codistill/reward/
     small`, `codistill/reward/large` (evaluation, the large model's own samples), `codistill/{small,large}/
     rollout_time_s`, `codistill/large/logp_time_s`, `codistill/{large,small}/update_time_s`, and the small model's
-    GRPO metrics under `small/` (`small/loss`, `small/grad_norm`, `small/learning_rate`, `small/entropy`, ...).
+    GRPO metrics under `small/` (`small/loss`, `small/grad_norm`, `small/learning_rate`, `small/entropy`, ...). With
+    `small_use_vllm`: `codistill/small/vllm_logp_gap` and `codistill/small/weight_sync_time_s`.
     """
 
     _tag_names = ["trl", "grpo", "s2l-po", "codistill"]
@@ -89,18 +91,36 @@ class CoDistillTrainer(S2LTrainer):
             )
         if "explorer" in kwargs:
             raise ValueError("CoDistillTrainer builds its explorer from the small model; do not pass `explorer`.")
+        sharded = _sharding_requested(args)
+        if sharded:
+            raise ValueError(
+                f"CoDistillTrainer runs under DDP (or one process) only; {sharded} was requested. Both models are "
+                "prepared by one accelerator, which DeepSpeed does not allow, and FSDP is untested: use LoRA "
+                "(`peft_config` / `small_peft_config`) to fit large models instead (docs/codistill.md)."
+            )
         if args.use_vllm:
             raise ValueError(
-                "CoDistillTrainer generates with transformers in-process (use_vllm=True given): a vLLM engine that "
-                "receives the small model's weights is future work (docs/codistill.md)."
+                "CoDistillTrainer does not sample the large model with vLLM (use_vllm=True given): the small model "
+                "samples the rollouts. To sample them with vLLM set small_use_vllm=True (and use_vllm=False); the "
+                "vllm_* fields configure the small model's engine (docs/codistill.md)."
             )
+        if args.small_use_vllm:
+            from trl.import_utils import is_vllm_available
+
+            if not is_vllm_available():
+                raise ImportError("small_use_vllm=True needs vLLM: `pip install trl[vllm]`.")
         small_model = small_model if small_model is not None else args.small_model
         if small_model is None:
             raise ValueError("CoDistillTrainer needs a small model: set `small_model` in the config or pass one.")
         # Loading the small model must not consume the torch RNG (kd_coef=0 must reproduce plain GRPO on it).
         with torch.random.fork_rng(devices=[]):
             self.small_model = self._load_small_model(small_model, args, small_peft_config)
-        self._small_explorer = SmallModelExplorer(self.small_model)
+        if args.small_use_vllm:
+            from .vllm_explorer import SmallModelVLLMExplorer
+
+            self._small_explorer = SmallModelVLLMExplorer(self.small_model)
+        else:
+            self._small_explorer = SmallModelExplorer(self.small_model)
         super().__init__(
             model, reward_funcs, args, *pargs, explorer=self._small_explorer, mix_schedule=mix_schedule, **kwargs
         )
@@ -116,6 +136,8 @@ class CoDistillTrainer(S2LTrainer):
             )
         self.small_model.to(self.accelerator.device)
         self._patch_small_lm_head()
+        # The small model's optimizer steps so far: a vLLM explorer pushes its weights when this has moved.
+        self.small_optimizer_steps = 0
         self._small_explorer.bind(self)
         self.small_model_wrapped = self.small_model
         self.small_optimizer = None
@@ -411,6 +433,7 @@ class CoDistillTrainer(S2LTrainer):
         self.small_optimizer.step()
         self.small_lr_scheduler.step()
         self.small_optimizer.zero_grad(set_to_none=True)
+        self.small_optimizer_steps += 1
         loss = torch.tensor([self._small_loss_window], device=self.accelerator.device)
         metrics["small/loss"].append(self.accelerator.gather(loss).mean().item())
         metrics["small/grad_norm"].append(float(grad_norm.item() if torch.is_tensor(grad_norm) else grad_norm))
@@ -503,6 +526,17 @@ class CoDistillTrainer(S2LTrainer):
         if os.path.isdir(small_dir):
             with open(os.path.join(small_dir, "README.md"), "w", encoding="utf-8") as f:
                 f.write(small_model_card(self.args, getattr(self.small_model.config, "_name_or_path", None)))
+
+
+def _sharding_requested(args: CoDistillConfig) -> str | None:
+    """DeepSpeed / FSDP asked for by the config or by `accelerate launch` (its environment), else None."""
+    from accelerate.utils import parse_flag_from_env
+
+    if args.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        return "DeepSpeed"
+    if args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return "FSDP"
+    return None
 
 
 def codistill_card_section(args: CoDistillConfig, role: str) -> str:
