@@ -91,3 +91,51 @@ def test_rl_pipeline(family, tmp_path):
 
     main(["curves", str(tmp_path / "runs" / "s2l_po-seed0"), "--output", str(tmp_path / "curves.png")])
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_codistill_pipeline(family, tmp_path):
+    from s2l_trl.miniature.codistill_exp import CoDistillSettings, run_codistill_experiment
+
+    settings = CoDistillSettings(
+        small="S",
+        small_sft_step=10,
+        large="M",
+        large_sft_step=None,
+        steps=3,
+        eval_every=3,
+        eval_problems=4,
+        eval_samples=2,
+        num_generations=4,
+        prompts_per_step=2,
+        max_completion_length=24,
+        seeds=[0],
+    )
+    with pytest.raises(ValueError, match="SFT step 7"):
+        run_codistill_experiment(family, CoDistillSettings(small="S", small_sft_step=7), tmp_path)
+    assert not (tmp_path / "runs").exists()  # refused before any run
+    report = run_codistill_experiment(family, settings, tmp_path, ["grpo_small", "grpo_large", "codistill"])
+    for name in ("codistill.json", "codistill.md", "codistill.png"):
+        assert (tmp_path / name).is_file(), name
+    runs = report["runs"]
+    # Each model starts from the same weights in its GRPO run and in the CoDistill run.
+    for role in ("small", "large"):
+        assert (
+            runs[f"grpo_{role}"]["models"][role]["initial_weights_sha256"]
+            == (runs["codistill"]["models"][role]["initial_weights_sha256"])
+        )
+    cod = json.loads((tmp_path / "runs" / "codistill-seed0" / "run.json").read_text())
+    # The small model samples every row of every step; the large model samples none; both models are evaluated.
+    assert [s["large_rows_generated"] for s in cod["per_step"]] == [0.0, 0.0, 0.0]
+    assert all(s["small_rollout_s"] > 0 and s["small_update_s"] > 0 for s in cod["per_step"])
+    assert [e["step"] for e in cod["evals"]["small"]] == [0, 3] == [e["step"] for e in cod["evals"]["large"]]
+    grpo_large = json.loads((tmp_path / "runs" / "grpo_large-seed0" / "run.json").read_text())
+    assert all(s["learner_rows"] == 8 for s in grpo_large["per_step"])
+    assert runs["grpo_large"]["large_rows_generated"] == 24 and runs["codistill"]["large_rows_generated"] == 0
+    ratios = report["step_time_ratios"]
+    assert ratios["codistill/grpo_large:step_cpu_s"] == pytest.approx(
+        runs["codistill"]["median_step_cpu_s"] / runs["grpo_large"]["median_step_cpu_s"]
+    )
+    # A rerun resumes: finished runs are not trained again.
+    mtime = (tmp_path / "runs" / "codistill-seed0" / "run.json").stat().st_mtime
+    run_codistill_experiment(family, settings, tmp_path, ["codistill"])
+    assert (tmp_path / "runs" / "codistill-seed0" / "run.json").stat().st_mtime == mtime

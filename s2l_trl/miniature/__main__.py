@@ -1,4 +1,5 @@
-"""``python -m s2l_trl.miniature {family,passk,rl,curves}``: one command per experiment (see results/miniature)."""
+"""``python -m s2l_trl.miniature {family,passk,rl,demo,codistill,curves}``: one command per experiment (see
+results/miniature)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def _family(a: argparse.Namespace):
         checkpoints=[c for c in a.checkpoints if c < a.sft_steps],
     )
     return build_family(a.family_dir, spec)
+
+
+def _sft_step(value: str) -> int | None:
+    if value in ("final", "0", "none", "None"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an SFT step must be an integer or 'final', got {value!r}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +82,21 @@ def main(argv: list[str] | None = None) -> None:
         else:
             p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
 
+    from .codistill_exp import RUNS, CoDistillSettings
+
+    p = sub.add_parser("codistill", help="CoDistill-GRPO vs GRPO on the small and on the large model, step time")
+    _family_args(p)
+    p.add_argument("--output_dir", default="results/miniature/codistill")
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    for f in fields(CoDistillSettings):
+        if f.name == "seeds":
+            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        elif f.name.endswith("_sft_step"):
+            # "final" (or 0) = the fully trained size
+            p.add_argument(f"--{f.name}", type=_sft_step, default=f.default)
+        else:
+            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+
     p = sub.add_parser("curves", help="per-step curves (reward per source, alpha, held-out accuracy) to PNG")
     p.add_argument("runs", nargs="+", help="run folders or trainer_state.json files")
     p.add_argument("--output", required=True)
@@ -107,6 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         settings = RLSettings(**{f.name: getattr(a, f.name) for f in fields(RLSettings)})
         run_experiment(family, settings, a.output_dir, a.methods, a.ablation_seeds)
         print(open(f"{a.output_dir}/rl.md").read())
+    elif a.command == "codistill":
+        from .codistill_exp import render_markdown, run_codistill_experiment
+
+        settings = CoDistillSettings(**{f.name: getattr(a, f.name) for f in fields(CoDistillSettings)})
+        print(render_markdown(run_codistill_experiment(family, settings, a.output_dir, a.runs)))
     elif a.command == "demo":
         from .rl import demo
 

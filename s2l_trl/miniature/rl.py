@@ -199,9 +199,70 @@ def train_rows_for_rl(family: Family, settings: RLSettings) -> list[dict]:
     return task.make_rows(n, seed=777, num_operands=family.spec.num_operands, exclude=exclude)
 
 
-def run_one(family: Family, settings: RLSettings, method: str, seed: int, out_dir: Path, echo: bool = False) -> dict:
+def trainer_kwargs(
+    run_dir: Path,
+    seed: int,
+    *,
+    learning_rate: float,
+    num_generations: int,
+    prompts_per_step: int,
+    max_completion_length: int,
+    steps: int,
+    temperature: float,
+) -> dict[str, Any]:
+    """The GRPOConfig fields every miniature run shares (one optimizer step per generation round, constant LR, no KL,
+    CPU, a log entry per step, no checkpoints)."""
+    return {
+        "output_dir": str(run_dir / "trainer"),
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        "learning_rate": learning_rate,
+        "lr_scheduler_type": "constant",
+        "beta": 0.0,
+        "num_generations": num_generations,
+        "per_device_train_batch_size": num_generations * prompts_per_step,
+        "gradient_accumulation_steps": 1,
+        "max_completion_length": max_completion_length,
+        "max_steps": steps,
+        "temperature": temperature,
+        "top_p": 1.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "seed": seed,
+        "data_seed": seed,
+        "disable_tqdm": True,
+        "use_vllm": False,
+        "gradient_checkpointing": False,
+    }
+
+
+class StepClock:
+    """Wall and process-CPU seconds of one optimizer step. CPU time is the figure to compare across runs on a shared
+    machine: other jobs stretch a step's wall time but not the CPU time this process spends on it."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def start(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def run_one(
+    family: Family,
+    settings: RLSettings,
+    method: str,
+    seed: int,
+    out_dir: Path,
+    echo: bool = False,
+    name: str | None = None,
+) -> dict:
     """One training run; returns (and writes) its run.json. Skipped when run.json exists. ``echo``: print each
-    held-out evaluation as it happens (the README's main job)."""
+    held-out evaluation as it happens (the README's main job). ``name``: the run folder's name instead of ``method``
+    (``runs/<name>-seed<k>``)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -209,7 +270,7 @@ def run_one(family: Family, settings: RLSettings, method: str, seed: int, out_di
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}.")
-    run_dir = out_dir / "runs" / f"{method}-seed{seed}"
+    run_dir = Path(out_dir) / "runs" / f"{name or method}-seed{seed}"
     if (run_dir / "run.json").exists():
         return json.loads((run_dir / "run.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,27 +288,16 @@ def run_one(family: Family, settings: RLSettings, method: str, seed: int, out_di
         s2l = {"mix_schedule": "constant", "mix_alpha_start": 0.0, "mix_steps": 1}
     temperature = settings.high_temperature if spec.get("high_temperature") else settings.temperature
     args = S2LConfig(
-        output_dir=str(run_dir / "trainer"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant",
-        beta=0.0,
-        num_generations=G,
-        per_device_train_batch_size=G * settings.prompts_per_step,
-        gradient_accumulation_steps=1,
-        max_completion_length=settings.max_completion_length,
-        max_steps=settings.steps,
-        temperature=temperature,
-        top_p=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        seed=seed,
-        data_seed=seed,
-        disable_tqdm=True,
-        use_vllm=False,
-        gradient_checkpointing=False,
+        **trainer_kwargs(
+            run_dir,
+            seed,
+            learning_rate=settings.learning_rate,
+            num_generations=G,
+            prompts_per_step=settings.prompts_per_step,
+            max_completion_length=settings.max_completion_length,
+            steps=settings.steps,
+            temperature=temperature,
+        ),
         explorer_mode="local",
         explorer_model=str(family.path(settings.explorer)),
         explorer_temperature=settings.explorer_temperature,
@@ -291,7 +341,7 @@ def run_one(family: Family, settings: RLSettings, method: str, seed: int, out_di
         """Per-step compute accounting and held-out evaluation (its time is excluded from the step's wall)."""
 
         def __init__(self):
-            self.t0 = 0.0
+            self.clock = StepClock()
             self.explorer_s = 0.0
             self.explorer_tokens = 0
 
@@ -299,10 +349,10 @@ def run_one(family: Family, settings: RLSettings, method: str, seed: int, out_di
             evals.append({"step": 0, **evaluate(trainer.model, tokenizer, eval_rows, settings.eval_samples, seed)})
 
         def on_step_begin(self, args_, state, control, **kwargs):
-            self.t0 = time.perf_counter()
+            self.clock.start()
 
         def on_step_end(self, args_, state, control, **kwargs):
-            wall = time.perf_counter() - self.t0
+            wall, cpu = self.clock.stop()
             stats = trainer.mini_stats
             e_s = explorer.seconds - self.explorer_s if explorer else 0.0
             e_tok = explorer.tokens - self.explorer_tokens if explorer else 0
@@ -323,6 +373,7 @@ def run_one(family: Family, settings: RLSettings, method: str, seed: int, out_di
                     "generation_wall_s": round(stats["generation_s"], 4),
                     "training_s": round(max(0.0, wall - stats["generation_s"] - stats["scoring_s"]), 4),
                     "step_wall_s": round(wall, 4),
+                    "step_cpu_s": round(cpu, 4),
                 }
             )
             trainer.mini_stats = fresh_stats()
@@ -602,4 +653,14 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["METHODS", "RLSettings", "run_experiment", "run_one", "steps_to", "summarize_runs", "weights_checksum"]
+__all__ = [
+    "METHODS",
+    "RLSettings",
+    "StepClock",
+    "run_experiment",
+    "run_one",
+    "steps_to",
+    "summarize_runs",
+    "trainer_kwargs",
+    "weights_checksum",
+]
