@@ -697,20 +697,7 @@ class S2LTrainer(GRPOTrainer):
         counts = gather_object([len(prompt_ids)])
         payload: list[Any] = [None]
         if self.accelerator.is_main_process:
-            out = vg.vllm_client.generate(
-                prompts=all_prompts[::n],
-                n=n,
-                repetition_penalty=vg.repetition_penalty,
-                temperature=vg.temperature,
-                top_p=vg.top_p,
-                top_k=vg.top_k,
-                min_p=0.0 if vg.min_p is None else vg.min_p,
-                max_tokens=vg.max_completion_length,
-                logprobs=vg.logprobs,
-                structured_outputs_regex=vg.structured_outputs_regex,
-                generation_kwargs=vg.generation_kwargs,
-            )
-            payload = [(out["completion_ids"], out["logprobs"])]
+            payload = [vllm_server_generate(vg, all_prompts[::n], n)]
         broadcast_object_list(payload, from_process=0)
         all_ids, all_logps = payload[0]
         begin = sum(counts[: self.accelerator.process_index])
@@ -834,6 +821,25 @@ class S2LTrainer(GRPOTrainer):
 def _lookup_fields(example: dict[str, Any]) -> dict[str, Any]:
     """The fields of a data-set row an explorer may need to find its rollouts (kept small: they cross processes)."""
     return {k: example[k] for k in ("prompt_id", "prompt") if k in example}
+
+
+def vllm_server_generate(vg, prompts: list[list[int]], n: int) -> tuple[list[list[int]], Any]:
+    """`n` completions per prompt (prompt-major) from the `trl vllm-serve` server of TRL's `VLLMGeneration` `vg`, with
+    its sampling settings, and the server's log-probs of the sampled tokens. Main process only."""
+    out = vg.vllm_client.generate(
+        prompts=prompts,
+        n=n,
+        repetition_penalty=vg.repetition_penalty,
+        temperature=vg.temperature,
+        top_p=vg.top_p,
+        top_k=vg.top_k,
+        min_p=0.0 if vg.min_p is None else vg.min_p,
+        max_tokens=vg.max_completion_length,
+        logprobs=vg.logprobs,
+        structured_outputs_regex=vg.structured_outputs_regex,
+        generation_kwargs=vg.generation_kwargs,
+    )
+    return out["completion_ids"], out["logprobs"]
 
 
 def _timed_generate(explorer: Explorer, prompt_ids, n, inputs) -> tuple[ExplorerOutput, float]:

@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from trainer_utils import digit_reward, logged, tiny_dataset
 from trl import ModelConfig, TrlParser
 
 from s2l_trl.cli.codistill import CoDistillScriptArguments
 from s2l_trl.codistill import CoDistillConfig, CoDistillTrainer
+from s2l_trl.devtools.tiny import tiny_training_kwargs
 from s2l_trl.devtools.vllm_server import CPU_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,3 +155,46 @@ def test_colocated_vllm_engine_follows_the_small_models_weights(tiny, tmp_path, 
     for stat in ("min", "mean", "max"):
         assert r["is_weight_raw"][stat][0] == pytest.approx(1.0, abs=1e-6), stat
     assert r["kd_reward"][1] != pytest.approx(0.0, abs=1e-6), "the models did not diverge after a step"
+
+
+@pytest.mark.slow
+def test_server_mode_samples_every_small_row_from_trl_vllm_serve(tiny, tmp_path, explorer_server, monkeypatch):
+    """`vllm_mode="server"` through TRL's real `VLLMGeneration` / `VLLMClient` against the session's `trl vllm-serve`
+    of the tiny small model. The NCCL weight push needs CUDA, so `init_communicator` and `sync_weights` are replaced
+    by stand-ins that record the calls; the server therefore keeps the starting weights, which makes a stale engine
+    visible in the log-prob gap once the small model has stepped."""
+    from trl.generation.vllm_client import VLLMClient
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    pushes, requests = [], []
+    monkeypatch.setattr(VLLMClient, "init_communicator", lambda self, device=0: None)
+    monkeypatch.setattr(VLLMGeneration, "sync_weights", lambda self: pushes.append(trainer.small_optimizer_steps))
+    original = VLLMClient.generate
+
+    def recording_generate(self, **kw):
+        requests.append((len(kw["prompts"]), kw["n"]))
+        return original(self, **kw)
+
+    monkeypatch.setattr(VLLMClient, "generate", recording_generate)
+    kwargs = tiny_training_kwargs(output_dir=str(tmp_path / "out"), max_steps=2, max_completion_length=8)
+    args = CoDistillConfig(
+        small_model=str(tiny["explorer"]),
+        small_use_vllm=True,
+        vllm_mode="server",
+        vllm_server_base_url=explorer_server.base_url,
+        vllm_server_timeout=60,
+        **kwargs,
+    )
+    trainer = CoDistillTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+    trainer.train()
+
+    G = args.num_generations
+    rows_per_round = args.per_device_train_batch_size * args.steps_per_generation
+    # One request per round for every prompt of the round, G completions each: all rows come from the server.
+    assert requests == [(rows_per_round // G, G)] * 2
+    assert logged(trainer, "s2l/learner_rows_generated") == [0.0, 0.0]
+    # A push before the first generation and before the one after the small model's first optimizer step.
+    assert pushes == [0, 1] and trainer.small_optimizer_steps == 2
+    gaps = logged(trainer, "codistill/small/vllm_logp_gap")
+    assert len(gaps) == 2 and gaps[0] < 0.05, gaps  # the server serves the small model's starting weights
+    assert gaps[1] > gaps[0], gaps  # no real push here: after a small step the server's weights are stale

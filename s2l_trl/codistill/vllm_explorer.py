@@ -18,6 +18,7 @@ import torch
 
 from ..explorers import ExplorerOutput
 from ..explorers.local import in_process_output
+from ..trainer import vllm_server_generate
 
 
 class SmallModelVLLMExplorer:
@@ -128,20 +129,7 @@ class SmallModelVLLMExplorer:
         """Completions (prompt-major, `n` per prompt) and vLLM's log-prob of each sampled token."""
         vg = self.vllm_generation
         if vg.mode == "server":
-            out = vg.vllm_client.generate(
-                prompts=[list(ids) for ids in prompt_ids],
-                n=n,
-                repetition_penalty=vg.repetition_penalty,
-                temperature=vg.temperature,
-                top_p=vg.top_p,
-                top_k=vg.top_k,
-                min_p=0.0 if vg.min_p is None else vg.min_p,
-                max_tokens=vg.max_completion_length,
-                logprobs=vg.logprobs,
-                structured_outputs_regex=vg.structured_outputs_regex,
-                generation_kwargs=vg.generation_kwargs,
-            )
-            completion_ids, logprobs = out["completion_ids"], out["logprobs"]
+            completion_ids, logprobs = vllm_server_generate(vg, [list(ids) for ids in prompt_ids], n)
         else:
             # Colocate samples one completion per row (TRL's convention): the prompts come repeated.
             _, completion_ids, logprobs, _ = vg.generate(prompts=rows, images=None, num_generations=n)
