@@ -164,6 +164,19 @@ def test_small_model_samples_and_trains_for_the_whole_run_by_default(tiny, tmp_p
     assert len(logged(trainer, "small/loss")) == 10
 
 
+def test_schedules_that_stop_the_small_model_early_are_warned_about(tmp_path, caplog):
+    base = dict(small_model="/small", **tiny_training_kwargs(output_dir=str(tmp_path)))
+    base.pop("max_steps", None)
+    with caplog.at_level("WARNING", logger="s2l_trl.codistill.config"):
+        assert CoDistillConfig(**base, max_steps=50).mix_steps == 50
+        assert not caplog.records
+        assert CoDistillConfig(**base, max_steps=50, mix_steps=10).mix_steps == 10
+        assert "stops training there" in caplog.text and "mix_steps=10 < max_steps=50" in caplog.text
+        caplog.clear()
+        CoDistillConfig(**base, max_steps=-1, num_train_epochs=1, mix_schedule="linear")
+        assert "set mix_steps to the run's number of steps" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("env", "args", "named"),
     [

@@ -177,6 +177,14 @@ class CoDistillConfig(S2LConfig):
             self.explorer_model = self.small_model  # S2L-PO's tokenizer check then compares the two tokenizers
         if self.mix_steps is None:
             self.mix_steps = self.max_steps if self.max_steps > 0 else WHOLE_RUN_STEPS
+            if self.mix_steps == WHOLE_RUN_STEPS and self.mix_schedule != "constant":
+                logger.warning(
+                    "mix_schedule=%r with a run length in epochs (max_steps=%d) and mix_steps=None: the schedule is "
+                    "spread over %d steps, so it barely moves; set mix_steps to the run's number of steps.",
+                    self.mix_schedule,
+                    self.max_steps,
+                    WHOLE_RUN_STEPS,
+                )
         elif isinstance(self.mix_steps, int) and 0 < self.max_steps and self.mix_steps < self.max_steps:
             logger.warning(
                 "mix_steps=%d < max_steps=%d: the small model samples no rows after step %d, so it stops training "
