@@ -135,10 +135,7 @@ def run_codistill(family: Family, settings: CoDistillSettings, method: str, seed
             temperature=settings.temperature,
         ),
         small_model=str(small_path),
-        # The small model samples every row of every step (alpha = 1 for the whole run).
-        mix_schedule="constant",
-        mix_alpha_start=1.0,
-        mix_steps=settings.steps,
+        # CoDistill's defaults otherwise: the small model samples every row of every step (alpha = 1, whole run).
         small_learning_rate=settings.small_learning_rate,
         kd_coef=settings.kd_coef,
         **CODISTILL_METHODS[method],
