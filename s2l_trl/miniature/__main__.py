@@ -41,6 +41,21 @@ def _sft_step(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"an SFT step must be an integer or 'final', got {value!r}") from None
 
 
+def _settings_args(p: argparse.ArgumentParser, settings_cls, seeds: list[int]) -> None:
+    """One flag per field of an experiment's settings dataclass (its defaults; SFT steps take an integer or 'final')."""
+    for f in fields(settings_cls):
+        if f.name == "seeds":
+            p.add_argument("--seeds", type=int, nargs="+", default=seeds)
+        elif f.name.endswith("_sft_step"):
+            p.add_argument(f"--{f.name}", type=_sft_step, default=f.default)
+        else:
+            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+
+
+def _settings(a: argparse.Namespace, settings_cls):
+    return settings_cls(**{f.name: getattr(a, f.name) for f in fields(settings_cls)})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m s2l_trl.miniature", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,24 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output_dir", default="results/miniature/rl")
     p.add_argument("--methods", nargs="+", default=MAIN_METHODS + ABLATIONS, choices=sorted(METHODS))
     p.add_argument("--ablation_seeds", type=int, nargs="*", default=[0])
-    for f in fields(RLSettings):
-        if f.name == "seeds":
-            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-        elif f.name == "learner_sft_step":
-            p.add_argument("--learner_sft_step", type=int, default=None)
-        else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    _settings_args(p, RLSettings, seeds=[0, 1, 2])
 
     p = sub.add_parser("demo", help="README main job: a short S2L-PO run next to GRPO from the same start")
     _family_args(p)
     p.add_argument("--output_dir", default=".tiny/miniature/demo")
-    for f in fields(RLSettings):
-        if f.name == "seeds":
-            p.add_argument("--seeds", type=int, nargs="+", default=[0])
-        elif f.name == "learner_sft_step":
-            p.add_argument("--learner_sft_step", type=int, default=None)
-        else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    _settings_args(p, RLSettings, seeds=[0])
 
     from .codistill_exp import RUNS, CoDistillSettings
 
@@ -88,14 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     _family_args(p)
     p.add_argument("--output_dir", default="results/miniature/codistill")
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    for f in fields(CoDistillSettings):
-        if f.name == "seeds":
-            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-        elif f.name.endswith("_sft_step"):
-            # "final" (or 0) = the fully trained size
-            p.add_argument(f"--{f.name}", type=_sft_step, default=f.default)
-        else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    _settings_args(p, CoDistillSettings, seeds=[0, 1, 2])
 
     p = sub.add_parser("curves", help="per-step curves (reward per source, alpha, held-out accuracy) to PNG")
     p.add_argument("runs", nargs="+", help="run folders or trainer_state.json files")
@@ -129,18 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     elif a.command == "rl":
         from .rl import run_experiment
 
-        settings = RLSettings(**{f.name: getattr(a, f.name) for f in fields(RLSettings)})
+        settings = _settings(a, RLSettings)
         run_experiment(family, settings, a.output_dir, a.methods, a.ablation_seeds)
         print(open(f"{a.output_dir}/rl.md").read())
     elif a.command == "codistill":
         from .codistill_exp import render_markdown, run_codistill_experiment
 
-        settings = CoDistillSettings(**{f.name: getattr(a, f.name) for f in fields(CoDistillSettings)})
+        settings = _settings(a, CoDistillSettings)
         print(render_markdown(run_codistill_experiment(family, settings, a.output_dir, a.runs)))
     elif a.command == "demo":
         from .rl import demo
 
-        settings = RLSettings(**{f.name: getattr(a, f.name) for f in fields(RLSettings)})
+        settings = _settings(a, RLSettings)
         print(demo(family, settings, a.output_dir))
 
 
