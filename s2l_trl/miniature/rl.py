@@ -66,9 +66,12 @@ class RLSettings:
 
 
 class RecordingExplorer:
-    """Wraps an explorer: times each call, counts its tokens and records its groups for the diversity analysis."""
+    """Wraps an explorer: times each call, counts its tokens and records its groups for the diversity analysis.
 
-    runs_in_background = True
+    It runs where the wrapped explorer runs (``runs_in_background`` is the inner one's): forcing a thread onto an
+    in-process explorer that samples with torch's global generator made it race the learner for that generator, and
+    the same seed gave different runs.
+    """
 
     def __init__(self, inner, recorder: RolloutRecorder):
         self.inner = inner
@@ -84,6 +87,11 @@ class RecordingExplorer:
         for i, ids in enumerate(prompt_ids):
             self.recorder.add("explorer", ids, out.completion_ids[i * n : (i + 1) * n])
         return out
+
+    @property
+    def runs_in_background(self) -> bool:
+        # The trainer's own default (True) for an explorer that does not say.
+        return getattr(self.inner, "runs_in_background", True)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
