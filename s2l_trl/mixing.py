@@ -188,3 +188,73 @@ def off_policy_mask_logps(
     base = nan if sampling_logps is None else sampling_logps
     explorer_view = nan if (not judge_explorer_rows or explorer_logps is None) else explorer_logps
     return torch.where(is_explorer.unsqueeze(1), explorer_view, base)
+
+
+def merge_rows(
+    placement: RowPlacement,
+    learner_ids: list[list[int]],
+    learner_logps: list[list[float]] | None,
+    explorer_ids: dict[int, list[int]],
+    with_logps: bool,
+) -> tuple[list[list[int]], list[list[float]] | None]:
+    """One completion per local row, in TRL's row order: the learner's rows (in `placement.learner_rows` order) and
+    the explorer's (`explorer_ids` by local row index).
+
+    With `with_logps` (TRL's vLLM paths expect sampling log-probs for every row) explorer rows get NaN log-probs, for
+    which TRL's vLLM importance-sampling ratio is exactly 1: explorer rows' off-policy treatment is S2L's own. Learner
+    rows keep theirs (NaN too when the learner's backend returned none).
+    """
+    completion_ids: list[list[int]] = [[] for _ in placement.is_explorer]
+    logps: list[list[float]] | None = [[] for _ in placement.is_explorer] if with_logps else None
+    for j, i in enumerate(placement.learner_rows):
+        completion_ids[i] = list(learner_ids[j])
+        if logps is not None:
+            logps[i] = list(learner_logps[j]) if learner_logps is not None else [math.nan] * len(learner_ids[j])
+    for i in placement.explorer_rows:
+        completion_ids[i] = list(explorer_ids[i])
+        if logps is not None:
+            logps[i] = [math.nan] * len(explorer_ids[i])
+    return completion_ids, logps
+
+
+def explorer_logps_tensor(
+    shape: tuple[int, int], rows: dict[int, list[float] | None], device: torch.device | str | None = None
+) -> torch.Tensor:
+    """`(B, T)` explorer sampling log-probs of the local rows in `rows` (by row index), NaN everywhere else (learner
+    rows, padding, unknown values)."""
+    out = torch.full(shape, math.nan, dtype=torch.float32)
+    for i, lps in rows.items():
+        if lps:
+            width = min(len(lps), shape[1])
+            out[i, :width] = torch.tensor(lps[:width], dtype=torch.float32)
+    return out.to(device) if device is not None else out
+
+
+def per_source_metrics(
+    rewards: torch.Tensor | None, completion_lengths: torch.Tensor, is_explorer: torch.Tensor
+) -> dict[str, float]:
+    """Per-source statistics of a scored round, over the global batch.
+
+    Args:
+        rewards: `(B,)` weighted rewards, NaN for unscorable rows (`None` when the round has none).
+        completion_lengths: `(B,)` completion lengths.
+        is_explorer: `(B,)` source flags.
+
+    Returns:
+        `explorer_fraction`, and for each source present `reward/<source>` and `completion_length/<source>`.
+    """
+    metrics = {"explorer_fraction": is_explorer.float().mean().item()}
+    for name, sel in (("explorer", is_explorer), ("learner", ~is_explorer)):
+        if not bool(sel.any()):
+            continue
+        if rewards is not None:
+            metrics[f"reward/{name}"] = torch.nanmean(rewards[sel]).item()
+        metrics[f"completion_length/{name}"] = completion_lengths[sel].float().mean().item()
+    return metrics
+
+
+def weighted_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
+    """`(B,)` rewards as TRL sums them (`nansum` of weighted functions), NaN where every function returned NaN."""
+    rewards = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+    rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return rewards

@@ -98,3 +98,42 @@ def test_off_policy_mask_logps_per_source():
     assert judged[0].tolist() == [-5.0, -5.0] and judged[1].tolist() == [-2.0, -2.0]
     # Without sampling log-probs learner rows see NaN, which TRL's mask reads as "no drift", as with its own default.
     assert torch.isnan(mixing.off_policy_mask_logps(None, is_explorer, None, True, (2, 2))).all()
+
+
+def test_merge_rows_places_each_source_and_gives_explorer_rows_nan_logps():
+    placement = mixing.place_rows(0, 4, 4, g_w=2)  # slots 0, 1 explorer; 2, 3 learner
+    ids, logps = mixing.merge_rows(placement, [[7], [8, 9]], [[-1.0], [-2.0, -3.0]], {0: [1, 2], 1: [3]}, True)
+    assert ids == [[1, 2], [3], [7], [8, 9]]
+    assert [math.isnan(v) for row in logps[:2] for v in row] == [True] * 3 and logps[2:] == [[-1.0], [-2.0, -3.0]]
+    assert mixing.merge_rows(placement, [[7], [8]], None, {0: [1], 1: [3]}, False)[1] is None
+    # G_s = 0 under vLLM (alpha 1): no learner log-probs at all, still one NaN list per row for TRL's correction.
+    only_explorer = mixing.place_rows(0, 2, 2, g_w=2)
+    ids, logps = mixing.merge_rows(only_explorer, [], None, {0: [4, 5], 1: [6]}, True)
+    assert ids == [[4, 5], [6]] and [len(row) for row in logps] == [2, 1]
+    assert all(math.isnan(v) for row in logps for v in row)
+
+
+def test_explorer_logps_tensor_fills_known_rows_and_leaves_nan_elsewhere():
+    t = mixing.explorer_logps_tensor((3, 2), {0: [-1.0, -2.0, -9.0], 2: None})
+    assert t[0].tolist() == [-1.0, -2.0]  # clipped to the batch's width
+    assert torch.isnan(t[1:]).all()
+
+
+def test_per_source_metrics_and_weighted_rewards():
+    per_func = torch.tensor([[1.0, 0.0], [0.0, float("nan")], [float("nan"), float("nan")], [1.0, 1.0]])
+    rewards = mixing.weighted_rewards(per_func, torch.tensor([1.0, 2.0]))
+    assert rewards[:2].tolist() == [1.0, 0.0] and math.isnan(rewards[2]) and rewards[3] == 3.0
+    is_explorer = torch.tensor([True, False, False, True])
+    lengths = torch.tensor([2.0, 4.0, 6.0, 8.0])
+    m = mixing.per_source_metrics(rewards, lengths, is_explorer)
+    assert m == {
+        "explorer_fraction": 0.5,
+        "reward/explorer": 2.0,
+        "completion_length/explorer": 5.0,
+        "reward/learner": 0.0,  # the unscorable row does not count
+        "completion_length/learner": 5.0,
+    }
+    assert mixing.per_source_metrics(None, lengths, torch.zeros(4, dtype=torch.bool)) == {
+        "explorer_fraction": 0.0,
+        "completion_length/learner": 5.0,
+    }

@@ -397,7 +397,7 @@ def test_mismatched_explorer_tokenizer_is_retokenized(tiny, tmp_path, foreign_ex
     expected_prompt = explorer_tok.apply_chat_template(
         row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
-    assert trainer._explorer_prompt_ids([1, 2, 3], row) == list(expected_prompt)
+    assert list(trainer.token_bridge.prompt_ids([1, 2, 3], row)) == list(expected_prompt)
     out = _mixed_batch(trainer, tiny)
     ids = out["completion_ids"][out["s2l_is_explorer"]]
     mask = out["completion_mask"][out["s2l_is_explorer"]].bool()
@@ -614,3 +614,55 @@ def test_rollouts_sampled_on_other_prompt_ids_are_refused(tiny, tmp_path, oracle
         S2LTrainer(
             str(tiny["learner"]), [accuracy_reward], args=s2l_args(tmp_path, stale), train_dataset=tiny_dataset(tiny)
         )
+
+
+class _PromptRecordingOffline(OfflineExplorer):
+    """The seeded offline explorer, recording the prompts and rows of every call."""
+
+    calls: list[tuple[list[list[int]], list[list[int]]]]
+
+    def generate(self, prompt_ids, n, inputs=None):
+        out = super().generate(prompt_ids, n, inputs=inputs)
+        self.calls.append(([list(p) for p in prompt_ids], out.completion_ids))
+        return out
+
+
+def test_prefetch_after_a_resume_requests_the_rounds_own_prompts(tiny, tmp_path, caplog):
+    """Shuffled data, two optimizer steps per round, so every round holds another batch. After a resume at a round
+    boundary, the prefetch must peek the batch of the round it prefetches (its position follows the optimizer step,
+    not TRL's micro-step counter, which is realigned only later): no dropped prefetch, the same explorer calls as the
+    uninterrupted run from the resume on."""
+    rollouts = write_oracle_rollouts(tiny, tmp_path / "r.jsonl", per_prompt=6)
+
+    def run(out_dir, callbacks=(), resume=None):
+        explorer = _PromptRecordingOffline(rollouts, seed=1)
+        explorer.calls = []
+        args = s2l_args(
+            out_dir,
+            max_steps=8,
+            mix_steps=8,
+            mix_schedule="constant",
+            mix_alpha_start=0.5,
+            steps_per_generation=2,
+            save_strategy="steps",
+            save_steps=2,
+        )
+        trainer = S2LTrainer(
+            str(tiny["learner"]),
+            [accuracy_reward],
+            args=args,
+            train_dataset=tiny_dataset(tiny),
+            explorer=explorer,
+            callbacks=list(callbacks),
+        )
+        assert trainer.prefetch_enabled
+        trainer.train(resume_from_checkpoint=resume)
+        return explorer.calls
+
+    full = run(tmp_path / "full")
+    assert len(full) == 4 and len({tuple(map(tuple, prompts)) for prompts, _ in full}) == 4  # 4 distinct batches
+    run(tmp_path / "cut", callbacks=[_StopAt(2)])
+    with caplog.at_level("WARNING"):
+        resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / "out" / "checkpoint-2"))
+    assert "dropping them" not in caplog.text
+    assert resumed == full[1:]

@@ -87,19 +87,21 @@ def test_explorer_server_killed_mid_run(tiny, tmp_path):
     assert not (tmp_path / "out" / "checkpoint-2").exists()
 
 
-def test_learner_on_vllm_server_path_generates_only_its_rows(tiny, tmp_path, explorer_server, monkeypatch):
+@pytest.mark.parametrize("alpha, g_s", [(0.5, 2), (1.0, 0)])
+def test_learner_on_vllm_server_path_generates_only_its_rows(tiny, tmp_path, explorer_server, monkeypatch, alpha, g_s):
     """TRL's vLLM-server learner path, with the frozen tiny server standing in for the learner's own server.
 
-    It runs through TRL's real `VLLMGeneration` class and attribute names. Weight sync needs CUDA, so it is a no-op
-    here; what is exercised is the generation of G_s rows per group through
-    the server, the slicing back to rows, and TRL's learner importance sampling next to the explorer's NaN
-    log-probs (ratio exactly 1 on explorer rows).
+    It runs through TRL's real `VLLMGeneration` class and attribute names, under TRL's default importance-sampling
+    correction. Weight sync needs CUDA, so it is a no-op here; what is exercised is the generation of G_s rows per
+    group through the server, the slicing back to rows, and TRL's learner importance sampling next to the explorer's
+    NaN log-probs (ratio exactly 1 on explorer rows), also at alpha 1 where the learner generates nothing.
     """
     from trl.generation.vllm_client import VLLMClient
     from trl.generation.vllm_generation import VLLMGeneration
 
     rollouts = write_oracle_rollouts(tiny, tmp_path / "oracle.jsonl")
-    args = s2l_args(tmp_path, rollouts, mix_schedule="constant", mix_alpha_start=0.5)
+    args = s2l_args(tmp_path, rollouts, mix_schedule="constant", mix_alpha_start=alpha)
+    assert args.vllm_importance_sampling_correction  # TRL's default
     trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
     # TRL's real generation object in server mode; only the NCCL weight-transfer set-up (CUDA) is skipped.
     monkeypatch.setattr(VLLMClient, "init_communicator", lambda self, device=0: None)
@@ -131,9 +133,9 @@ def test_learner_on_vllm_server_path_generates_only_its_rows(tiny, tmp_path, exp
     rows = [dict(r) for r in tiny_dataset(tiny).select(range(2))]
     trainer.model.train()
     out = trainer._generate_and_score_completions([r for r in rows for _ in range(4)])
-    assert requests == [(2, 2)]  # 2 groups, G_s = 2 learner rows each: never G
+    assert requests == ([(2, g_s)] if g_s else [])  # 2 groups, G_s learner rows each: never G
     is_explorer = out["s2l_is_explorer"]
-    assert is_explorer.tolist() == [True, True, False, False] * 2
+    assert is_explorer.tolist() == [True] * (4 - g_s) + [False] * g_s + [True] * (4 - g_s) + [False] * g_s
     ratio = out["importance_sampling_ratio"]  # TRL's default sequence_mask: one ratio per row
     assert torch.all(ratio[is_explorer] == 1.0)
     sampling = out["sampling_per_token_logps"]

@@ -33,7 +33,7 @@ from accelerate.utils import gather
 from trl import GRPOTrainer
 
 from .. import mixing
-from ..trainer import S2LTrainer, _timed_generate
+from ..trainer import S2LTrainer
 from . import objectives
 from .config import CoDistillConfig
 from .explorer import SmallModelExplorer
@@ -215,11 +215,11 @@ class CoDistillTrainer(S2LTrainer):
         return scheduler
 
     # ------------------------------------------------------------------ rollouts and scoring
-    def _generate_in_foreground(self, rnd):
+    def _explorer_rng(self, round_index: int):
         """S2L-PO samples an in-process frozen explorer on a forked generator, to keep the learner's stream intact.
         CoDistill: the small model *is* a policy being trained, so it samples on torch's global generator exactly as
         TRL would sample it (and a resumed run continues that stream from Transformers' checkpointed RNG state)."""
-        return _timed_generate(self.explorer, *rnd.request)
+        return contextlib.nullcontext()
 
     def _generate_and_score_completions(self, inputs):
         start = time.perf_counter()
@@ -245,14 +245,14 @@ class CoDistillTrainer(S2LTrainer):
             self._metrics["train"]["codistill/large/logp_time_s"].append(time.perf_counter() - start)
         super()._finish_round(output, rnd)
         metrics = self._metrics["train"]
-        metrics["codistill/small/rollout_time_s"].append(rnd.explorer_latency_s if rnd.g_w > 0 else 0.0)
+        metrics["codistill/small/rollout_time_s"].append(rnd.explorer.latency_s if rnd.explorer is not None else 0.0)
         if rnd.g_w > 0:
             self._small_update_terms(output, rnd, verifiable_advantages)
 
-    def _generate_learner_rows(self, rnd, prompt_ids, multimodal_fields, has_tool_images):
+    def _generate_learner_rows(self, rnd, prompt_ids, images, multimodal_fields, has_tool_images):
         start = time.perf_counter()
         try:
-            return super()._generate_learner_rows(rnd, prompt_ids, multimodal_fields, has_tool_images)
+            return super()._generate_learner_rows(rnd, prompt_ids, images, multimodal_fields, has_tool_images)
         finally:
             self._metrics["train"]["codistill/large/rollout_time_s"].append(time.perf_counter() - start)
 
@@ -261,7 +261,7 @@ class CoDistillTrainer(S2LTrainer):
         mask = output["completion_mask"]
         logps = torch.full(mask.shape, float("nan"), device=mask.device)
         for i in rnd.placement.explorer_rows:
-            _, lps = rnd.explorer_rows[rnd.placement.slots[i]]
+            _, lps = rnd.explorer.rows[rnd.placement.slots[i]]
             if lps:
                 width = min(len(lps), logps.size(1))
                 logps[i, :width] = torch.tensor(lps[:width], device=mask.device, dtype=torch.float32)

@@ -18,7 +18,7 @@ import torch
 
 from ..explorers import ExplorerOutput
 from ..explorers.local import in_process_output
-from ..trainer import vllm_server_generate
+from ..trl_compat import vllm_server_generate
 
 
 class SmallModelVLLMExplorer:

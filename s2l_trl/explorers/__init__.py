@@ -1,7 +1,7 @@
 """Explorer backends: where the frozen smaller model's completions come from (one factory, one set of names)."""
 
 from .base import Explorer, ExplorerError, ExplorerOutput, ExplorerStats, SamplingSettings, generate_checked
-from .factory import BACKENDS, SAMPLING_BACKENDS, build_explorer, resolve_backend
+from .factory import BACKENDS, SAMPLING_BACKENDS, build_explorer, build_training_explorer, resolve_backend
 from .local import LocalExplorer
 from .offline import ROLLOUT_FIELDS, OfflineExplorer, prompt_key, prompt_text_key, read_rollouts, validate_rollout
 from .server import ServerExplorer
@@ -19,6 +19,7 @@ __all__ = [
     "SamplingSettings",
     "ServerExplorer",
     "build_explorer",
+    "build_training_explorer",
     "generate_checked",
     "prompt_key",
     "prompt_text_key",

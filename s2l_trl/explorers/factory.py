@@ -103,3 +103,49 @@ def build_explorer(
         seed=sampling.seed or 0,
         **(vllm_kwargs or {}),
     )
+
+
+def build_training_explorer(
+    args: Any, bridge: Any, learner_tokenizer: Any, device: Any = None, is_main_process: bool = True
+) -> Explorer:
+    """The explorer of a training run, from its `S2LConfig` (`args`) and the run's `TokenBridge` (`bridge`).
+
+    Every training process builds its own (it samples the rows it holds); `is_main_process` keeps progress output to
+    one process.
+    """
+    sampling = SamplingSettings(
+        temperature=args.explorer_temperature,
+        top_p=args.explorer_top_p,
+        top_k=args.explorer_top_k,
+        max_tokens=args.explorer_max_tokens,
+        seed=None,  # TODO(lead): per-call seeds derived from args.seed once the backends derive them per call
+    )
+    return build_explorer(
+        args.explorer_mode,
+        model=args.explorer_model,
+        sampling=sampling,
+        server_base_url=args.explorer_server_base_url,
+        server_kwargs={
+            "startup_timeout": args.explorer_server_timeout,
+            "request_timeout": args.explorer_request_timeout,
+            "max_retries": args.explorer_max_retries,
+            "prompts_per_request": args.explorer_prompts_per_request,
+            "max_concurrent_requests": args.explorer_max_concurrent_requests,
+            "max_server_failures": args.explorer_server_max_failures,
+            "check_model_name": args.explorer_server_check_model_name,
+            # The server must serve explorer_model's tokenizer, or the learner's when none is named.
+            "expected_tokenizer": bridge.explorer_tokenizer or learner_tokenizer,
+            "expected_model": args.explorer_model,
+            "progress": is_main_process,
+        },
+        rollouts=args.explorer_rollouts,
+        offline_kwargs={
+            "seed": args.seed,
+            "retokenize_with": None if bridge.matches else learner_tokenizer,
+            "explorer_eos_token_ids": sorted(bridge.explorer_eos_ids) or None,
+            "eos_token_id": bridge.eos_token_ids[0],
+            "vocab_size": bridge.explorer_vocab_size,
+        },
+        device=device,
+        model_init_kwargs=args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else None,
+    )

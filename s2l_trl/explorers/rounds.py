@@ -1,0 +1,274 @@
+"""Explorer rows across generation rounds: requesting, prefetching, collecting and checkpointing them.
+
+One `ExplorerRounds` object per trainer process owns everything about *when* an explorer is called; the trainer says
+*what* to ask for (an `ExplorerRequest` per round) and receives the rows it holds (`CollectedRows`). Every process
+asks its own explorer for the groups whose explorer slots it holds, so no answer is funnelled through one process
+and nothing is broadcast: at paper scale a round is ~16k completions of up to 4k tokens, which one process would
+otherwise parse and pickle for all.
+
+Rules that keep runs reproducible:
+
+* every process calls its explorer exactly once per mixed round (with no prompts when it holds no explorer slot),
+  so explorers that count their calls (seeded draws per call: offline, server) stay aligned across processes;
+* the explorer's `state_dict()` is remembered before each round's call; a checkpoint stores the one of the round a
+  resumed run regenerates first, and a dropped prefetch is undone with it;
+* explorers that sample with torch's global generator (`runs_in_background = False`) run in the foreground, inside a
+  context the trainer supplies (S2L-PO: a forked generator seeded per round), never in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import Explorer, ExplorerOutput, generate_checked
+
+logger = logging.getLogger(__name__)
+
+Row = tuple[list[int], "list[float] | None"]
+
+
+@dataclass(frozen=True)
+class ExplorerRequest:
+    """What one process asks its explorer for in one round: `n` rows for each of `groups`.
+
+    Attributes:
+        round: 0-based generation round.
+        groups: global indices of the groups, in request order (one prompt each).
+        prompt_ids: the groups' prompts in the explorer's tokens.
+        n: rows per group (`G_w`).
+        inputs: per group, the data-set fields an explorer may need to look its rows up (offline rollouts).
+    """
+
+    round: int
+    groups: tuple[int, ...]
+    prompt_ids: tuple[tuple[int, ...], ...]
+    n: int
+    inputs: tuple[dict[str, Any], ...] = ()
+
+    def same_rows_as(self, other: ExplorerRequest) -> bool:
+        """Whether `other` asks for exactly the rows this request asks for (a prefetch is reusable)."""
+        return (self.round, self.groups, self.n, self.prompt_ids) == (
+            other.round,
+            other.groups,
+            other.n,
+            other.prompt_ids,
+        )
+
+
+@dataclass
+class CollectedRows:
+    """A round's explorer rows on this process, by `(global group, slot)`, and what producing them cost."""
+
+    rows: dict[tuple[int, int], Row] = field(default_factory=dict)
+    latency_s: float = 0.0  # wall time of the explorer's work
+    wait_s: float = 0.0  # time the trainer blocked on it
+    tokens: int = 0  # tokens of every row the explorer returned (some may serve another process's slots)
+    failed_requests: int = 0  # explorer requests retried or resent (server backend)
+
+
+@dataclass
+class _Call:
+    request: ExplorerRequest
+    future: Future | None  # None: generated in the foreground at collect time
+
+
+class Lookahead:
+    """Wraps Transformers' epoch iterator so that generation batches can be peeked at before they are handed out.
+
+    Items come out in the same order; `peek(k)` reads ahead without consuming. `next_micro_step` is the TRL
+    micro-step of the next item handed out, set by the trainer after each pull.
+    """
+
+    def __init__(self, source: Iterator[Any]):
+        self.source = source
+        self.buffer: list[Any] = []
+        self.next_micro_step = 0
+
+    def __iter__(self) -> Lookahead:
+        return self
+
+    def __next__(self) -> Any:
+        return self.buffer.pop(0) if self.buffer else next(self.source)
+
+    def peek(self, offset: int) -> Any:
+        """The item `offset` places after the next one, or `None` when the epoch ends first."""
+        while len(self.buffer) <= offset:
+            try:
+                self.buffer.append(next(self.source))
+            except StopIteration:
+                return None
+        return self.buffer[offset]
+
+
+class ExplorerRounds:
+    """Requests, prefetches and collects one explorer's rows round by round, and checkpoints its random state.
+
+    Args:
+        explorer: the backend (see `Explorer`).
+        prefetch: allow `prefetch` (ignored for foreground explorers).
+        foreground: `round -> context manager` wrapping a foreground explorer's call (default: none).
+
+    The trainer calls, per mixed round: `request(req)` before the learner generates, `collect(req, wanted)` after;
+    optionally `prefetch(next_req)` once the round is scored; `state_dict(round)` when it saves a checkpoint and
+    `load_state_dict(state)` when it resumes; `close()` at the end.
+    """
+
+    def __init__(
+        self,
+        explorer: Explorer,
+        prefetch: bool = True,
+        foreground: Callable[[int], contextlib.AbstractContextManager] | None = None,
+    ):
+        self.explorer = explorer
+        self.background = bool(getattr(explorer, "runs_in_background", True))
+        self.prefetch_enabled = prefetch and self.background
+        self.foreground = foreground or (lambda _round: contextlib.nullcontext())
+        self.lookahead: Lookahead | None = None
+        self._calls: dict[int, _Call] = {}  # started (or planned) calls by round; at most the current and the next
+        self._state_before: dict[int, Any] = {}  # explorer state before each pending round's call
+
+    # ------------------------------------------------------------------ the epoch iterator
+    def watch(self, epoch_iterator: Iterator[Any]) -> Lookahead:
+        """The iterator Transformers should pull generation batches from (the same items, peekable)."""
+        if self.lookahead is None or self.lookahead.source is not epoch_iterator:
+            self.lookahead = Lookahead(epoch_iterator)
+        return self.lookahead
+
+    def peek(self, micro_step: int) -> Any:
+        """The generation batch TRL will receive at `micro_step`, or `None` when it is unknown or past the epoch."""
+        if self.lookahead is None:
+            return None
+        offset = micro_step - self.lookahead.next_micro_step
+        return self.lookahead.peek(offset) if offset >= 0 else None
+
+    # ------------------------------------------------------------------ one round
+    def request(self, request: ExplorerRequest) -> None:
+        """Start (or reuse the prefetched) call for `request.round`; a prefetch for other rows is dropped."""
+        call = self._calls.pop(request.round, None)
+        if call is not None and call.request.same_rows_as(request):
+            self._calls[request.round] = call
+            return
+        if call is not None:
+            logger.warning(
+                "The prefetched explorer rows of round %d are for other prompts than the round's; dropping them.",
+                request.round,
+            )
+            self._drop(call)
+        self._start(request)
+
+    def prefetch(self, request: ExplorerRequest) -> None:
+        """Start the call of a later round while the learner trains on the current one (background explorers)."""
+        if self.prefetch_enabled and request.round not in self._calls:
+            self._start(request)
+
+    def collect(self, request: ExplorerRequest, wanted: list[tuple[int, int]]) -> CollectedRows:
+        """Wait for `request.round`'s rows and return the `wanted` `(group, slot)` ones (explorer answers are
+        prompt-major: slot `s` of the group requested at position `k` is row `k * n + s`)."""
+        call = self._calls.pop(request.round, None)
+        if call is None or not call.request.same_rows_as(request):
+            raise RuntimeError(f"collect() of round {request.round} without its request().")
+        waited = time.perf_counter()
+        if call.future is None:
+            with self.foreground(request.round):
+                output, latency = _timed_generate(self.explorer, request)
+        else:
+            output, latency = call.future.result()
+        collected = CollectedRows(
+            latency_s=latency,
+            wait_s=time.perf_counter() - waited,
+            tokens=sum(len(ids) for ids in output.completion_ids),
+            failed_requests=getattr(output.stats, "failed_requests", 0) if output.stats is not None else 0,
+        )
+        position = {group: k for k, group in enumerate(request.groups)}
+        for group, slot in wanted:
+            if not 0 <= slot < request.n:
+                raise ValueError(f"slot {slot} is not an explorer slot (G_w = {request.n}).")
+            r = position[group] * request.n + slot
+            logps = None if output.logprobs is None else output.logprobs[r]
+            collected.rows[(group, slot)] = (output.completion_ids[r], logps)
+        return collected
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, pending_round: int) -> Any:
+        """The explorer's random state before the call of `pending_round` (the round a resumed run generates first),
+        or its current state when that round has not been requested yet; `None` for stateless explorers."""
+        state_fn = getattr(self.explorer, "state_dict", None)
+        if not callable(state_fn):
+            return None
+        return self._state_before[pending_round] if pending_round in self._state_before else state_fn()
+
+    def load_state_dict(self, state: Any) -> None:
+        load_fn = getattr(self.explorer, "load_state_dict", None)
+        if state is not None and callable(load_fn):
+            load_fn(state)
+
+    def close(self) -> None:
+        """Cancel what is in flight (explorers with `cancel()` stop at once) and close the explorer."""
+        for call in self._calls.values():
+            if call.future is not None and not call.future.cancel():
+                _cancel(self.explorer)
+        self._calls.clear()
+        close_fn = getattr(self.explorer, "close", None)
+        if callable(close_fn):
+            close_fn()
+
+    # ------------------------------------------------------------------ internals
+    def _start(self, request: ExplorerRequest) -> None:
+        state_fn = getattr(self.explorer, "state_dict", None)
+        if callable(state_fn):
+            self._state_before = {k: v for k, v in self._state_before.items() if k >= request.round - 1}
+            self._state_before[request.round] = state_fn()
+        future = None
+        if self.background:
+            future = _run_in_daemon_thread(f"s2l-explorer_{request.round}", _timed_generate, self.explorer, request)
+        self._calls[request.round] = _Call(request, future)
+
+    def _drop(self, call: _Call) -> None:
+        """Forget a started call, then undo its draws so that the round's own call draws what it would have."""
+        if call.future is not None and not call.future.cancel():
+            # Already running: an explorer that can cancel stops at once; one that cannot is waited for, since it
+            # advances the random state the round's own call must start from.
+            _cancel(self.explorer)
+            with contextlib.suppress(Exception, CancelledError):
+                call.future.result()
+        self.load_state_dict(self._state_before.get(call.request.round))
+
+
+def _cancel(explorer: Explorer) -> None:
+    cancel_fn = getattr(explorer, "cancel", None)
+    if callable(cancel_fn):
+        cancel_fn()
+
+
+def _timed_generate(explorer: Explorer, request: ExplorerRequest) -> tuple[ExplorerOutput, float]:
+    start = time.perf_counter()
+    prompt_ids = [list(p) for p in request.prompt_ids]
+    output = generate_checked(explorer, prompt_ids, request.n, inputs=list(request.inputs))
+    return output, time.perf_counter() - start
+
+
+def _run_in_daemon_thread(name: str, fn: Callable[..., Any], *args: Any) -> Future:
+    """`fn(*args)` in a daemon thread: an interrupted run exits without waiting for an explorer request to finish
+    (a `ThreadPoolExecutor`'s workers are joined at interpreter exit)."""
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # re-raised by `future.result()` in the trainer's thread
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+__all__ = ["CollectedRows", "ExplorerRequest", "ExplorerRounds", "Lookahead"]

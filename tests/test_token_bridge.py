@@ -1,0 +1,113 @@
+"""`TokenBridge`: explorer tokens -> learner tokens, and the start-up coverage check, without a trainer."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from s2l_trl.explorers import ExplorerError
+from s2l_trl.explorers.token_bridge import TokenBridge, lookup_fields
+
+
+@pytest.fixture(scope="module")
+def foreign(tiny, tmp_path_factory):
+    """A model folder with another tokenizer (a different BPE vocabulary) and a generation config with two EOS ids."""
+    from s2l_trl.devtools.tiny import build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("foreign_bridge")
+    build_tokenizer(root / "tok", vocab_size=400, seed=7)
+    build_model(root / "explorer", root / "tok", hidden_size=32, num_layers=1, seed=3)
+    return root / "explorer"
+
+
+def bridge(tiny, explorer_model=None, max_len=8, **kw):
+    tok = AutoTokenizer.from_pretrained(tiny["learner"])
+    return TokenBridge(tok, explorer_model, [tok.eos_token_id], max_len, **kw), tok
+
+
+def test_same_tokenizer_ids_pass_through_cut_and_capped(tiny):
+    b, tok = bridge(tiny, str(tiny["explorer"]))
+    assert b.matches and b.explorer_vocab_size == len(tok)
+    eos = tok.eos_token_id
+    assert b.prompt_ids([5, 6, 7], {"prompt": "ignored"}) == (5, 6, 7)
+    # Cut after the first EOS (its log-prob kept), capped at max_completion_length.
+    assert b.to_learner([10, 11, eos, 12], [-1.0, -2.0, -3.0, -4.0]) == ([10, 11, eos], [-1.0, -2.0, -3.0])
+    assert b.to_learner(list(range(20, 40)), None) == (list(range(20, 28)), None)
+    # An empty completion is a lone EOS: TRL cannot score zero tokens.
+    assert b.to_learner([], []) == ([eos], [pytest.approx(float("nan"), nan_ok=True)])
+
+
+def test_ids_outside_the_learner_vocabulary_name_the_fix(tiny):
+    b, tok = bridge(tiny)
+    with pytest.raises(ExplorerError, match=rf"token id {len(tok) + 3}.*set explorer_model"):
+        b.to_learner([1, len(tok) + 3], None)
+    named, _ = bridge(tiny, str(tiny["explorer"]))
+    with pytest.raises(ExplorerError, match="does not serve that model"):
+        named.to_learner([-1], None)
+
+
+def test_another_tokenizer_is_re_rendered_and_re_tokenized(tiny, foreign):
+    b, tok = bridge(tiny, str(foreign), max_len=64)
+    ftok = AutoTokenizer.from_pretrained(foreign)
+    assert not b.matches and b.explorer_vocab_size == len(ftok) and ftok.eos_token_id in b.explorer_eos_ids
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}]
+    rendered = ftok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert list(b.prompt_ids([1, 2, 3], {"prompt": prompt})) == list(rendered["input_ids"])
+    text = "2 + 3 = \\boxed{5}"
+    finished = ftok(text, add_special_tokens=False)["input_ids"] + [ftok.eos_token_id]
+    ids, logps = b.to_learner(finished, [-0.5] * len(finished))
+    # Learner tokens of the same text, the learner's EOS for a finished completion, and no log-probs.
+    assert ids == tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] and logps is None
+    unfinished, _ = b.to_learner(finished[:-1], None)
+    assert unfinished[-1] != tok.eos_token_id
+    # A backend that re-tokenizes itself (offline rollouts) hands over learner ids already.
+    itself, _ = bridge(tiny, str(foreign), max_len=64, retokenizes_itself=True)
+    assert itself.to_learner([4, 5], None) == ([4, 5], None)
+
+
+class CoverageExplorer:
+    """Knows rollouts for some prompts, with stored prompt ids; takes `n` (warns once about short prompts)."""
+
+    def __init__(self, known: dict[str, list[int] | None]):
+        self.known = known
+        self.asked_n = None
+
+    def missing(self, examples, n=None):
+        self.asked_n = n
+        return [f"prompt_id={e['prompt_id']!r}" for e in examples if e["prompt_id"] not in self.known]
+
+    def stored_prompt_ids(self, example):
+        return self.known.get(example["prompt_id"])
+
+
+def test_coverage_names_every_missing_prompt_and_passes_the_row_count(tiny):
+    b, tok = bridge(tiny)
+    examples = [lookup_fields({"prompt_id": f"p{i}", "prompt": "x", "solution": "1"}) for i in range(3)]
+    assert examples[0] == {"prompt_id": "p0", "prompt": "x"}
+    explorer = CoverageExplorer({"p1": None})
+    with pytest.raises(ExplorerError, match=r"2 of the 3 training prompts: prompt_id='p0', prompt_id='p2'"):
+        b.check_coverage(explorer, examples, lambda prompts: [[1]], rows_per_prompt=16)
+    assert explorer.asked_n == 16
+    # A backend whose `missing` takes no `n` still works.
+    b.check_coverage(type("Old", (), {"missing": lambda self, examples: []})(), examples, lambda p: [[1]], 16)
+
+
+def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tiny):
+    b, tok = bridge(tiny)
+    text = "Add 2 and 3."
+    built = tok(text, add_special_tokens=False)["input_ids"]
+    examples = [{"prompt_id": "a", "prompt": text}]
+
+    def check(stored):
+        b.check_coverage(CoverageExplorer({"a": stored}), examples, lambda prompts: [built], rows_per_prompt=4)
+
+    check(built)  # the same ids: fine
+    with pytest.raises(ExplorerError, match="another chat template, system prompt"):
+        check(tok("System: be brief. " + text, add_special_tokens=False)["input_ids"])
+    with pytest.raises(ExplorerError, match="outside the learner's vocabulary.*another tokenizer"):
+        check([len(tok) + 5, 1])
+    # The same text in other ids (here: one id per character instead of BPE merges) is another tokenizer.
+    per_char = [i for ch in text for i in tok(ch, add_special_tokens=False)["input_ids"]]
+    assert per_char != built
+    with pytest.raises(ExplorerError, match="same text was tokenized differently"):
+        check(per_char)
