@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from s2l_trl.miniature import diversity, task
-from s2l_trl.miniature.passk_exp import crossover_k
+from s2l_trl.miniature.passk_report import crossover_k
 
 OPS = (23, 45, 17)
 A = "23+45=68,68+17=85 \\boxed{85}"  # path (68, 85)

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from s2l_trl.miniature.family import FamilySpec, build_family
-from s2l_trl.miniature.rl import RLSettings, run_experiment
+from s2l_trl.miniature.rl_experiment import run_experiment
+from s2l_trl.miniature.settings import CoDistillSettings, PasskSettings, RLSettings
 from s2l_trl.schedule import mix_alpha, split_group
 
 
@@ -38,9 +39,9 @@ def family(tmp_path_factory, one_thread):
 
 
 def test_passk_files_and_monotone_curves(family, tmp_path):
-    from s2l_trl.miniature.passk_exp import run_passk
+    from s2l_trl.miniature.passk_experiment import run_passk
 
-    summary = run_passk(family, tmp_path, n=8, num_problems=4)
+    summary = run_passk(family, tmp_path, PasskSettings(n=8, num_problems=4))
     for name in ("passk.json", "passk.md", "passk.png", "S/miniature.json", "M/miniature.json"):
         assert (tmp_path / name).is_file(), name
     for size, data in summary["sizes"].items():
@@ -94,7 +95,7 @@ def test_rl_pipeline(family, tmp_path):
 
 
 def test_codistill_pipeline(family, tmp_path):
-    from s2l_trl.miniature.codistill_exp import CoDistillSettings, run_codistill_experiment
+    from s2l_trl.miniature.codistill_experiment import run_codistill_experiment
 
     settings = CoDistillSettings(
         small="S",

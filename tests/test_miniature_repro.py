@@ -8,7 +8,9 @@ import json
 import pytest
 
 from s2l_trl.miniature.family import FamilySpec, build_family
-from s2l_trl.miniature.rl import RecordingExplorer, RLSettings, run_one
+from s2l_trl.miniature.rl_experiment import run_one
+from s2l_trl.miniature.runs import RecordingExplorer
+from s2l_trl.miniature.settings import RLSettings
 
 # Logged once per step by TRL / S2L: what a rerun must reproduce exactly.
 PER_STEP_KEYS = ("loss", "reward", "reward_std", "s2l/reward/learner", "s2l/reward/explorer", "grad_norm")

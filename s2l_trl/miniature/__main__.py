@@ -1,4 +1,4 @@
-"""``python -m s2l_trl.miniature {family,passk,rl,demo,codistill,curves}``: one command per experiment (see
+"""``python -m s2l_trl.miniature {family,passk,rl,demo,codistill,race,curves}``: one command per experiment (see
 results/miniature)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 from dataclasses import fields
 
 from .family import FamilySpec, build_family
+from .settings import ABLATIONS, CODISTILL_RUNS, MAIN_METHODS, METHODS, CoDistillSettings, PasskSettings, RLSettings
 
 DEFAULT_FAMILY = ".tiny/miniature/family-same_corpus"
 
@@ -41,7 +42,7 @@ def _sft_step(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"an SFT step must be an integer or 'final', got {value!r}") from None
 
 
-def _settings_args(p: argparse.ArgumentParser, settings_cls, seeds: list[int]) -> None:
+def _settings_args(p: argparse.ArgumentParser, settings_cls, seeds: list[int] | None = None) -> None:
     """One flag per field of an experiment's settings dataclass (its defaults; SFT steps take an integer or 'final')."""
     for f in fields(settings_cls):
         if f.name == "seeds":
@@ -66,17 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("passk", help="experiment 1: pass@k curves of every size")
     _family_args(p)
     p.add_argument("--output_dir", default="results/miniature/passk")
-    p.add_argument("--n", type=int, default=256)
-    p.add_argument("--num_problems", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--at_sft_step", type=int, default=None, help="evaluate an intermediate SFT checkpoint")
-
-    from .rl import ABLATIONS, MAIN_METHODS, METHODS, RLSettings
+    _settings_args(p, PasskSettings)
 
     p = sub.add_parser("rl", help="experiments 2-4: GRPO vs S2L-PO vs high-temperature GRPO, ablations")
     _family_args(p)
     p.add_argument("--output_dir", default="results/miniature/rl")
-    p.add_argument("--methods", nargs="+", default=MAIN_METHODS + ABLATIONS, choices=sorted(METHODS))
+    p.add_argument("--methods", nargs="+", default=[m.name for m in MAIN_METHODS + ABLATIONS], choices=sorted(METHODS))
     p.add_argument("--ablation_seeds", type=int, nargs="*", default=[0])
     _settings_args(p, RLSettings, seeds=[0, 1, 2])
 
@@ -85,13 +82,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output_dir", default=".tiny/miniature/demo")
     _settings_args(p, RLSettings, seeds=[0])
 
-    from .codistill_exp import RUNS, CoDistillSettings
-
     p = sub.add_parser("codistill", help="CoDistill-GRPO vs GRPO on the small and on the large model, step time")
     _family_args(p)
     p.add_argument("--output_dir", default="results/miniature/codistill")
-    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--runs", nargs="+", default=list(CODISTILL_RUNS), choices=list(CODISTILL_RUNS))
     _settings_args(p, CoDistillSettings, seeds=[0, 1, 2])
+
+    p = sub.add_parser("race", help="the explorer-thread race: kernel-level, run-level and outcome-level experiments")
+    _family_args(p)
+    p.add_argument("--output_dir", default="results/miniature/race")
+    p.add_argument("--parts", nargs="+", default=["kernel", "run", "seeds"], choices=["kernel", "run", "seeds"])
+    p.add_argument("--race_steps", type=int, default=24, help="steps of the instrumented run-level pair")
+    _settings_args(p, RLSettings, seeds=list(range(10)))
 
     p = sub.add_parser("curves", help="per-step curves (reward per source, alpha, held-out accuracy) to PNG")
     p.add_argument("runs", nargs="+", help="run folders or trainer_state.json files")
@@ -117,24 +119,43 @@ def main(argv: list[str] | None = None) -> None:
                 f"built in {m['sft_seconds']} s ({family.path(size)})"
             )
     elif a.command == "passk":
-        from .passk_exp import run_passk
+        from .passk_experiment import run_passk
 
-        summary = run_passk(family, a.output_dir, a.n, a.num_problems, a.temperature, step=a.at_sft_step)
+        summary = run_passk(family, a.output_dir, _settings(a, PasskSettings), step=a.at_sft_step)
         print(open(f"{a.output_dir}/passk.md").read())
         print(json.dumps(summary["crossover_k"]))
     elif a.command == "rl":
-        from .rl import run_experiment
+        from .rl_experiment import run_experiment
 
         settings = _settings(a, RLSettings)
         run_experiment(family, settings, a.output_dir, a.methods, a.ablation_seeds)
         print(open(f"{a.output_dir}/rl.md").read())
     elif a.command == "codistill":
-        from .codistill_exp import render_markdown, run_codistill_experiment
+        from .codistill_experiment import run_codistill_experiment
+        from .codistill_report import render_markdown
 
         settings = _settings(a, CoDistillSettings)
         print(render_markdown(run_codistill_experiment(family, settings, a.output_dir, a.runs)))
+    elif a.command == "race":
+        from . import race
+
+        settings = _settings(a, RLSettings)
+        if "kernel" in a.parts:
+            report = race.kernel_race()
+            print(json.dumps(report, indent=1))
+            race.write_report(a.output_dir, "kernel", report)
+        if "run" in a.parts:
+            report = race.run_race(
+                family, race.race_settings(settings, a.race_steps), settings.seeds[0], f"{a.output_dir}/run_level"
+            )
+            print(json.dumps(report["runs"], indent=1))
+            race.write_report(a.output_dir, "run", report)
+        if "seeds" in a.parts:
+            report = race.seeds_by_mode(family, settings, settings.seeds, f"{a.output_dir}/seeds")
+            print(json.dumps({k: report[k] for k in ("mean_sd", "thread_minus_foreground_welch")}, indent=1))
+            race.write_report(a.output_dir, "seeds", report)
     elif a.command == "demo":
-        from .rl import demo
+        from .rl_experiment import demo
 
         settings = _settings(a, RLSettings)
         print(demo(family, settings, a.output_dir))

@@ -1,0 +1,236 @@
+"""Experiments 2-4: GRPO vs S2L-PO vs GRPO at a higher temperature (and ablations) from the same learner weights,
+over seeds, with held-out accuracy against steps, rollout compute, wall-time split and rollout diversity per source;
+and the README's main job (``demo``). Tables and plots: :mod:`.rl_report`.
+
+Every run writes ``<out>/runs/<method>-seed<k>/``: ``run.json`` (evaluations, per-step compute, initial-weights
+checksum, how the explorer sampled), ``trainer_state.json`` (TRL's ``log_history``, for ``python -m
+s2l_trl.miniature curves``) and ``rollouts.jsonl`` (every rollout group's texts by source, appended and flushed). A run
+whose ``run.json`` exists is skipped, so an interrupted experiment resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..explorers.base import SamplingSettings
+from ..explorers.factory import build_explorer
+from ..jsonl import write_json_atomic
+from ..schedule import mix_alpha, split_group
+from . import rl_report, task
+from .family import Family, heldout_rows
+from .runs import (
+    RecordingExplorer,
+    RolloutRecorder,
+    StepClock,
+    evaluate,
+    explorer_sampling,
+    train_rows_for_rl,
+    trainer_class,
+    trainer_kwargs,
+    weights_checksum,
+)
+from .settings import MAIN_METHODS, RLSettings, method
+
+
+def run_one(
+    family: Family,
+    settings: RLSettings,
+    method_name: str,
+    seed: int,
+    out_dir: Path,
+    echo: bool = False,
+    name: str | None = None,
+    explorer_in_background: bool | None = None,
+) -> dict:
+    """One training run; returns (and writes) its run.json. Skipped when run.json exists. ``echo``: print each
+    held-out evaluation as it happens (the README's main job). ``name``: the run folder's name instead of ``method``
+    (``runs/<name>-seed<k>``). ``explorer_in_background``: force the explorer into (True) or out of a thread (None:
+    where the backend runs it; True on an in-process explorer is the irreproducible mode of the race experiment)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from ..config import S2LConfig
+
+    spec = method(method_name)  # unknown names fail here, before anything is written
+    run_dir = Path(out_dir) / "runs" / f"{name or spec.name}-seed{seed}"
+    if (run_dir / "run.json").exists():
+        return json.loads((run_dir / "run.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    learner_path = family.path(settings.learner, settings.learner_sft_step)
+    tokenizer = AutoTokenizer.from_pretrained(learner_path)
+    eval_rows = heldout_rows(family.spec, settings.eval_problems)
+    rows = train_rows_for_rl(family, settings)
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "solution": r["solution"]} for r in rows])
+    G = settings.num_generations
+    temperature = spec.temperature(settings)
+    args = S2LConfig(
+        **trainer_kwargs(
+            run_dir,
+            seed,
+            learning_rate=settings.learning_rate,
+            num_generations=G,
+            prompts_per_step=settings.prompts_per_step,
+            max_completion_length=settings.max_completion_length,
+            steps=settings.steps,
+            temperature=temperature,
+        ),
+        explorer_mode="local",
+        explorer_model=str(family.path(settings.explorer)),
+        explorer_temperature=settings.explorer_temperature,
+        explorer_top_p=1.0,
+        explorer_max_tokens=settings.max_completion_length,
+        explorer_prefetch=False,  # keeps the wall-time split readable: no explorer work hidden under training
+        **spec.mix_config(settings.mix_steps),
+    )
+    recorder = RolloutRecorder(run_dir / "rollouts.jsonl", tokenizer)
+    (run_dir / "rollouts.jsonl").write_text("")
+    explorer = None
+    if spec.explorer:
+        if settings.explorer_backend not in ("local", "server"):
+            raise ValueError(f"explorer_backend must be 'local' or 'server', got {settings.explorer_backend!r}.")
+        inner = build_explorer(
+            settings.explorer_backend,
+            model=str(family.path(settings.explorer)),
+            server_base_url=settings.explorer_server_base_url,
+            sampling=SamplingSettings(
+                temperature=settings.explorer_temperature, top_p=1.0, max_tokens=settings.max_completion_length
+            ),
+            tokenizer=tokenizer,
+            batch_size=256,
+        )
+        explorer = RecordingExplorer(inner, recorder, background=explorer_in_background)
+    model = AutoModelForCausalLM.from_pretrained(learner_path, dtype="float32")
+    checksum = weights_checksum(model)
+    trainer_cls = trainer_class()
+    trainer = trainer_cls(model, [task.accuracy_reward], args=args, train_dataset=dataset, explorer=explorer)
+    trainer.mini_recorder = recorder
+    trainer.mini_learner_source = spec.learner_source
+    per_step: list[dict] = []
+    evals: list[dict] = []
+
+    def fresh_stats() -> dict[str, float]:
+        return dict.fromkeys(["learner_gen_s", "learner_tokens", "learner_rows", "generation_s", "scoring_s"], 0.0)
+
+    trainer.mini_stats = fresh_stats()
+
+    class Probe(TrainerCallback):
+        """Per-step compute accounting and held-out evaluation (its time is excluded from the step's wall)."""
+
+        def __init__(self):
+            self.clock = StepClock()
+            self.explorer_s = 0.0
+            self.explorer_tokens = 0
+
+        def on_train_begin(self, args_, state, control, **kwargs):
+            evals.append({"step": 0, **evaluate(trainer.model, tokenizer, eval_rows, settings.eval_samples, seed)})
+
+        def on_step_begin(self, args_, state, control, **kwargs):
+            self.clock.start()
+
+        def on_step_end(self, args_, state, control, **kwargs):
+            wall, cpu = self.clock.stop()
+            stats = trainer.mini_stats
+            e_s = explorer.seconds - self.explorer_s if explorer else 0.0
+            e_tok = explorer.tokens - self.explorer_tokens if explorer else 0
+            if explorer:
+                self.explorer_s, self.explorer_tokens = explorer.seconds, explorer.tokens
+            step = state.global_step
+            per_step.append(
+                {
+                    "step": step,
+                    "learner_tokens": int(stats["learner_tokens"]),
+                    "learner_rows": int(stats["learner_rows"]),
+                    "explorer_tokens": int(e_tok),
+                    "explorer_gen_s": round(e_s, 4),
+                    "learner_gen_s": round(stats["learner_gen_s"], 4),
+                    "scoring_s": round(stats["scoring_s"], 4),
+                    # Explorer and learner generation run concurrently (S2L overlaps them); "other generation" is
+                    # the generation wall not covered by the learner's own generation (waiting for the explorer).
+                    "generation_wall_s": round(stats["generation_s"], 4),
+                    "training_s": round(max(0.0, wall - stats["generation_s"] - stats["scoring_s"]), 4),
+                    "step_wall_s": round(wall, 4),
+                    "step_cpu_s": round(cpu, 4),
+                }
+            )
+            trainer.mini_stats = fresh_stats()
+            recorder.flush(step)
+            if step % settings.eval_every == 0 or step == settings.steps:
+                evals.append(
+                    {"step": step, **evaluate(trainer.model, tokenizer, eval_rows, settings.eval_samples, seed)}
+                )
+                if echo:
+                    alpha = _alpha(args, step)
+                    print(
+                        f"[{spec.name}] step {step:4d} | alpha {alpha:.2f} | explorer rows/group "
+                        f"{split_group(alpha, G)[0]} | held-out greedy {100 * evals[-1]['greedy_accuracy']:5.1f}% "
+                        f"| pass@1 {100 * evals[-1]['pass@1']:5.1f}%",
+                        flush=True,
+                    )
+
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the per-step dicts would drown the progress bar; they are in log_history
+    trainer.add_callback(Probe())
+    start = time.perf_counter()
+    trainer.train()
+    result = {
+        "method": spec.name,
+        "seed": seed,
+        "settings": asdict(settings),
+        "learner": str(learner_path),
+        "explorer": str(family.path(settings.explorer)) if spec.explorer else None,
+        "temperature": temperature,
+        # Which sampling mode produced this run's numbers (README: only a foreground / seeded explorer repeats).
+        "explorer_sampling": explorer_sampling(explorer, settings.explorer_backend),
+        "initial_weights_sha256": checksum,
+        "evals": evals,
+        "per_step": per_step,
+        "schedule_learner_rows": [
+            settings.prompts_per_step * split_group(_alpha(args, s), G)[1] for s in range(1, settings.steps + 1)
+        ],
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json_atomic(run_dir / "trainer_state.json", {"log_history": trainer.state.log_history})
+    write_json_atomic(run_dir / "run.json", result)
+    return result
+
+
+def _alpha(args, step: int) -> float:
+    return mix_alpha(step, args.mix_schedule, args.mix_steps, args.mix_alpha_start, args.mix_alpha_end)
+
+
+def run_experiment(
+    family: Family, settings: RLSettings, out_dir: str | Path, methods: list[str], ablation_seeds: list[int]
+) -> dict:
+    """Runs every (method, seed), then writes ``rl.json``, ``rl.md`` and ``rl.png`` under ``out_dir``."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    main = {m.name for m in MAIN_METHODS}
+    jobs = [(m, s) for m in methods for s in (settings.seeds if m in main else ablation_seeds)]
+    runs = []
+    for name, seed in tqdm(jobs, desc="runs"):
+        runs.append(run_one(family, settings, name, seed, out_dir))
+    report = rl_report.build_report(runs, settings, out_dir)
+    rl_report.write_report(report, out_dir)
+    return report
+
+
+def demo(family: Family, settings: RLSettings, out_dir: str | Path) -> str:
+    """The README's main job: one S2L-PO run and one GRPO run from the same learner weights, a table of held-out
+    greedy accuracy against steps, and a curves PNG. Previous demo runs in ``out_dir`` are replaced (a demo trains)."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    if (out_dir / "runs").exists():
+        shutil.rmtree(out_dir / "runs")
+    seed = settings.seeds[0]
+    runs = {m: run_one(family, settings, m, seed, out_dir, echo=True) for m in ("s2l_po", "grpo")}
+    if runs["s2l_po"]["initial_weights_sha256"] != runs["grpo"]["initial_weights_sha256"]:
+        raise RuntimeError("the two demo runs did not start from the same weights.")
+    text = rl_report.demo_table(runs, settings, out_dir / "curves.png")
+    (out_dir / "demo.md").write_text(text)
+    return text

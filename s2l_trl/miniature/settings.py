@@ -1,0 +1,173 @@
+"""What the miniature experiments compare and with which settings: the methods (one small frozen dataclass each) and
+one settings dataclass per experiment, recorded in every run.json and turned into command-line flags one per field
+(``python -m s2l_trl.miniature <experiment> --help``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Method:
+    """One trained method.
+
+    Args:
+        name: run folders are ``runs/<name>-seed<k>``; the command line's ``--methods`` take names.
+        label: how tables and plots name it.
+        explorer: whether its groups mix in rows of the smaller sibling (S2L-PO) or not (GRPO: alpha = 0 throughout,
+            where S2LTrainer is exactly GRPOTrainer and builds no explorer).
+        high_temperature: whether the learner samples at ``RLSettings.high_temperature`` instead of ``temperature``.
+        overrides: trainer-config fields of this method, as ``(field, value)`` pairs (immutable), applied last.
+    """
+
+    name: str
+    label: str
+    explorer: bool = False
+    high_temperature: bool = False
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def mix_config(self, mix_steps: int) -> dict[str, Any]:
+        """The S2LConfig schedule fields of this method (then its overrides)."""
+        if not self.explorer:
+            return {"mix_schedule": "constant", "mix_alpha_start": 0.0, "mix_steps": 1, **dict(self.overrides)}
+        return {"mix_schedule": "linear", "mix_steps": mix_steps, **dict(self.overrides)}
+
+    def temperature(self, settings: RLSettings) -> float:
+        return settings.high_temperature if self.high_temperature else settings.temperature
+
+    @property
+    def learner_source(self) -> str:
+        """The name of this method's learner rows in ``rollouts.jsonl`` (high-temperature rows apart)."""
+        return "learner_high_temp" if self.high_temperature else "learner"
+
+
+GRPO = Method("grpo", "GRPO")
+GRPO_HIGH_TEMP = Method("grpo_high_temp", "GRPO, high temperature", high_temperature=True)
+S2L_PO = Method("s2l_po", "S2L-PO", explorer=True)
+S2L_PO_PER_SOURCE = Method(
+    "s2l_po_per_source",
+    "S2L-PO, per-source advantages",
+    explorer=True,
+    overrides=(("advantage_grouping", "per_source"),),
+)
+S2L_PO_TOKEN_TRUNCATE = Method(
+    "s2l_po_token_truncate",
+    "S2L-PO, token-truncated IS",
+    explorer=True,
+    overrides=(("explorer_importance_sampling", "token_truncate"),),
+)
+S2L_PO_CONSTANT_MIX = Method(
+    "s2l_po_constant_mix",
+    "S2L-PO, constant alpha 0.5",
+    explorer=True,
+    overrides=(("mix_schedule", "constant"), ("mix_alpha_start", 0.5)),
+)
+MAIN_METHODS: tuple[Method, ...] = (GRPO, GRPO_HIGH_TEMP, S2L_PO)
+ABLATIONS: tuple[Method, ...] = (S2L_PO_PER_SOURCE, S2L_PO_TOKEN_TRUNCATE, S2L_PO_CONSTANT_MIX)
+METHODS: dict[str, Method] = {m.name: m for m in MAIN_METHODS + ABLATIONS}
+
+
+def method(name: str) -> Method:
+    """The method called ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}.")
+    return METHODS[name]
+
+
+@dataclass
+class RLSettings:
+    """One RL experiment's settings (recorded in every run.json)."""
+
+    learner: str = "L"
+    learner_sft_step: int | None = None
+    explorer: str = "M"
+    steps: int = 120
+    num_generations: int = 8
+    prompts_per_step: int = 4
+    learning_rate: float = 5e-5
+    temperature: float = 1.0
+    high_temperature: float = 1.5
+    explorer_temperature: float = 1.0
+    mix_steps: int = 60
+    max_completion_length: int = 40
+    eval_every: int = 20
+    eval_problems: int = 128
+    eval_samples: int = 4
+    threshold_gain: float = 0.10  # share of the headroom (1 - start accuracy) defining the threshold
+    # "local": the explorer in-process (experiments); "server": a `trl vllm-serve` of it at explorer_server_base_url
+    # (the README's main job).
+    explorer_backend: str = "local"
+    explorer_server_base_url: str = "http://127.0.0.1:8001"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+# CoDistill-GRPO's runs: the two KD rewards it is run with, and plain GRPO on each of its two models.
+CODISTILL_METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("codistill", "CoDistill-GRPO (token-level KD)", overrides=(("kd_mode", "token"),)),
+        Method("codistill_sequence", "CoDistill-GRPO (sequence-level KD)", overrides=(("kd_mode", "sequence"),)),
+    )
+}
+GRPO_RUNS = ("grpo_small", "grpo_large")
+CODISTILL_RUNS = GRPO_RUNS + tuple(CODISTILL_METHODS)
+
+
+@dataclass
+class CoDistillSettings:
+    """One CoDistill experiment's settings (recorded in every run.json). Sizes and SFT steps name members of the
+    family."""
+
+    small: str = "M"
+    small_sft_step: int | None = 500
+    large: str = "L"
+    large_sft_step: int | None = 1000
+    steps: int = 120
+    num_generations: int = 8
+    prompts_per_step: int = 4
+    learning_rate: float = 5e-5  # the large model's, and GRPO's on either model
+    small_learning_rate: float = 5e-5
+    kd_coef: float = 0.1
+    temperature: float = 1.0
+    max_completion_length: int = 40
+    eval_every: int = 20
+    eval_problems: int = 128
+    eval_samples: int = 4
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def grpo(self, role: str) -> RLSettings:
+        """The RLSettings of plain GRPO on the ``role`` ("small" / "large") model, with the same budget."""
+        shared = {f.name: getattr(self, f.name) for f in fields(RLSettings) if hasattr(self, f.name)}
+        shared["learning_rate"] = self.small_learning_rate if role == "small" else self.learning_rate
+        return RLSettings(
+            **shared,
+            learner=getattr(self, role),
+            learner_sft_step=getattr(self, f"{role}_sft_step"),
+        )
+
+
+@dataclass
+class PasskSettings:
+    """One pass@k experiment's settings: how many held-out problems, samples per problem and at which temperature."""
+
+    n: int = 256
+    num_problems: int = 64
+    temperature: float = 1.0
+    max_tokens: int = 40
+    seed: int = 0
+
+
+__all__ = [
+    "ABLATIONS",
+    "CODISTILL_METHODS",
+    "CODISTILL_RUNS",
+    "GRPO_RUNS",
+    "MAIN_METHODS",
+    "METHODS",
+    "CoDistillSettings",
+    "Method",
+    "PasskSettings",
+    "RLSettings",
+    "method",
+]
