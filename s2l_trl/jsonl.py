@@ -20,6 +20,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 def loads_jsonl_line(raw: bytes, where: str, error: type[Exception] = ValueError) -> dict[str, Any]:
     """Parse one JSONL line (bytes, as read from the file) into an object; ``where`` (``<file>:<line>``) starts the
     message of ``error`` when the line is not UTF-8, not JSON, or not a JSON object."""
+    raw = raw.rstrip(b"\r\n")  # json would call the end of line an "invalid control character" in a cut string
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

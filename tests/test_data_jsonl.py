@@ -48,3 +48,28 @@ def test_atomic_rewrite_leaves_the_old_file_when_the_records_fail(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temporary file left behind
     with pytest.raises(ValueError, match="mode must be 'a' or 'w', got 'r'"):
         JsonlWriter(path, mode="r")
+
+
+def test_a_file_that_is_not_utf8_is_named_by_line(tmp_path):
+    from s2l_trl.jsonl import iter_jsonl
+
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"q": "1 + 1?"}\n\n' + '{"q": "Qu\'est-ce que 2 + 2 ?", "a": "quatre é"}\n'.encode("cp1252"))
+    with pytest.raises(ValueError) as info:
+        list(iter_jsonl(path))
+    assert str(info.value).startswith(f"{path}:3: the file is not UTF-8: byte 0xe9 at byte ")
+    assert "re-save the file as UTF-8" in str(info.value)
+
+    class BenchmarkError(Exception):
+        pass
+
+    with pytest.raises(BenchmarkError, match=r"data\.jsonl:3: the file is not UTF-8"):
+        read_jsonl(path, BenchmarkError)
+    # A byte-order mark (some editors write one) is not an error; the lines before a bad one are yielded.
+    path.write_bytes(b'\xef\xbb\xbf{"q": 1}\n{"q": 2}\r\n')
+    assert read_jsonl(path) == [{"q": 1}, {"q": 2}]
+    path.write_bytes(b'{"q": 1}\n{"q": "\xff"}\n')
+    rows = iter_jsonl(path)
+    assert next(rows) == (1, {"q": 1})
+    with pytest.raises(ValueError, match=r"data\.jsonl:2: the file is not UTF-8: byte 0xff"):
+        next(rows)

@@ -20,6 +20,8 @@ Layout of a cache entry (a folder in ``cache_dir``, named after the source file 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -512,7 +514,8 @@ class _Converter:
         progress = Progress(f"Converting rollouts {self.source.path}", total, unit)
         started = time.monotonic()
         for locs, items, done in self.source.batches():
-            self._batch(locs, items)
+            with _gc_paused():
+                self._batch(locs, items)
             progress.update(done, self.stats.rows)
         if not self.stats.rows and not self.structural.count:
             raise ExplorerError(f"{self.source.path}: no rollouts found.")
@@ -844,17 +847,20 @@ class RolloutStore:
         """Python objects of just ``rows``: ``response_ids`` / ``prompt_ids`` (lists of ints, ``None`` when not
         stored), ``small_model_log_probs`` (floats, NaN for unscored tokens; ``None`` when not stored),
         ``response`` (text or ``None``)."""
+        rows = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, dtype=np.int64)
+        chunks = np.searchsorted(self._chunk_starts, rows, side="right") - 1
+        locals_ = rows - self._chunk_starts[chunks]
         out = []
-        for row in rows:
-            chunk, local = self._locate(int(row))
-            item = {}
-            for name in fields:
-                if name == "response":
-                    item[name] = self._responses[chunk][local].as_py()
-                else:
-                    values = self._list(name, chunk, local)
-                    item[name] = None if values is None else values.tolist()
-            out.append(item)
+        with _gc_paused():
+            for chunk, local in zip(chunks.tolist(), locals_.tolist()):
+                item = {}
+                for name in fields:
+                    if name == "response":
+                        item[name] = self._responses[chunk][local].as_py()
+                    else:
+                        values = self._list(name, chunk, local)
+                        item[name] = None if values is None else values.tolist()
+                out.append(item)
         self.rows_read += len(out)
         return out
 
@@ -882,6 +888,23 @@ def _meta(source: RolloutSource, identity: str | None, stats: _Stats) -> dict[st
         "min_id": stats.min_id,
         "max_id": stats.max_id,
     }
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many lists of numbers.
+
+    Such lists hold no reference cycles, yet each collection the allocations trigger walks every element of every
+    young list: about a third of a conversion's time and half of a round's. Re-enabled on exit unless it was
+    already off (another thread pausing it at the same time is harmless: the last one out re-enables it).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _safe(name: str) -> str:

@@ -1,0 +1,397 @@
+"""The offline rollout store: converted once into a memory-mapped Arrow table and cached by the file's identity
+(hit, miss, changed file, torn conversion, two processes at once), only the drawn rows materialised, problems named
+by file:line deep in a file and from the cache, one message for unusable folders and non-UTF-8 files, progress that
+a user sees, one warning for prompts with too few rollouts, and the documented, deterministic draws."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from s2l_trl.explorers import ExplorerError, OfflineExplorer, read_rollouts
+from s2l_trl.explorers import rollout_store as rs
+from s2l_trl.explorers.rollout_store import RolloutStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _row(pid: str, k: int, **extra) -> dict:
+    ids = [(k * 7 + j) % 97 for j in range(3 + k % 4)]
+    row = {
+        "prompt_id": pid,
+        "prompt": [{"role": "user", "content": f"Problem {pid}"}],
+        "prompt_ids": [1, 2, int(pid[1:]) % 50],
+        "response": f"answer {k}",
+        "response_ids": ids,
+        "small_model_log_probs": [-0.5 - j / 8 for j in range(len(ids))],
+        "reward": 0.0,
+        "is_correct": False,
+        "data_source": "test",
+        "ground_truth": "1",
+    }
+    row.update(extra)
+    return row
+
+
+def _rows(prompts: int, per_prompt: int) -> list[dict]:
+    # Interleaved (as merged shards are): the rows of a prompt are not contiguous in the file.
+    return [_row(f"p{p}", k * prompts + p) for k in range(per_prompt) for p in range(prompts)]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _entries(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in cache_dir.iterdir() if p.is_dir())
+
+
+@pytest.fixture
+def conversions(monkeypatch):
+    """How many times a file was converted (in memory or to the cache)."""
+    calls = []
+    run = rs._Converter.run
+
+    def counting(self):
+        calls.append(self.source.path)
+        return run(self)
+
+    monkeypatch.setattr(rs._Converter, "run", counting)
+    return calls
+
+
+def test_converted_once_then_loaded_from_the_cache_until_the_file_changes(tmp_path, conversions):
+    path = _write(tmp_path / "r.jsonl", _rows(5, 4))
+    cache = tmp_path / "cache"
+    first = OfflineExplorer(path, cache_dir=cache, cache=True)
+    assert len(conversions) == 1 and len(_entries(cache)) == 1
+    assert first.store.cache_path == cache / _entries(cache)[0]
+    again = OfflineExplorer(path, cache_dir=cache, cache=True)
+    assert len(conversions) == 1  # a hit: nothing converted
+    inputs = [{"prompt_id": f"p{p}"} for p in range(5)]
+    assert again.generate([[0]] * 5, 4, inputs=inputs) == first.generate([[0]] * 5, 4, inputs=inputs)
+
+    # Appended rows (s2l-sample resuming) change size and mtime: converted again, the stale entry removed.
+    with path.open("a") as f:
+        f.write(json.dumps(_row("p9", 99)) + "\n")
+    changed = OfflineExplorer(path, cache_dir=cache, cache=True)
+    assert len(conversions) == 2 and len(_entries(cache)) == 1
+    assert changed.missing([{"prompt_id": "p9"}]) == [] and first.missing([{"prompt_id": "p9"}]) == ["prompt_id='p9'"]
+
+    # A same-size edit near the end with the old mtime put back is still seen (the identity hashes head and tail).
+    stat = path.stat()
+    text = path.read_text()
+    path.write_text(text.replace('"Problem p9"', '"Problem q9"'))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    OfflineExplorer(path, cache_dir=cache, cache=True)
+    assert len(conversions) == 3
+
+    # Small files are converted in memory by default: nothing is written to the cache.
+    before = _entries(cache)
+    OfflineExplorer(path, cache_dir=cache)
+    assert _entries(cache) == before and len(conversions) == 4
+
+
+def test_a_torn_conversion_is_never_read_and_is_redone(tmp_path, conversions):
+    path = _write(tmp_path / "r.jsonl", _rows(40, 4))
+    cache = tmp_path / "cache"
+    # A conversion killed (SIGKILL) in the middle of writing, in its own process.
+    script = (
+        "import sys, time\n"
+        "from s2l_trl.explorers import rollout_store as rs\n"
+        "rs._BATCH_BYTES = 2000\n"
+        "batch = rs._Converter._batch\n"
+        "def slow(self, *a):\n"
+        "    batch(self, *a)\n"
+        "    print('batch written', flush=True)\n"
+        "    time.sleep(30)\n"
+        "rs._Converter._batch = slow\n"
+        f"rs.RolloutStore.open({str(path)!r}, cache_dir={str(cache)!r}, cache=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "batch written"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    torn = [p for p in cache.iterdir() if p.is_dir()]
+    assert torn and all(p.name.startswith(".") for p in torn)  # only a temporary folder: no entry was published
+    assert any((p / "rows.arrow").stat().st_size > 0 for p in torn)
+
+    explorer = OfflineExplorer(path, cache_dir=cache, cache=True)
+    assert len(conversions) == 1
+    assert [p.name.startswith(".") for p in cache.iterdir() if p.is_dir()] == [False]  # the torn folder is gone
+    assert explorer.missing([{"prompt_id": f"p{p}"} for p in range(40)]) == []
+
+    # An entry whose table was cut short after it was published is not trusted either.
+    rows_file = explorer.store.cache_path / "rows.arrow"
+    explorer.close()
+    with rows_file.open("r+b") as f:
+        f.truncate(rows_file.stat().st_size // 2)
+    OfflineExplorer(path, cache_dir=cache, cache=True)
+    assert len(conversions) == 2
+
+
+def test_two_processes_convert_a_file_once(tmp_path):
+    path = _write(tmp_path / "r.jsonl", _rows(30, 4))
+    cache = tmp_path / "cache"
+    script = (
+        "import sys, time\n"
+        "from s2l_trl.explorers import rollout_store as rs\n"
+        "convert = rs.RolloutStore._convert_to.__func__\n"
+        "def slow(cls, *a):\n"
+        "    print('converted', flush=True)\n"
+        "    time.sleep(3)\n"
+        "    return convert(cls, *a)\n"
+        "rs.RolloutStore._convert_to = classmethod(slow)\n"
+        f"store = rs.RolloutStore.open({str(path)!r}, cache_dir={str(cache)!r}, cache=True)\n"
+        "print('rows', store.num_rows, flush=True)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert sum(out.count("converted") for out in outputs) == 1
+    assert all("rows 120" in out for out in outputs)
+
+
+def test_a_request_materialises_only_the_rows_it_draws(tmp_path):
+    path = _write(tmp_path / "r.jsonl", _rows(200, 4))
+    explorer = OfflineExplorer(path, cache_dir=tmp_path / "cache", cache=True)
+    assert explorer.store.rows_read == 0  # opening reads no row
+    assert explorer.missing([{"prompt_id": f"p{p}"} for p in range(200)], n=4) == []
+    assert explorer.store.rows_read == 0  # nor does the coverage check
+    out = explorer.generate([[0], [0]], 3, inputs=[{"prompt_id": "p17"}, {"prompt_id": "p150"}])
+    assert explorer.store.rows_read == 6 and len(out.completion_ids) == 6
+    stored = {tuple(r["response_ids"]) for r in _rows(200, 4) if r["prompt_id"] in ("p17", "p150")}
+    assert set(map(tuple, out.completion_ids)) <= stored
+    assert explorer.stored_prompt_ids({"prompt_id": "p17"}) == [1, 2, 17]
+    assert explorer.store.rows_read == 7
+
+
+def test_draws_follow_the_documented_scheme_in_every_format(tmp_path):
+    """Request k draws `random.Random(f"s2l-offline:{seed}:{k}").sample(rows of the prompt in file order, n)`:
+    the same draws as the explorer that held Python lists, from JSONL, parquet and save_to_disk, cached or not."""
+    import datasets
+
+    rows = _rows(6, 5)
+    jsonl = _write(tmp_path / "r.jsonl", rows)
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "r.parquet"))
+    ds.save_to_disk(str(tmp_path / "r_ds"))
+    inputs = [{"prompt_id": f"p{p}"} for p in (3, 0, 5)]
+
+    def expected(seed: int, request: int, n: int) -> list[list[int]]:
+        rng = random.Random(f"s2l-offline:{seed}:{request}")
+        out = []
+        for example in inputs:
+            mine = [r for r in rows if r["prompt_id"] == example["prompt_id"]]
+            out += [r["response_ids"] for r in rng.sample(mine, n)]
+        return out
+
+    for source, cache in [(jsonl, False), (jsonl, True), (tmp_path / "r.parquet", True), (tmp_path / "r_ds", True)]:
+        explorer = OfflineExplorer(source, seed=11, cache_dir=tmp_path / "cache", cache=cache)
+        for request in range(3):
+            out = explorer.generate([[0]] * 3, 4, inputs=inputs)
+            assert out.completion_ids == expected(11, request, 4), (source, cache, request)
+        # Log-probs come back as stored (float32), aligned with the ids.
+        by_ids = {tuple(r["response_ids"]): r["small_model_log_probs"] for r in rows}
+        for ids, lps in zip(out.completion_ids, out.logprobs):
+            assert lps == pytest.approx(by_ids[tuple(ids)], rel=1e-6)
+
+
+def test_problems_deep_in_a_big_file_name_their_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(rs, "_BATCH_BYTES", 4096)  # many conversion batches
+    rows = _rows(500, 6)  # 3,000 lines
+    rows[2987]["response_ids"] = [3, "4"]
+    rows[2990].update(response_ids=[3, 700], small_model_log_probs=[-1.0, -2.0])
+    lines = [json.dumps(r) for r in rows]
+    lines[2994] = '{"prompt": "cut'
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ExplorerError) as info:
+        OfflineExplorer(path, vocab_size=512, cache_dir=tmp_path / "cache", cache=True)
+    message = str(info.value)
+    assert message.startswith(f"3 invalid rollout row(s) in {path}:")
+    assert "r.jsonl:2988: response_ids must be a list of integer token ids." in message
+    assert "r.jsonl:2991: response_ids holds token id 700, outside the vocabulary (size 512)." in message
+    assert "r.jsonl:2995: malformed JSON line (Unterminated string starting at)." in message
+    assert not _entries(tmp_path / "cache")  # a broken file is not cached
+
+    # Fixed structure: the table is cached; a run with a smaller vocabulary is refused from the cache as well.
+    lines[2987], lines[2994] = json.dumps(_row("p487", 1)), json.dumps(_row("p494", 1))
+    path.write_text("\n".join(lines) + "\n")
+    for _ in range(2):
+        with pytest.raises(ExplorerError, match=r"1 invalid rollout row\(s\)[^\n]*\n  \S*r\.jsonl:2991: response_ids"):
+            OfflineExplorer(path, vocab_size=512, cache_dir=tmp_path / "cache", cache=True)
+    assert len(_entries(tmp_path / "cache")) == 1
+    OfflineExplorer(path, vocab_size=1024, cache_dir=tmp_path / "cache", cache=True)
+
+    # Every problem counted, the first 20 listed.
+    many = [json.dumps(_row(f"p{i}", i, response_ids=[True])) for i in range(25)]
+    bad = tmp_path / "many.jsonl"
+    bad.write_text("\n".join(many) + "\n")
+    with pytest.raises(ExplorerError) as info:
+        OfflineExplorer(bad)
+    assert "25 invalid rollout row(s)" in str(info.value) and "... and 5 more" in str(info.value)
+    assert "many.jsonl:20:" in str(info.value) and "many.jsonl:21:" not in str(info.value)
+
+
+def test_a_folder_that_is_not_a_saved_dataset_is_named_with_what_is_expected(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ExplorerError) as info:
+        OfflineExplorer(empty)
+    message = str(info.value)
+    assert message.startswith(f"explorer_rollouts: {str(empty)!r} is a folder")
+    assert "it is empty" in message and "save_to_disk" in message and "JSONL file" in message and ".parquet" in message
+
+    sampled = tmp_path / "sampled"
+    sampled.mkdir()
+    _write(sampled / "rollouts.jsonl", _rows(2, 2))
+    with pytest.raises(ExplorerError, match=r"it holds rollouts\.jsonl: pass that file instead"):
+        OfflineExplorer(sampled)
+
+    import datasets
+
+    ds = datasets.Dataset.from_list(_rows(2, 2))
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ExplorerError, match=r"DatasetDict with the splits \['train', 'test'\]; name one"):
+        OfflineExplorer(tmp_path / "dd")
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "one"))
+    assert OfflineExplorer(tmp_path / "one").missing([{"prompt_id": "p0"}, {"prompt_id": "p1"}]) == []
+
+
+def test_rollouts_that_are_not_utf8_name_the_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    lines = [json.dumps(_row("p0", 0)).encode(), json.dumps(_row("p1", 1), ensure_ascii=False).encode()]
+    lines[1] = lines[1].replace(b"answer 1", "réponse".encode("latin-1"))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ExplorerError, match=r"latin1\.jsonl:2: the file is not UTF-8: byte 0xe9"):
+        OfflineExplorer(path)
+    with pytest.raises(ExplorerError, match=r"latin1\.jsonl:2: the file is not UTF-8"):
+        read_rollouts(path)
+
+
+def test_progress_lines_reach_a_user_who_configured_no_logging(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.setattr(rs, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(rs, "_BATCH_BYTES", 4096)
+    path = _write(tmp_path / "r.jsonl", _rows(60, 4))
+    size = path.stat().st_size
+    # No logging configured (the Python API): the lines go to stderr, as datasets' progress bars do.
+    OfflineExplorer(path, cache_dir=tmp_path / "c1", cache=True)
+    err = capsys.readouterr().err
+    assert f"[s2l_trl] Converting rollouts {path}:" in err
+    assert f"/ {size / 1e9:.2f} GB" in err and "rows" in err and "MB/s" in err
+    assert f"[s2l_trl] Converted rollouts {path}: 240 rows" in err
+    # INFO enabled: through logging instead, not twice.
+    with caplog.at_level(logging.INFO, logger="s2l_trl.explorers.rollout_store"):
+        OfflineExplorer(path, cache_dir=tmp_path / "c2", cache=True)
+    assert any(r.getMessage().startswith(f"Converting rollouts {path}:") for r in caplog.records)
+    assert "[s2l_trl]" not in capsys.readouterr().err
+    # datasets' switch for progress bars silences the stderr lines.
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        OfflineExplorer(path, cache_dir=tmp_path / "c3", cache=True)
+    finally:
+        datasets.enable_progress_bars()
+    assert "[s2l_trl]" not in capsys.readouterr().err
+
+
+def test_progress_lines_are_seen_from_s2l_train(tiny, tmp_path):
+    """The logging `s2l-train` sets up (root handler at WARNING) still shows the conversion's progress."""
+    from trainer_utils import write_oracle_rollouts
+
+    rollouts = write_oracle_rollouts(tiny, tmp_path / "oracle.jsonl")
+    script = (
+        "from s2l_trl.explorers import rollout_store as rs\n"
+        "rs.PROGRESS_INTERVAL_S = 0.0\n"
+        "rs._BATCH_BYTES = 2048\n"
+        "from s2l_trl.cli.train import cli\n"
+        "import sys\n"
+        "cli(sys.argv[1:])\n"
+    )
+    argv = [
+        "--config",
+        str(REPO / "recipes" / "tiny" / "s2l_po" / "config_cpu.yaml"),
+        "--model_name_or_path",
+        str(tiny["learner"]),
+        "--dataset_name",
+        str(tiny["dataset"]),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--explorer_mode",
+        "offline",
+        "--explorer_rollouts",
+        str(rollouts),
+    ]
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600, cwd=REPO, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"[s2l_trl] Converting rollouts {rollouts}:" in done.stderr
+    assert f"[s2l_trl] Converted rollouts {rollouts}:" in done.stderr
+
+
+def test_prompts_with_too_few_rollouts_are_warned_about_once(tmp_path, caplog):
+    rows = _rows(10, 4) + [_row("p10", 1), _row("p11", 2), _row("p11", 3)]  # p10: 1 rollout, p11: 2
+    path = _write(tmp_path / "r.jsonl", rows)
+    examples = [{"prompt_id": f"p{p}"} for p in range(12)]
+    explorer = OfflineExplorer(path)
+    with caplog.at_level(logging.WARNING):
+        assert explorer.missing(examples, n=4) == []
+        for _ in range(3):
+            out = explorer.generate([[0]] * 12, 4, inputs=examples)
+            assert len(out.completion_ids) == 48
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert (
+        "2 of the 12 training prompts have fewer than 4 stored rollouts (the fewest: 1, for prompt_id='p10')"
+        in (warnings[0])
+    )
+    assert "drawn with replacement" in warnings[0]
+    # p10's four rows are its one rollout, four times.
+    assert out.completion_ids[40:44] == [_row("p10", 1)["response_ids"]] * 4
+
+    # Without the start-up summary, the first short prompt warns, once for the whole run.
+    caplog.clear()
+    quiet = OfflineExplorer(path)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            quiet.generate([[0]] * 12, 4, inputs=examples)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "only 1 rollouts for prompt_id='p10'" in warnings[0]
+    assert "missing(examples, n=4)" in warnings[0]
+
+
+def test_cache_folder_that_cannot_be_written_is_named(tmp_path):
+    path = _write(tmp_path / "r.jsonl", _rows(2, 2))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ExplorerError, match=r"Cannot write the converted rollouts of .* pass a writable cache_dir"):
+        RolloutStore.open(path, cache_dir=blocker / "cache", cache=True)
+
+
+def test_progress_lines_are_throttled():
+    # About one line per PROGRESS_INTERVAL_S (10 s): none before the interval has passed.
+    progress = rs.Progress("x", 100, "rows")
+    progress.last = time.monotonic()
+    progress.update(50, 50)
+    assert not progress.reported
