@@ -8,7 +8,16 @@ import json
 from dataclasses import fields
 
 from .family import FamilySpec, build_family
-from .settings import ABLATIONS, CODISTILL_RUNS, MAIN_METHODS, METHODS, CoDistillSettings, PasskSettings, RLSettings
+from .settings import (
+    ABLATIONS,
+    CODISTILL_RUNS,
+    MAIN_METHODS,
+    METHODS,
+    CoDistillSettings,
+    CrossoverSettings,
+    PasskSettings,
+    RLSettings,
+)
 
 DEFAULT_FAMILY = ".tiny/miniature/family-same_corpus"
 
@@ -95,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--race_steps", type=int, default=24, help="steps of the instrumented run-level pair")
     _settings_args(p, RLSettings, seeds=list(range(10)))
 
+    p = sub.add_parser("crossover", help="the pass@k crossover constructions (a) shortcut, (b) ood, (c) rl_sharpened")
+    p.add_argument("--output_dir", default="results/miniature/crossover")
+    p.add_argument("--constructions", nargs="+", default=["shortcut", "ood", "rl_sharpened"])
+    _settings_args(p, CrossoverSettings)
+
     p = sub.add_parser("curves", help="per-step curves (reward per source, alpha, held-out accuracy) to PNG")
     p.add_argument("runs", nargs="+", help="run folders or trainer_state.json files")
     p.add_argument("--output", required=True)
@@ -106,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     # One thread: these models are too small to gain from two, and on a shared 2-core machine a second thread
     # mostly waits on the first (measured: several times slower per step under load).
     torch.set_num_threads(1)
+    if a.command == "crossover":
+        from .crossover import run_crossover
+
+        run_crossover(_settings(a, CrossoverSettings), a.constructions, a.output_dir)
+        print(open(f"{a.output_dir}/crossover.md").read())
+        return
     if a.command == "curves":
         from .curves import plot_run_curves
 

@@ -56,9 +56,11 @@ SIZES: dict[str, Size] = {
 class FamilySpec:
     """What a family is built from; its JSON form is the cache key.
 
-    ``construction``: ``"same_corpus"`` (every size SFT'd on the same corpus for the same steps) or ``"distilled"``
+    ``construction``: ``"same_corpus"`` (every size SFT'd on the same corpus for the same steps), ``"distilled"``
     (the largest size as in ``same_corpus``; the smaller ones SFT'd on the largest one's own sampled solutions to the
-    corpus prompts, which is how e.g. Qwen3's small models are made from the large ones).
+    corpus prompts, which is how e.g. Qwen3's small models are made from the large ones) or ``"shortcut"`` (the
+    corpus keeps only problems with an order whose last step does not carry, written in such an order: "the last
+    step does not carry" is right on every training problem; the crossover's construction (a)).
     """
 
     sizes: list[str] = field(default_factory=lambda: ["S", "M", "L"])
@@ -236,13 +238,18 @@ class Family:
 
 
 def train_rows(spec: FamilySpec) -> list[dict]:
-    return task.make_rows(spec.train_problems, seed=spec.seed + 1, num_operands=spec.num_operands)
+    accept = task.has_no_carry_order if spec.construction == "shortcut" else None
+    return task.make_rows(spec.train_problems, seed=spec.seed + 1, num_operands=spec.num_operands, accept=accept)
 
 
-def heldout_rows(spec: FamilySpec, n: int = 128, seed: int = 12345) -> list[dict]:
-    """Held-out problems: none shares its operand multiset with a training problem."""
+def heldout_rows(spec: FamilySpec, n: int = 128, seed: int = 12345, accept=None) -> list[dict]:
+    """Held-out problems: none shares its operand multiset with a training problem. A shortcut family's held-out
+    problems are drawn from its training distribution (they have an order whose last step does not carry) unless
+    ``accept`` picks another class."""
     exclude = {tuple(sorted(r["operands"])) for r in train_rows(spec)}
-    return task.make_rows(n, seed=seed, num_operands=spec.num_operands, exclude=exclude)
+    if accept is None and spec.construction == "shortcut":
+        accept = task.has_no_carry_order
+    return task.make_rows(n, seed=seed, num_operands=spec.num_operands, exclude=exclude, accept=accept)
 
 
 def _sample_solutions(model_dir: Path, tokenizer, prompts: list[str], temperature: float, seed: int) -> list[str]:
@@ -282,8 +289,8 @@ def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
     from transformers import AutoTokenizer
 
     spec = spec or FamilySpec()
-    if spec.construction not in ("same_corpus", "distilled"):
-        raise ValueError(f"construction must be 'same_corpus' or 'distilled', got {spec.construction!r}.")
+    if spec.construction not in ("same_corpus", "distilled", "shortcut"):
+        raise ValueError(f"construction must be 'same_corpus', 'distilled' or 'shortcut', got {spec.construction!r}.")
     unknown = [s for s in spec.sizes if s not in SIZES]
     if unknown:
         raise ValueError(f"unknown sizes {unknown}; known: {sorted(SIZES)}.")
@@ -298,7 +305,7 @@ def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
     tokenizer = build_tokenizer(root / "tokenizer", seed=spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     rows = train_rows(spec)
-    corpus = task.corpus_pairs(rows, seed=spec.seed + 2)
+    corpus = task.corpus_pairs(rows, seed=spec.seed + 2, shortcut=spec.construction == "shortcut")
     manifest = {"spec": asdict(spec), "sizes": _size_dims(spec), "models": {}}
     order = sorted(spec.sizes, key=lambda s: -SIZES[s].hidden * SIZES[s].layers)  # largest first (the teacher)
     for size in order:

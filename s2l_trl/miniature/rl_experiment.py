@@ -44,11 +44,13 @@ def run_one(
     echo: bool = False,
     name: str | None = None,
     explorer_in_background: bool | None = None,
+    save_model_to: Path | None = None,
 ) -> dict:
     """One training run; returns (and writes) its run.json. Skipped when run.json exists. ``echo``: print each
     held-out evaluation as it happens (the README's main job). ``name``: the run folder's name instead of ``method``
     (``runs/<name>-seed<k>``). ``explorer_in_background``: force the explorer into (True) or out of a thread (None:
-    where the backend runs it; True on an in-process explorer is the irreproducible mode of the race experiment)."""
+    where the backend runs it; True on an in-process explorer is the irreproducible mode of the race experiment).
+    ``save_model_to``: save the trained learner (and its tokenizer) there, e.g. for pass@k after RL."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -193,6 +195,10 @@ def run_one(
         ],
         "train_seconds": round(time.perf_counter() - start, 1),
     }
+    if save_model_to is not None:
+        trainer.model.save_pretrained(save_model_to)
+        tokenizer.save_pretrained(save_model_to)
+        result["saved_model"] = {"path": str(save_model_to), "weights_sha256": weights_checksum(trainer.model)}
     write_json_atomic(run_dir / "trainer_state.json", {"log_history": trainer.state.log_history})
     write_json_atomic(run_dir / "run.json", result)
     return result

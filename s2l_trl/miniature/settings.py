@@ -4,8 +4,11 @@ one settings dataclass per experiment, recorded in every run.json and turned int
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .family import FamilySpec
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,41 @@ class PasskSettings:
     seed: int = 0
 
 
+@dataclass
+class CrossoverSettings:
+    """The crossover constructions' settings: pass@k sampling (as :class:`PasskSettings`, with room for the longer
+    solutions of out-of-distribution problems), the GRPO run of construction (c), how much longer L-long is trained in
+    construction (a), and where built families and trained models are cached."""
+
+    n: int = 256
+    num_problems: int = 64
+    temperature: float = 1.0
+    max_tokens: int = 64
+    seed: int = 0
+    rl_steps: int = 400
+    rl_learning_rate: float = 5e-5
+    long_factor: int = 3
+    cache_dir: str = ".tiny/miniature"
+    # The families' SFT (FamilySpec's defaults: the standard family is the one of the other experiments).
+    sft_steps: int = 1500
+    train_problems: int = 20000
+    batch_size: int = 48
+
+    def family_spec(self, **changes) -> FamilySpec:
+        from .family import FamilySpec
+
+        checkpoints = [c for c in FamilySpec().checkpoints if c < self.sft_steps]
+        base = FamilySpec(
+            sft_steps=self.sft_steps,
+            train_problems=self.train_problems,
+            batch_size=self.batch_size,
+            checkpoints=checkpoints,
+        )
+        return replace(base, **changes)
+
+
 __all__ = [
+    "CrossoverSettings",
     "ABLATIONS",
     "CODISTILL_METHODS",
     "CODISTILL_RUNS",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 
 # The prompt is short on purpose: on a 2-core CPU every prompt token is paid for in every rollout.
 PROMPT_TEMPLATE = "Add {}"
@@ -46,19 +47,28 @@ def prompt_text(operands: tuple[int, ...]) -> str:
     return PROMPT_TEMPLATE.format("+".join(str(x) for x in operands))
 
 
-def make_rows(n: int, seed: int, num_operands: int = 3, exclude: set[tuple[int, ...]] | None = None) -> list[dict]:
+def make_rows(
+    n: int,
+    seed: int,
+    num_operands: int = 3,
+    exclude: set[tuple[int, ...]] | None = None,
+    low: int = 10,
+    high: int = 99,
+    accept: Callable[[tuple[int, ...]], bool] | None = None,
+) -> list[dict]:
     """``n`` conversational problems (TRL's prompt column layout) with ``solution`` (the sum) and ``operands``.
 
-    Problems whose operand multiset is in ``exclude`` are skipped, so a held-out set never overlaps training.
+    Operands are uniform in [low, high]. Problems whose operand multiset is in ``exclude`` are skipped, so a held-out
+    set never overlaps training; so are problems ``accept`` refuses (a class of problems, e.g. for the crossover).
     """
     rng = random.Random(seed)
     rows, seen = [], set(exclude or ())
     for _ in range(100 * n + 1000):  # bounded: a too-small problem space ends in the error below, not a hang
         if len(rows) == n:
             break
-        ops = make_problem(rng, num_operands)
+        ops = make_problem(rng, num_operands, low, high)
         key = tuple(sorted(ops))
-        if key in seen:
+        if key in seen or (accept is not None and not accept(ops)):
             continue
         seen.add(key)
         rows.append(
@@ -123,7 +133,47 @@ def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[fl
     return [1.0 if is_correct(t, s) else 0.0 for t, s in zip(texts, solution)]
 
 
-def corpus_pairs(rows: list[dict], seed: int) -> list[tuple[str, str]]:
-    """``(prompt text, solution text)`` pairs, one random path per problem: the SFT corpus every size shares."""
+def corpus_pairs(rows: list[dict], seed: int, shortcut: bool = False) -> list[tuple[str, str]]:
+    """``(prompt text, solution text)`` pairs, one random path per problem: the SFT corpus every size shares.
+    ``shortcut``: one random path among those whose last step has no units carry (see :func:`last_step_carries`)."""
     rng = random.Random(seed)
+    if shortcut:
+        return [(r["prompt"][0]["content"], shortcut_solution(tuple(r["operands"]), rng)) for r in rows]
     return [(r["prompt"][0]["content"], random_solution(tuple(r["operands"]), rng)) for r in rows]
+
+
+# The shortcut construction of the crossover (results/miniature/README.md, "The pass@k crossover"): a corpus in which
+# the last written step never carries from the units into the tens, although earlier steps do. "The last step does
+# not carry" is then right on every training problem, and wrong on the held-out class of problems whose last step
+# carries in every order.
+
+
+def last_step_carries(operands: tuple[int, ...], order: list[int]) -> bool:
+    """Whether the last step of the solution in ``order`` carries from the units into the tens."""
+    rest = sum(operands[i] for i in order[:-1])
+    return rest % 10 + operands[order[-1]] % 10 >= 10
+
+
+def no_carry_orders(operands: tuple[int, ...]) -> list[list[int]]:
+    """The orders (permutations of operand indices) whose last step does not carry."""
+    from itertools import permutations
+
+    return [list(o) for o in permutations(range(len(operands))) if not last_step_carries(operands, list(o))]
+
+
+def has_no_carry_order(operands: tuple[int, ...]) -> bool:
+    """A problem of the shortcut corpus: at least one order's last step does not carry."""
+    return bool(no_carry_orders(operands))
+
+
+def always_last_carry(operands: tuple[int, ...]) -> bool:
+    """The held-out class of the shortcut construction: every order's last step carries."""
+    return not no_carry_orders(operands)
+
+
+def shortcut_solution(operands: tuple[int, ...], rng: random.Random) -> str:
+    """A solution in a random order among those whose last step does not carry."""
+    orders = no_carry_orders(operands)
+    if not orders:
+        raise ValueError(f"every order of {operands} carries in its last step.")
+    return solution_text(operands, orders[rng.randrange(len(orders))])
