@@ -46,3 +46,54 @@ def test_crossover_k():
     large = {"1": 0.2, "2": 0.35, "4": 0.6}
     assert crossover_k({"S": small, "L": large}, "S", "L") == 4
     assert crossover_k({"S": large, "L": small}, "S", "L") is None  # the small one already wins pass@1
+
+
+def test_policy_diversity_coherent_share_and_distinct_correct_paths():
+    from s2l_trl.miniature.diversity import policy_diversity
+
+    E = "90+71=161,161+31=192 \\boxed{192}"  # right answer, but 90 and 31 are not operands: not coherent
+    ops = (91, 71, 30)
+    group = [
+        "91+71=162,162+30=192 \\boxed{192}",
+        "30+71=101,101+91=192 \\boxed{192}",
+        E,
+        "71+91=162,162+30=192 \\boxed{192}",
+    ]
+    d = policy_diversity(group, ops)
+    assert d["coherent_share"] == 0.75 and d["correct_share"] == 1.0 and d["consistent_share"] == 1.0
+    assert d["distinct_correct_paths"] == 2.0  # (162, 192) twice and (101, 192); E's path does not count
+    assert policy_diversity([D], OPS) == {
+        "coherent_share": 0.0,
+        "consistent_share": 0.0,  # 68 + 17 is not 86
+        "correct_share": 0.0,
+        "distinct_correct_paths": 0.0,
+    }
+    assert task.is_consistent(E) and not task.is_consistent("23+45=68,60+17=77 \\boxed{77}")  # does not chain
+
+
+def test_prefix_agreement_decays_where_samples_part():
+    from s2l_trl.miniature.diversity import common_prefix, operands_of_prompt, prefix_agreement
+
+    assert common_prefix(A, D) == len("23+45=68,68+17=8")
+    curve = prefix_agreement([A, A, D], max_len=len(A) + 2)
+    # Pairs (A, A), (A, D), (A, D): all agree up to "...=8", then only (A, A), until A ends.
+    assert curve[0] == 1.0 and curve[len("23+45=68,68+17=8") - 1] == 1.0
+    assert curve[len("23+45=68,68+17=8")] == pytest.approx(1 / 3)
+    assert curve[len(A) - 1] == pytest.approx(1 / 3) and curve[len(A)] == 0.0
+    assert operands_of_prompt("user\nAdd 23+45+17\nassistant\n") == (23, 45, 17)
+    with pytest.raises(ValueError, match="at least two"):
+        prefix_agreement([A], 5)
+
+
+def test_source_diversity_groups_by_source_at_equal_size():
+    from s2l_trl.miniature.diversity import source_diversity
+
+    records = [
+        {"source": "explorer", "prompt": "Add 23+45+17", "texts": [A, C, A, C]},
+        {"source": "learner", "prompt": "Add 23+45+17", "texts": [D, D, D, A, C]},  # truncated to 4
+        {"source": "learner", "prompt": "Add 23+45+17", "texts": [A]},  # too small: skipped
+    ]
+    out = source_diversity(records, size=4, max_len=10)
+    assert out["explorer"]["groups"] == 1 and out["learner"]["groups"] == 1
+    assert out["explorer"]["distinct_correct_paths"] == 2.0 and out["learner"]["distinct_correct_paths"] == 1.0
+    assert out["learner"]["coherent_share"] == 0.25 and len(out["learner"]["prefix_agreement"]) == 10

@@ -83,6 +83,13 @@ def test_rl_pipeline(family, tmp_path):
     div = report["diversity"]
     assert "explorer" in div["s2l_po"] and "explorer" not in div["grpo"]
     assert "learner_high_temp" in div["grpo_high_temp"]
+    # Policy- vs token-level diversity per source, from the runs' rollouts.
+    from s2l_trl.miniature.diversity_report import diversity_report
+
+    per = diversity_report({"micro": tmp_path}, tmp_path / "diversity", size=2, max_step=None)["sources"]["micro"]
+    assert "S2L-PO explorer rows" in per and "GRPO learner rows, high T" in per
+    assert all(0.0 <= d["coherent_share"] <= 1.0 and d["groups"] > 0 for d in per.values())
+    assert (tmp_path / "diversity" / "diversity.png").stat().st_size > 1000
     # A rerun resumes: finished runs are not trained again.
     mtime = (tmp_path / "runs" / "grpo-seed0" / "run.json").stat().st_mtime
     run_experiment(family, settings, tmp_path, ["grpo"], ablation_seeds=[0])

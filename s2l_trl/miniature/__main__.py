@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--constructions", nargs="+", default=["shortcut", "ood", "rl_sharpened"])
     _settings_args(p, CrossoverSettings)
 
+    p = sub.add_parser("diversity", help="policy- vs token-level diversity per source of RL experiments' rollouts")
+    p.add_argument("experiments", nargs="+", help="TITLE=FOLDER of RL experiments (their runs/*/rollouts.jsonl)")
+    p.add_argument("--output_dir", default="results/miniature/diversity")
+    p.add_argument("--group_size", type=int, default=4)
+    p.add_argument("--max_step", type=int, default=60, help="rollouts of steps 1..max_step (the mixing phase)")
+
     p = sub.add_parser("curves", help="per-step curves (reward per source, alpha, held-out accuracy) to PNG")
     p.add_argument("runs", nargs="+", help="run folders or trainer_state.json files")
     p.add_argument("--output", required=True)
@@ -125,6 +131,15 @@ def main(argv: list[str] | None = None) -> None:
 
         run_crossover(_settings(a, CrossoverSettings), a.constructions, a.output_dir)
         print(open(f"{a.output_dir}/crossover.md").read())
+        return
+    if a.command == "diversity":
+        from .diversity_report import diversity_report
+
+        pairs = [e.split("=", 1) for e in a.experiments]
+        if any(len(p) != 2 for p in pairs):
+            parser.error(f"experiments are TITLE=FOLDER, got {a.experiments}")
+        diversity_report(dict(pairs), a.output_dir, a.group_size, a.max_step)
+        print(open(f"{a.output_dir}/diversity.md").read())
         return
     if a.command == "curves":
         from .curves import plot_run_curves

@@ -126,6 +126,19 @@ def is_coherent(text: str, operands: list[int] | tuple[int, ...]) -> bool:
     return not remaining and answer == total
 
 
+def is_consistent(text: str) -> bool:
+    """Every written step adds correctly and chains from the previous result, and the box holds the last result,
+    whatever numbers the steps start from: an arithmetically sound chain (:func:`is_coherent` also asks that the
+    chain adds the problem's own operands, each once)."""
+    steps = steps_of(text)
+    answer = answer_of(text)
+    if not steps or answer is None:
+        return False
+    if any(x + y != z for x, y, z in steps) or any(b[0] != a[2] for a, b in zip(steps, steps[1:])):
+        return False
+    return answer == steps[-1][2]
+
+
 def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[float]:
     """1.0 when the last boxed integer equals the sum (TRL reward signature). Exact integer match: the task's answers
     are integers, and this is ~100x cheaper than math-verify on a 2-core CPU, where rewards are on the step's path."""
