@@ -4,7 +4,7 @@ Same flags as the `s2l-eval` console script (see ``--help``); ``python eval/run_
 pass@k curves.
 """
 
-from s2l_trl.cli.eval import cli
+from s2l_trl.cli.eval import command
 
 if __name__ == "__main__":
-    cli()
+    command()

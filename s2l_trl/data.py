@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .jsonl import read_jsonl
+from .preflight import InputError, check_prompt
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -203,23 +204,6 @@ def _describe(name: Any, split: str) -> str:
     return f"data set {str(name)!r} (split {split!r})"
 
 
-def _check_prompt(prompt: Any, where: str, column: str) -> None:
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise ValueError(f"{where}: the prompt in column {column!r} is empty; expected the problem text.")
-        return
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in prompt)
-    ):
-        return
-    raise ValueError(
-        f"{where}: the prompt in column {column!r} is {str(prompt)[:100]!r} ({type(prompt).__name__}); expected a "
-        "non-empty string or a list of chat messages with 'role' and 'content'."
-    )
-
-
 def prompt_id_column_of(args: PromptDataArguments, column_names: Sequence[str]) -> str | None:
     """The column that gives each problem its `prompt_id`: `dataset_prompt_id_column`, else `prompt_id` if present."""
     return args.dataset_prompt_id_column or ("prompt_id" if "prompt_id" in column_names else None)
@@ -243,7 +227,7 @@ def validate_prompt_rows(
     """
     what = _describe(args.dataset_name if isinstance(args.dataset_name, str) else "<rows>", args.dataset_train_split)
     if len(rows) == 0:
-        raise ValueError(f"{what} has no rows; expected at least one training prompt.")
+        raise InputError(f"{what} has no rows; expected at least one training prompt.")
     column_names = list(getattr(rows, "column_names", None) or rows[0].keys())
     id_column = prompt_id_column_of(args, column_names)
     seen_ids: dict[str, tuple[int, Any]] = {}
@@ -252,21 +236,21 @@ def validate_prompt_rows(
         try:
             prompt = get_field(row, args.dataset_prompt_column)
         except KeyError:
-            raise ValueError(
+            raise InputError(
                 f"{where}: no prompt column {args.dataset_prompt_column!r} (dataset_prompt_column); the row has "
                 f"columns {sorted(row)}."
             ) from None
-        _check_prompt(prompt, where, args.dataset_prompt_column)
+        check_prompt(prompt, where, args.dataset_prompt_column)
         if needs_solution:
             try:
                 solution = get_field(row, args.dataset_solution_column)
             except KeyError:
-                raise ValueError(
+                raise InputError(
                     f"{where}: no solution column {args.dataset_solution_column!r} (dataset_solution_column), which "
                     f"{needed_by} need; the row has columns {sorted(row)}."
                 ) from None
             if solution is None or (isinstance(solution, str) and not solution.strip()):
-                raise ValueError(
+                raise InputError(
                     f"{where}: the solution in column {args.dataset_solution_column!r} is {solution!r}; {needed_by} "
                     "need a gold answer in every row."
                 )
@@ -274,15 +258,15 @@ def validate_prompt_rows(
             try:
                 pid = get_field(row, id_column)
             except KeyError:
-                raise ValueError(
+                raise InputError(
                     f"{where}: no prompt id column {id_column!r} (dataset_prompt_id_column); the row has columns "
                     f"{sorted(row)}."
                 ) from None
             if pid is None:
-                raise ValueError(f"{where}: the prompt id in column {id_column!r} is None; expected an id per row.")
+                raise InputError(f"{where}: the prompt id in column {id_column!r} is None; expected an id per row.")
             key = str(pid)
             if key in seen_ids and seen_ids[key][1] != prompt:
-                raise ValueError(
+                raise InputError(
                     f"{where}: prompt id {key!r} (column {id_column!r}) already names a different prompt in row "
                     f"{seen_ids[key][0]}; expected one id per problem."
                 )
@@ -315,7 +299,7 @@ def load_train_dataset(
 
     if rows is None:
         if not args.dataset_name:
-            raise ValueError("dataset_name is required: a Hub id or a local JSONL/JSON/parquet/CSV file or folder.")
+            raise InputError("dataset_name is required: a Hub id or a local JSONL/JSON/parquet/CSV file or folder.")
         raw = load_prompt_dataset(args.dataset_name, args.dataset_config, args.dataset_train_split)
     elif isinstance(rows, datasets.Dataset):
         raw = rows

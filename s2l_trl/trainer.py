@@ -31,7 +31,7 @@ from accelerate.utils import broadcast_object_list, gather, gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from . import mixing
+from . import mixing, preflight
 from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, build_training_explorer
 from .explorers.rounds import CollectedRows, ExplorerRequest, ExplorerRounds
@@ -106,14 +106,34 @@ class S2LTrainer(GRPOTrainer):
         if not isinstance(args, S2LConfig):
             raise TypeError(f"S2LTrainer needs `args` to be an S2LConfig, got {type(args).__name__}.")
         warn_if_untested_trl()
-        super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        # Everything checkable from the arguments alone is checked before TRL builds anything or writes output_dir.
+        train_dataset = kwargs.get("train_dataset", pargs[0] if pargs else None)
+        self.alpha_fn = self._preflight(model, reward_funcs, args, train_dataset, explorer, mix_schedule)
+        with preflight.removing_created_folder(args.output_dir):
+            super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+            self._set_up_mixing(args, explorer)
+            self._check_prompt_lengths(self.train_dataset)
 
-        self.alpha_fn = make_alpha_fn(
+    def _preflight(self, model, reward_funcs, args: S2LConfig, train_dataset, explorer, mix_schedule):
+        """The checks of `s2l_trl.preflight` that need no model loaded; returns the checked schedule."""
+        preflight.check_output_dir(args.output_dir)
+        preflight.check_model_path(model, "model")
+        if explorer is None and args.explorer_mode in ("local", "vllm"):
+            preflight.check_model_path(args.explorer_model, "explorer_model")
+        preflight.check_explorer_object(explorer)
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        preflight.check_train_dataset(train_dataset, [f for f in funcs if callable(f)])
+        alpha_fn = make_alpha_fn(
             mix_schedule if mix_schedule is not None else args.mix_schedule,
             args.mix_steps,
             args.mix_alpha_start,
             args.mix_alpha_end,
         )
+        if mix_schedule is not None:
+            preflight.check_alpha_fn(alpha_fn, preflight.schedule_probe_steps(args.max_steps, args.mix_steps))
+        return alpha_fn
+
+    def _set_up_mixing(self, args: S2LConfig, explorer: Explorer | None) -> None:
         self._round: MixedRound | None = None
         # Multi-turn tool loops and custom rollouts continue completions with the learner, so the explorer is off.
         self.mixing_enabled = not (self.tools or self.rollout_func is not None or self.environment_factories)
@@ -163,6 +183,33 @@ class S2LTrainer(GRPOTrainer):
                 prefetch=args.explorer_prefetch and args.steps_per_generation >= args.gradient_accumulation_steps,
                 foreground=self._explorer_rng,
             )
+
+    def _check_prompt_lengths(self, dataset) -> None:
+        """Refuse training prompts that do not fit the learner's context (or the explorer's) with the completion:
+        the learner would train past its positions and a server explorer would fail the round with HTTP 400."""
+        if dataset is None or not hasattr(dataset, "column_names") or "prompt" not in dataset.column_names:
+            return
+        prompts = dataset["prompt"]
+        lengths = [
+            len(ids)
+            for begin in range(0, len(prompts), 1024)
+            for ids in self._tokenize_prompts(prompts[begin : begin + 1024])[0]
+        ]
+        ids = dataset["prompt_id"] if "prompt_id" in dataset.column_names else None
+
+        def label(i: int) -> str:
+            return f"row {i}" + (f" (prompt_id {ids[i]!r})" if ids is not None else "")
+
+        learner = [("learner", getattr(self.model.config, "max_position_embeddings", None), "max_position_embeddings")]
+        if self.use_vllm and self.args.vllm_max_model_length:
+            learner.append(("learner's vLLM engine", self.args.vllm_max_model_length, "vllm_max_model_length"))
+        preflight.check_prompt_lengths(lengths, label, self.max_completion_length, learner)
+        if self.explorer is not None and self.token_bridge.matches:  # explorer prompts are then the same ids
+            context = getattr(self.explorer, "max_model_len", None) or getattr(
+                getattr(getattr(self.explorer, "model", None), "config", None), "max_position_embeddings", None
+            )
+            limit = [("explorer", context, "the explorer's max_model_len / max_position_embeddings")]
+            preflight.check_prompt_lengths(lengths, label, self.args.explorer_max_tokens, limit)
 
     @property
     def explorer_tokenizer_matches(self) -> bool:
@@ -346,8 +393,9 @@ class S2LTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         """TRL's checkpoint, plus `s2l_state.json`: the explorer's random state before the round a resumed run
         generates first (the current round when the checkpoint falls inside it, else the next), so that the resumed
-        run redraws the explorer rows the uninterrupted run drew."""
-        super()._save_checkpoint(model, trial)
+        run redraws the explorer rows the uninterrupted run drew. A full disk is reported as such."""
+        with preflight.explained_write_errors(self.args.output_dir):
+            super()._save_checkpoint(model, trial)
         if not self.args.should_save:
             return
         every = self.args.steps_per_generation * self.num_iterations
@@ -551,6 +599,12 @@ class S2LTrainer(GRPOTrainer):
             batch_size=self.args.per_device_train_batch_size,
         )
         return logps
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Transformers' save; S2L: a full disk is reported as such (torch says `basic_ios::clear: iostream
+        error`)."""
+        with preflight.explained_write_errors(output_dir or self.args.output_dir):
+            return super().save_model(output_dir, _internal_call)
 
     # ------------------------------------------------------------------ model card
     def create_model_card(

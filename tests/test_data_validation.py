@@ -105,6 +105,8 @@ def test_a_reward_that_needs_no_solution_accepts_rows_without_one(tiny, tmp_path
             [
                 "--config",
                 str(RECIPES / "grpo" / "config_cpu.yaml"),
+                "--model_name_or_path",
+                str(tiny["learner"]),
                 "--dataset_name",
                 str(data),
                 "--output_dir",

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "s2l_trl"
 # Top to bottom; a module may import from its own layer and the layers above it, never from below.
 LAYERS = [
     {"schedule", "mixing", "trl_compat"},
-    {"answers", "jsonl"},
+    {"answers", "jsonl", "preflight"},
     {"explorers"},
     {"config", "model_card"},
     {"trainer", "callbacks", "checkpoints", "codistill"},

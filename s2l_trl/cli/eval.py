@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from trl import TrlParser
 
 from ..evaluation.runner import EvalArguments
+from .errors import run_cli
 
 JUDGES = ("math_verify", "official_compat")
 
@@ -108,9 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def cli() -> None:
-    main()
+def command() -> None:
+    """The `s2l-eval` console command: bad input ends with one line on stderr and exit status 2 (`--debug` or
+    `S2L_DEBUG=1` for the traceback); `main` raises instead, for Python callers."""
+    run_cli("s2l-eval", main)
 
 
 if __name__ == "__main__":
-    cli()
+    command()

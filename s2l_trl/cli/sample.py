@@ -27,6 +27,7 @@ from ..data import PromptDataArguments, parse_chat_template_kwargs
 from ..explorers.base import SamplingSettings
 from ..sampling.engine import EngineArguments
 from ..sampling.rollouts import DEFAULT_SAMPLING, sample_rollouts
+from .errors import run_cli
 
 
 @dataclass(kw_only=True)
@@ -159,9 +160,11 @@ def main(argv: list[str] | None = None):
     return path
 
 
-def cli() -> None:
-    main()
+def command() -> None:
+    """The `s2l-sample` console command: bad input ends with one line on stderr and exit status 2 (`--debug` or
+    `S2L_DEBUG=1` for the traceback); `main` raises instead, for Python callers."""
+    run_cli("s2l-sample", main)
 
 
 if __name__ == "__main__":
-    cli()
+    command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import sys
@@ -18,7 +17,9 @@ from ..callbacks import MixProgressCallback
 from ..checkpoints import last_complete_checkpoint
 from ..config import S2LConfig
 from ..data import PromptDataArguments, load_train_dataset
+from ..preflight import check_model_path, check_output_dir, reads_argument
 from ..rewards import get_reward_funcs
+from .errors import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +60,6 @@ class S2LScriptArguments(PromptDataArguments):
             raise ValueError(f"trainer must be 's2l' or 'grpo', got {self.trainer!r}.")
 
 
-def _reads(func, argument: str) -> bool:
-    """Whether reward function ``func`` takes ``argument`` (a data-set column) by name."""
-    try:
-        return argument in inspect.signature(func).parameters
-    except (TypeError, ValueError):  # not introspectable (a model, a C callable): assume it does not
-        return False
-
-
 def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[list, Any, str | None]:
     """What every training CLI does before building its trainer: seed and logging, the reward functions, the data
     set (validated before a trainer or an output folder exists), the checkpoint to resume from, and the learner's
@@ -80,12 +73,17 @@ def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[li
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
-    # Data first: a data set the run cannot train on is refused before a trainer or an output folder exists.
+    # Data and paths first: what the run cannot use is refused before a trainer or an output folder exists.
+    check_output_dir(training_args.output_dir)
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
-    need_solution = [name for name, func in zip(script_args.reward_funcs, reward_funcs) if _reads(func, "solution")]
+    need_solution = [
+        name for name, func in zip(script_args.reward_funcs, reward_funcs) if reads_argument(func, "solution")
+    ]
     train_dataset = load_train_dataset(
         script_args, needs_solution=bool(need_solution), needed_by=f"the reward functions {need_solution}"
     )
+
+    check_model_path(model_args.model_name_or_path, "model_name_or_path")
 
     # Resume from the newest checkpoint that was saved to the end (a kill during a save leaves a torn one behind).
     checkpoint = training_args.resume_from_checkpoint
@@ -166,5 +164,11 @@ def cli(argv: list[str] | None = None) -> None:
     main(*parse_args(argv))
 
 
+def command() -> None:
+    """The `s2l-train` console command: bad input ends with one line on stderr and exit status 2 (`--debug` or
+    `S2L_DEBUG=1` for the traceback); `cli` raises instead, for Python callers."""
+    run_cli("s2l-train", cli)
+
+
 if __name__ == "__main__":
-    cli()
+    command()

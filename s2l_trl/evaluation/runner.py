@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 from ..answers import make_judge
 from ..explorers.base import SamplingSettings
 from ..jsonl import JsonlWriter, drop_torn_tail, iter_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..preflight import check_model_path, check_output_dir, looks_like_local_path  # noqa: F401 (re-exported)
 from ..sampling.engine import EngineArguments, SamplingEngine
 from .data import BENCHMARKS, DEFAULT_BENCHMARKS, get_spec, load_benchmark, user_turn
 from .passk import summarize
@@ -204,45 +203,6 @@ class EvalArguments(EngineArguments):
         )
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
-
-
-def looks_like_local_path(name: str) -> bool:
-    """Whether ``name`` is meant as a local path rather than a Hub id (``name`` or ``org/name``).
-
-    True when it exists; starts with ``/``, ``./``, ``../`` or ``~``; ends with a separator; is no valid Hub id
-    (more than one ``/``, characters other than letters, digits, ``-``, ``_``, ``.``); or is ``org/name`` whose
-    ``org`` is an existing local folder (``outputs/run`` when ``outputs/`` exists).
-    """
-    if os.path.exists(name) or name in (".", ".."):
-        return True
-    if name.startswith(("/", "./", "../", "~")) or name.endswith(("/", os.sep)):
-        return True
-    if not _HUB_ID.fullmatch(name) or ".." in name:
-        return True
-    return "/" in name and os.path.isdir(name.split("/", 1)[0])
-
-
-def check_model_path(name: str, field_name: str = "model_path") -> None:
-    """Refuse a local model path that does not exist (or is a file), before a run writes anything.
-
-    A Hub id (``name`` or ``org/name``) that is no local folder passes: it is resolved when the model loads.
-    """
-    if not looks_like_local_path(name):
-        return
-    path = Path(os.path.expanduser(name))
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{field_name} {name!r} looks like a local path but does not exist; expected a model folder (with "
-            "config.json and the tokenizer) or a Hub id of the form 'org/name'."
-        )
-    if not path.is_dir():
-        raise ValueError(
-            f"{field_name} {name!r} is a file; expected a model folder (with config.json and the tokenizer) or a Hub "
-            "id of the form 'org/name'."
-        )
-
-
 def _write_config(args: EvalArguments) -> None:
     """Write config.txt, or check that a resumed run keeps the settings its existing outputs were made with."""
     path = args.output_dir / "config.txt"
@@ -306,10 +266,11 @@ class _LazyEngine:
         return self.engine
 
 
-def run_inference(args: EvalArguments, bench: str, lazy: _LazyEngine) -> Path:
-    """Sample ``k`` outputs per problem into ``<bench>_raw.jsonl``, resuming after the last finished problem."""
+def run_inference(args: EvalArguments, bench: str, lazy: _LazyEngine, rows: list[dict[str, Any]] | None = None) -> Path:
+    """Sample ``k`` outputs per problem into ``<bench>_raw.jsonl``, resuming after the last finished problem
+    (``rows``: the benchmark's problems when already loaded)."""
     spec = get_spec(bench)
-    rows = load_benchmark(bench, args.data_dir, args.limit)
+    rows = load_benchmark(bench, args.data_dir, args.limit) if rows is None else rows
     path = args.output_dir / f"{bench}_raw.jsonl"
     done = _finished_problems(path, rows, args.k)
     todo = rows[done:]
@@ -410,13 +371,16 @@ def run_evaluation(args: EvalArguments, engine: SamplingEngine | None = None) ->
         check_model_path(args.model_path, "model_path")
         if args.tokenizer_path:
             check_model_path(args.tokenizer_path, "tokenizer_path")
+    # Every benchmark is read (and validated) before anything is written or sampled: a bad second file must not
+    # cost the first one's sampling.
+    problems = {} if args.skip_inference else {b: load_benchmark(b, args.data_dir, args.limit) for b in args.benchmarks}
+    check_output_dir(args.output_root, "output_root")
     _write_config(args)
     lazy = _LazyEngine(args, engine)
     start = time.perf_counter()
     try:
-        if not args.skip_inference:
-            for bench in args.benchmarks:
-                run_inference(args, bench, lazy)
+        for bench, rows in problems.items():
+            run_inference(args, bench, lazy, rows)
     finally:
         if lazy.engine is not None and engine is None:
             lazy.engine.close()

@@ -45,6 +45,7 @@ from ..data import PromptDataArguments, load_train_dataset, parse_chat_template_
 from ..explorers.base import SamplingSettings
 from ..explorers.offline import prompt_text_key
 from ..jsonl import JsonlWriter, drop_torn_tail, read_jsonl, write_jsonl_atomic
+from ..preflight import check_model_path, check_output_dir
 from .engine import EngineArguments, SamplingEngine
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,9 @@ def sample_rollouts(
         raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}.")
     if num_generations < 1:
         raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+    if engine is None:
+        check_model_path(model_path, "model_path")
+    check_output_dir(output_dir)
     sampling = sampling or SamplingSettings(**vars(DEFAULT_SAMPLING))
     chat_template_kwargs = parse_chat_template_kwargs(chat_template_kwargs)
     output_dir = Path(output_dir)
