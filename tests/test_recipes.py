@@ -288,6 +288,20 @@ wait_healthy http://127.0.0.1:{_free_port()} "$last_pid" {tmp_path / "server.log
     assert "exited before it became healthy" in done.stderr and "boom: no GPU" in done.stderr
 
 
+def test_common_sh_says_it_is_still_waiting_for_health(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}"
+    script = f"""
+set -euo pipefail
+log_prefix=test
+source {LAUNCH / "common.sh"}
+wait_healthy {url} "" {tmp_path / "server.log"} 3 0.2 1
+"""
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"{url} did not answer /health within 3 s" in done.stderr
+    notes = [line for line in done.stdout.splitlines() if line.startswith(f"[test] waiting for {url}/health: ")]
+    assert len(notes) >= 2 and notes[0].endswith(f"s of 3 s (log: {tmp_path / 'server.log'})")
+
+
 def dry_run(script: str, *args: str, env: dict | None = None) -> list[str]:
     import os
 
@@ -330,11 +344,12 @@ def test_s2l_po_dry_run_single_node():
         "2",
     )
     explorer, learner, train = lines
+    # The frozen explorer: `vllm serve`, returning the log-probs of the distribution it samples from.
     assert explorer.startswith(
-        "CUDA_VISIBLE_DEVICES=0,1 trl vllm-serve --model Qwen/Qwen3-1.7B-Base "
-        "--tensor_parallel_size 2 --data_parallel_size 1 --host 127.0.0.1 --port 8001 "
+        "CUDA_VISIBLE_DEVICES=0,1 vllm serve Qwen/Qwen3-1.7B-Base "
+        "--tensor-parallel-size 2 --data-parallel-size 1 --host 127.0.0.1 --port 8001 "
     )
-    assert "--max_model_len 4608" in explorer and explorer.endswith("&")
+    assert "--max-model-len 4608 --logprobs-mode processed_logprobs >" in explorer and explorer.endswith("&")
     assert learner.startswith(
         "CUDA_VISIBLE_DEVICES=2,3 trl vllm-serve --model Qwen/Qwen3-8B-Base "
         "--tensor_parallel_size 1 --data_parallel_size 2 --host 127.0.0.1 --port 8000 "
@@ -405,7 +420,7 @@ def test_s2l_po_dry_run_multi_node_reads_the_launcher_environment():
         "recipes/Qwen3-14B-Base/s2l_po/config_explorer_4b.yaml",
         env={**env, "MACHINE_RANK": "0"},
     )
-    assert "--host 0.0.0.0" in rank0[0] and "--model Qwen/Qwen3-4B-Base" in rank0[0]
+    assert "--host 0.0.0.0" in rank0[0] and "vllm serve Qwen/Qwen3-4B-Base" in rank0[0]
 
 
 def test_s2l_po_rejects_inconsistent_parallelism():
@@ -541,9 +556,9 @@ def test_s2l_po_dry_run_one_explorer_server_per_gpu_group():
         "",
     )
     first, second, train = lines
-    assert first.startswith("CUDA_VISIBLE_DEVICES=0,1 trl vllm-serve --model Qwen/Qwen3-1.7B-Base ")
-    assert "--data_parallel_size 2" in first and "--port 8001" in first and "explorer_server_0.log" in first
-    assert second.startswith("CUDA_VISIBLE_DEVICES=2,3 trl vllm-serve ") and "--port 8002" in second
+    assert first.startswith("CUDA_VISIBLE_DEVICES=0,1 vllm serve Qwen/Qwen3-1.7B-Base ")
+    assert "--data-parallel-size 2" in first and "--port 8001" in first and "explorer_server_0.log" in first
+    assert second.startswith("CUDA_VISIBLE_DEVICES=2,3 vllm serve ") and "--port 8002" in second
     # The trainer gets every server's URL (bash prints the comma escaped; the shell reads it as a plain comma).
     urls = train.split("--explorer_server_base_url ")[1].split()[0].replace("\\,", ",")
     assert urls == "http://127.0.0.1:8001,http://127.0.0.1:8002"
@@ -564,3 +579,37 @@ def test_s2l_po_dry_run_one_explorer_server_per_gpu_group():
         cwd=REPO,
     )
     assert uneven.returncode != 0 and "must split evenly over --explorer-servers 2" in uneven.stderr
+
+
+def test_s2l_po_explorer_server_kind():
+    """`--explorer-server trl` keeps `trl vllm-serve` for the explorer; `vllm` (the default) runs `vllm serve` with
+    processed log-probs, a command vLLM's own parser reads; anything else is refused before anything starts."""
+    recipe = ("--recipe", "recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml", "--learner-gpus", "")
+    (trl_explorer, _) = dry_run("s2l_po.sh", *recipe, "--explorer-server", "trl")
+    assert trl_explorer.startswith(
+        "CUDA_VISIBLE_DEVICES=0,1 trl vllm-serve --model Qwen/Qwen3-1.7B-Base --tensor_parallel_size 1 "
+        "--data_parallel_size 2 --host 127.0.0.1 --port 8001 --gpu_memory_utilization 0.9 --max_model_len 4608 >"
+    )
+    (vllm_explorer, _) = dry_run("s2l_po.sh", *recipe)
+    assert vllm_explorer == dry_run("s2l_po.sh", *recipe, "--explorer-server", "vllm")[0]
+    bad = subprocess.run(
+        ["bash", str(LAUNCH / "s2l_po.sh"), "--dry-run", *recipe, "--explorer-server", "sglang"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert bad.returncode != 0 and "--explorer-server must be vllm (vllm serve) or trl (trl vllm-serve)" in bad.stderr
+    assert "'sglang'" in bad.stderr
+    import shlex
+
+    try:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:
+        pytest.skip("vLLM is not installed: the command's flags are not checked against its parser")
+    words = shlex.split(vllm_explorer.split(" >")[0])[1:]  # without CUDA_VISIBLE_DEVICES=...
+    assert words[:2] == ["vllm", "serve"]
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(words[2:])
+    assert (args.model_tag, args.tensor_parallel_size, args.data_parallel_size) == ("Qwen/Qwen3-1.7B-Base", 1, 2)
+    assert (args.host, args.port, args.gpu_memory_utilization) == ("127.0.0.1", 8001, 0.9)
+    assert (args.max_model_len, args.logprobs_mode) == (4608, "processed_logprobs")

@@ -51,6 +51,27 @@ for key in sys.argv[2:]:
 PY
 }
 
+# serve_cmd KIND MODEL TP DP HOST PORT GPU_MEMORY_UTILIZATION [MAX_MODEL_LEN]: the words of a command serving MODEL,
+# one per line. KIND `vllm`: `vllm serve` itself, returning the log-probs of the distribution it samples from
+# (--logprobs-mode processed_logprobs; vLLM's default is the raw, untempered ones, wrong for explorer importance
+# sampling), what a frozen explorer needs. KIND `trl`: `trl vllm-serve` (passes that flag itself, plus vLLM's dev mode
+# and NCCL weight transfer: what a learner server needs; deprecated, removed in TRL 2.0).
+serve_cmd() {
+    local kind="$1" model="$2" tp="$3" dp="$4" host="$5" port="$6" util="$7" max_len="${8:-}"
+    case "$kind" in
+        vllm)
+            printf '%s\n' vllm serve "$model" --tensor-parallel-size "$tp" --data-parallel-size "$dp" --host "$host" \
+                --port "$port" --gpu-memory-utilization "$util"
+            [ -z "$max_len" ] || printf '%s\n' --max-model-len "$max_len"
+            printf '%s\n' --logprobs-mode processed_logprobs ;;
+        trl)
+            printf '%s\n' trl vllm-serve --model "$model" --tensor_parallel_size "$tp" --data_parallel_size "$dp" \
+                --host "$host" --port "$port" --gpu_memory_utilization "$util"
+            [ -z "$max_len" ] || printf '%s\n' --max_model_len "$max_len" ;;
+        *) die "unknown server kind $kind (trl or vllm)" ;;
+    esac
+}
+
 # url_port URL DEFAULT: the port of URL, or DEFAULT when it names none.
 url_port() { local p="${1##*:}"; p="${p%%/*}"; case "$p" in ''|*[!0-9]*) echo "$2" ;; *) echo "$p" ;; esac; }
 # shellcheck disable=SC2086  # word splitting on commas is the point
@@ -110,11 +131,17 @@ healthy() {
     fi
 }
 
-# wait_healthy URL PID LOG TIMEOUT [INTERVAL]: poll URL/health every INTERVAL (5) seconds until it answers; fail
-# with the tail of LOG when the server PID (may be empty: not ours) exits first or after TIMEOUT seconds.
+# wait_healthy URL PID LOG TIMEOUT [INTERVAL] [NOTE_EVERY]: poll URL/health every INTERVAL (5) seconds until it
+# answers, saying every NOTE_EVERY (30) seconds that it is still waiting (a large model loads for minutes); fail with
+# the tail of LOG when the server PID (may be empty: not ours) exits first or after TIMEOUT seconds.
 wait_healthy() {
-    local url="$1" pid="$2" log="$3" timeout="$4" interval="${5:-5}" start=$SECONDS
+    local url="$1" pid="$2" log="$3" timeout="$4" interval="${5:-5}" note_every="${6:-30}" start=$SECONDS
+    local next_note=$(( SECONDS + note_every ))
     until healthy "$url"; do
+        if [ "$SECONDS" -ge "$next_note" ]; then
+            echo "[$log_prefix] waiting for $url/health: $(( SECONDS - start )) s of ${timeout} s (log: $log)"
+            next_note=$(( next_note + note_every ))
+        fi
         if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
             echo "[$log_prefix] server for $url exited before it became healthy; last lines of $log:" >&2
             tail -n 30 "$log" >&2 || true

@@ -4,8 +4,13 @@
 #   recipes/launch/s2l_po.sh --recipe recipes/Qwen3-8B-Base/s2l_po/config_explorer_1.7b.yaml [options] [-- ARGS]
 #
 # What it does, in order:
-#   1. explorer:  CUDA_VISIBLE_DEVICES=<explorer GPUs> trl vllm-serve --model <explorer> --port 8001 ...
-#      The explorer is frozen, so it is a plain vLLM server: no weight sync. Give it several GPUs with
+#   1. explorer:  CUDA_VISIBLE_DEVICES=<explorer GPUs> vllm serve <explorer> --port 8001 ...
+#        --logprobs-mode processed_logprobs
+#      The explorer is frozen, so it is a plain vLLM server: no weight sync. --logprobs-mode processed_logprobs makes
+#      it return the log-probs of the distribution it samples from (temperature 0.7, top-p 0.95), which explorer
+#      importance sampling needs (the trainer checks it at start-up); vLLM's default returns raw, untempered ones.
+#      --explorer-server trl starts it with `trl vllm-serve` instead, as before (deprecated, gone in TRL 2.0; it
+#      passes the same flag itself). Give it several GPUs with
 #      --explorer-dp (data parallel: independent replicas, best for a 1.7B/4B model that fits on one GPU) or
 #      --explorer-tp (tensor parallel: one model split over GPUs, for explorers too big for one GPU);
 #      the explorer GPU count must equal tp x dp. With --explorer-servers N the explorer GPUs are split into N
@@ -29,6 +34,7 @@
 #   --explorer-gpus LIST        [0,1]            --explorer-tp N [1]   --explorer-dp N [#GPUs / tp]
 #   --explorer-port N           [port of recipe explorer_server_base_url, else 8001]; server k listens on N + k
 #   --explorer-servers N        [1] independent explorer servers, each on #explorer GPUs / N GPUs (tp x dp each)
+#   --explorer-server KIND      [vllm] `vllm serve` (vllm) or `trl vllm-serve` (trl) for the explorer
 #   --no-explorer               start no explorer (GRPO baselines)
 #   --learner-model ID          [recipe model_name_or_path]
 #   --learner-gpus LIST         [2,3]; '' = no learner server (use_vllm: false or vllm_mode: colocate)
@@ -66,6 +72,7 @@ explorer_dp=""
 explorer_port=""
 use_explorer=1
 explorer_servers=1
+explorer_server="vllm"
 learner_model=""
 learner_gpus="2,3"
 learner_tp=1
@@ -89,6 +96,7 @@ while [ "$#" -gt 0 ]; do
         --explorer-dp) need "$@"; explorer_dp="$2"; shift 2 ;;
         --explorer-port) need "$@"; explorer_port="$2"; shift 2 ;;
         --explorer-servers) need "$@"; explorer_servers="$2"; shift 2 ;;
+        --explorer-server) need "$@"; explorer_server="$2"; shift 2 ;;
         --no-explorer) use_explorer=0; shift ;;
         --learner-model) need "$@"; learner_model="$2"; shift 2 ;;
         --learner-gpus) need "$@"; learner_gpus="$2"; shift 2 ;;
@@ -124,6 +132,10 @@ if [ "$use_explorer" = 1 ]; then
     [ -n "$explorer_model" ] || die "no explorer model: set explorer_model in the recipe or pass --explorer-model"
     [ -n "$explorer_port" ] || explorer_port="$(url_port "$(recipe_value explorer_server_base_url)" 8001)"
     [[ "$explorer_servers" =~ ^[1-9][0-9]*$ ]] || die "--explorer-servers must be a positive integer, got $explorer_servers"
+    case "$explorer_server" in
+        trl|vllm) ;;
+        *) die "--explorer-server must be vllm (vllm serve) or trl (trl vllm-serve), got '$explorer_server'" ;;
+    esac
     n_explorer_gpus="$(count_gpus "$explorer_gpus")"
     [ $(( n_explorer_gpus % explorer_servers )) -eq 0 ] \
         || die "explorer GPUs ($explorer_gpus) must split evenly over --explorer-servers $explorer_servers"
@@ -146,25 +158,23 @@ num_processes=$(( $(count_gpus "$train_gpus") * num_machines ))
 # One log per explorer server: explorer_server.log for a single one (as before), explorer_server_<k>.log otherwise.
 explorer_log() { if [ "$explorer_servers" = 1 ]; then echo explorer_server.log; else echo "explorer_server_$1.log"; fi; }
 
-server_args() {  # model tp dp port -> the trl vllm-serve arguments, one per line
-    printf '%s\n' --model "$1" --tensor_parallel_size "$2" --data_parallel_size "$3" --host "$bind_host" \
-        --port "$4" --gpu_memory_utilization "$gpu_memory_utilization"
-    [ -z "$max_model_len" ] || printf '%s\n' --max_model_len "$max_model_len"
-}
+# server_args KIND MODEL TP DP PORT: the words of one server command (see serve_cmd in common.sh), one per line.
+server_args() { serve_cmd "$1" "$2" "$3" "$4" "$bind_host" "$5" "$gpu_memory_utilization" "$max_model_len"; }
 learner=(); explorer_cmds=(); explorer_gpu_groups=(); explorer_urls=(); learner_cmd=""
 if [ "$use_explorer" = 1 ]; then
     IFS=, read -r -a all_explorer_gpus <<<"$explorer_gpus"
     for (( k = 0; k < explorer_servers; k++ )); do
         group="$(IFS=,; echo "${all_explorer_gpus[*]:$(( k * gpus_per_explorer )):$gpus_per_explorer}")"
-        mapfile -t explorer < <(server_args "$explorer_model" "$explorer_tp" "$explorer_dp" $(( explorer_port + k )))
-        explorer_cmds+=("$(printf '%q ' trl vllm-serve "${explorer[@]}")")
+        mapfile -t explorer < <(server_args "$explorer_server" "$explorer_model" "$explorer_tp" "$explorer_dp" \
+            $(( explorer_port + k )))
+        explorer_cmds+=("$(printf '%q ' "${explorer[@]}")")
         explorer_gpu_groups+=("$group")
         explorer_urls+=("http://$server_host:$(( explorer_port + k ))")
     done
 fi
 if [ "$use_learner_server" = 1 ]; then
-    mapfile -t learner < <(server_args "$learner_model" "$learner_tp" "$learner_dp" "$learner_port")
-    learner=(trl vllm-serve "${learner[@]}")
+    # The learner's server takes TRL's weight pushes after every optimizer step: `trl vllm-serve`.
+    mapfile -t learner < <(server_args trl "$learner_model" "$learner_tp" "$learner_dp" "$learner_port")
     learner_cmd="$(printf '%q ' "${learner[@]}")"
 fi
 
@@ -200,9 +210,10 @@ explorer_pids=(); learner_pid=""
 for k in "${!explorer_cmds[@]}"; do
     [ "$start_servers" = 1 ] || break
     echo "[s2l_po] starting explorer $k: ${explorer_cmds[$k]}"
-    mapfile -t explorer < <(server_args "$explorer_model" "$explorer_tp" "$explorer_dp" $(( explorer_port + k )))
+    mapfile -t explorer < <(server_args "$explorer_server" "$explorer_model" "$explorer_tp" "$explorer_dp" \
+        $(( explorer_port + k )))
     start_in_group "$log_dir/$(explorer_log "$k")" CUDA_VISIBLE_DEVICES="${explorer_gpu_groups[$k]}" -- \
-        trl vllm-serve "${explorer[@]}"
+        "${explorer[@]}"
     explorer_pids+=("$last_pid")
 done
 if [ "$start_servers" = 1 ] && [ -n "$learner_cmd" ]; then
