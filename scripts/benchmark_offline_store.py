@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 PAPER_PROMPTS, SAMPLES, MEAN_TOKENS, VOCAB = 17_400, 16, 2_000, 151_936
+LOADS: list[tuple[float, float]] = []  # 1-minute load average before / after each measured process
 
 
 # ------------------------------------------------------------------------------------------------ memory readings
@@ -122,11 +123,16 @@ def phase_store(path: Path, cache_dir: Path, prompts: int, rounds: int, round_pr
     """Open the store (converting or from the cache), then run rounds; all figures of one process."""
     import random
 
+    # Imported before the baseline: fixed import costs are not costs per stored token.
+    import datasets  # noqa: F401
+    import filelock  # noqa: F401
     import pyarrow as pa
+    import pyarrow.compute  # noqa: F401
+    import pyarrow.ipc  # noqa: F401
 
     from s2l_trl.explorers import OfflineExplorer
 
-    base_anon = _status("RssAnon")
+    base_anon, base_file = _status("RssAnon"), _status("RssFile")
     with PeakSampler() as peak:
         started = time.perf_counter()
         explorer = OfflineExplorer(path, seed=seed, vocab_size=VOCAB, cache_dir=cache_dir, cache=True)
@@ -136,7 +142,7 @@ def phase_store(path: Path, cache_dir: Path, prompts: int, rounds: int, round_pr
         "heap_after_open": _status("RssAnon") - base_anon,
         "heap_peak_open": peak.peak - base_anon,
         "arrow_allocated": pa.total_allocated_bytes(),
-        "rss_file": _status("RssFile"),
+        "rss_file": _status("RssFile") - base_file,
         "cache_bytes": sum(f.stat().st_size for f in explorer.store.cache_path.iterdir()),
         "rows_read_by_open": explorer.store.rows_read,
     }
@@ -161,6 +167,7 @@ def phase_store(path: Path, cache_dir: Path, prompts: int, rounds: int, round_pr
         round_s=round_s,
         round_heap_peak=max(round_heap) if round_heap else 0,
         heap_after_rounds=_status("RssAnon") - base_anon,
+        rss_file_after_rounds=_status("RssFile") - base_file,
         rows_read=explorer.store.rows_read,
     )
     return out
@@ -205,9 +212,11 @@ def _evict(cache_dir: Path) -> None:
 
 
 def _run_phase(args: list[str], timeout: float) -> dict:
+    load = os.getloadavg()[0]
     done = subprocess.run(
         [sys.executable, __file__, "--_phase", *args], capture_output=True, text=True, timeout=timeout
     )
+    LOADS.append((load, os.getloadavg()[0]))
     if done.returncode != 0:
         raise RuntimeError(f"phase {args[0]} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -303,7 +312,7 @@ def report(results: list[dict]) -> None:
         "heap / token after first load (peak)",
         "cached load hot / cold",
         "heap / token after cached load",
-        "mapped pages (RssFile growth)",
+        "file pages mapped after open / after rounds (RssFile growth)",
         "round (1,024 x 16 rows)",
         "round's lists (transient heap)",
     ]
@@ -322,7 +331,7 @@ def report(results: list[dict]) -> None:
             f"{first['heap_after_open'] / t:.2f} B ({first['heap_peak_open'] / t:.2f} B)",
             f"{cached['open_s']:.2f} s / {cold['open_s']:.2f} s",
             f"{cached['heap_after_open'] / t:.3f} B",
-            f"{cached['rss_file'] / gb:.2f} GB",
+            f"{cached['rss_file'] / gb:.2f} / {cached['rss_file_after_rounds'] / gb:.2f} GB",
             f"{sum(rounds) / max(len(rounds), 1):.2f} s",
             f"{cached['round_heap_peak'] / gb:.2f} GB",
         ]
@@ -350,6 +359,17 @@ def report(results: list[dict]) -> None:
                 f"{name} {_exponent(get(a), get(b), a['tokens'], b['tokens']):.2f}" for name, get in figures.items()
             ]
             print(f"  {a['fraction']:g} -> {b['fraction']:g}: " + ", ".join(parts))
+    for r in results:
+        first = r["first"]
+        print(
+            f"Conversion at {r['fraction']:g}: {r['bytes'] / first['open_s'] / 1e6:.0f} MB/s of JSONL, "
+            f"{r['tokens'] / first['open_s'] / 1e6:.2f}M tokens/s, one process."
+        )
+    loads = [x for pair in LOADS for x in pair]
+    print(
+        f"Machine: {os.cpu_count()} cores; 1-minute load average around the measured processes "
+        f"{min(loads):.1f} to {max(loads):.1f} (other work shares these cores: times are upper bounds)."
+    )
     print("\nraw:", json.dumps(results))
 
 

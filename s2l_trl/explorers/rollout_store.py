@@ -336,7 +336,9 @@ def iter_validated_rows(
     are raised together (:class:`ProblemList`). Holds the whole file: the small-file path (see `read_rollouts`)."""
     problems = ProblemList(source.path)
     located = []
-    for locs, items, _ in source.batches():
+    progress = Progress(f"Reading rollouts {source.path}", *source.total())
+    for locs, items, done in source.batches():
+        progress.update(done, len(located))
         for loc, item in zip(locs, items):
             row = source.parse(loc, item, exact=True)
             if isinstance(row, str):
@@ -367,7 +369,7 @@ class Progress:
         self.start = self.last = time.monotonic()
         self.reported = False
 
-    def update(self, done: int, rows: int) -> None:
+    def update(self, done: int, rows: int | None = None) -> None:
         now = time.monotonic()
         if now - self.last < PROGRESS_INTERVAL_S:
             return
@@ -375,13 +377,14 @@ class Progress:
         elapsed = now - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         left = f", ~{(self.total - done) / rate:.0f} s left" if rate > 0 and self.total >= done else ""
+        percent = f"{100 * done / max(self.total, 1):.0f}%"
         if self.unit == "bytes":
-            amount = f"{done / 1e9:.2f} / {self.total / 1e9:.2f} GB ({100 * done / max(self.total, 1):.0f}%)"
+            amount = f"{done / 1e9:.2f} / {self.total / 1e9:.2f} GB ({percent}), {rows or 0:,} rows"
             speed = f"{rate / 1e6:.0f} MB/s"
         else:
-            amount = f"{done:,} / {self.total:,} rows ({100 * done / max(self.total, 1):.0f}%)"
+            amount = f"{done:,} / {self.total:,} rows ({percent})"
             speed = f"{rate:,.0f} rows/s"
-        self.emit(f"{self.what}: {amount}, {rows:,} rows, {speed}{left}")
+        self.emit(f"{self.what}: {amount}, {speed}{left}")
 
     def finish(self, message: str) -> None:
         """The closing line: always logged at INFO, and shown like a progress line when progress was shown."""
@@ -759,7 +762,12 @@ class RolloutStore:
                 json.dump(meta, f, indent=2)
                 f.flush()
                 os.fsync(f.fileno())
-            os.rename(tmp, entry)
+            try:
+                os.rename(tmp, entry)
+            except OSError:
+                if not (entry / "meta.json").is_file():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process (no working lock here) published it first
             _fsync(entry.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -809,7 +817,7 @@ class RolloutStore:
             for r, problem in option_problems(batch, vocab_size, require_response):
                 problems.add(f"{self.source.where(int(batch_lines[r]))}: {problem}")
             done += batch.num_rows
-            progress.update(done, done)
+            progress.update(done)
         problems.raise_if_any()
 
     # ------------------------------------------------------------------ reading
@@ -912,9 +920,12 @@ def _safe(name: str) -> str:
 
 
 def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so that a published entry survives a machine crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
+        pass
     finally:
         os.close(fd)
 
