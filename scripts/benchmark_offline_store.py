@@ -134,11 +134,12 @@ def phase_store(path: Path, cache_dir: Path, prompts: int, rounds: int, round_pr
 
     base_anon, base_file = _status("RssAnon"), _status("RssFile")
     with PeakSampler() as peak:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         explorer = OfflineExplorer(path, seed=seed, vocab_size=VOCAB, cache_dir=cache_dir, cache=True)
-        open_s = time.perf_counter() - started
+        open_s, open_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     out = {
         "open_s": open_s,
+        "open_cpu_s": open_cpu_s,
         "heap_after_open": _status("RssAnon") - base_anon,
         "heap_peak_open": peak.peak - base_anon,
         "arrow_allocated": pa.total_allocated_bytes(),
@@ -152,19 +153,21 @@ def phase_store(path: Path, cache_dir: Path, prompts: int, rounds: int, round_pr
     assert explorer.missing(examples, n=SAMPLES) == []
     out["missing_s"] = time.perf_counter() - started
     pick = random.Random(seed)
-    round_s, round_heap = [], []
+    round_s, round_cpu_s, round_heap = [], [], []
     for _ in range(rounds):
         inputs = [examples[i] for i in pick.sample(range(prompts), min(round_prompts, prompts))]
         before = _status("RssAnon")
         with PeakSampler() as peak:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             result = explorer.generate([[0]] * len(inputs), SAMPLES, inputs=inputs)
             round_s.append(time.perf_counter() - started)
+            round_cpu_s.append(time.process_time() - cpu)
         assert len(result.completion_ids) == len(inputs) * SAMPLES
         round_heap.append(peak.peak - before)
         del result
     out.update(
         round_s=round_s,
+        round_cpu_s=round_cpu_s,
         round_heap_peak=max(round_heap) if round_heap else 0,
         heap_after_rounds=_status("RssAnon") - base_anon,
         rss_file_after_rounds=_status("RssFile") - base_file,
@@ -182,21 +185,26 @@ def phase_old(path: Path, round_prompts: int) -> dict:
 
     base_anon = _status("RssAnon")
     with PeakSampler() as peak:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         rows = read_rollouts(path, vocab_size=VOCAB)
-        load_s = time.perf_counter() - started
-    out = {"open_s": load_s, "heap_after_open": _status("RssAnon") - base_anon, "heap_peak_open": peak.peak - base_anon}
+        load_s, load_cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    out = {
+        "open_s": load_s,
+        "open_cpu_s": load_cpu_s,
+        "heap_after_open": _status("RssAnon") - base_anon,
+        "heap_peak_open": peak.peak - base_anon,
+    }
     by_id: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_id.setdefault(row["prompt_id"], []).append(i)
     pick = random.Random(0)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     ids, lps = [], []
     for pid in pick.sample(sorted(by_id), min(round_prompts, len(by_id))):
         for i in pick.sample(by_id[pid], SAMPLES):
             ids.append(list(rows[i]["response_ids"]))
             lps.append([float("nan") if x is None else float(x) for x in rows[i]["small_model_log_probs"]])
-    out["round_s"] = time.perf_counter() - started
+    out["round_s"], out["round_cpu_s"] = time.perf_counter() - started, time.process_time() - cpu
     return out
 
 
@@ -228,6 +236,10 @@ def _mem_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _exponent(a: float, b: float, size_a: float, size_b: float) -> float:
@@ -308,12 +320,12 @@ def report(results: list[dict]) -> None:
         "stored tokens",
         "JSONL",
         "cache on disk",
-        "first load (conversion)",
+        "first load (conversion): wall (CPU)",
         "heap / token after first load (peak)",
         "cached load hot / cold",
         "heap / token after cached load",
         "file pages mapped after open / after rounds (RssFile growth)",
-        "round (1,024 x 16 rows)",
+        "round (1,024 x 16 rows): wall (CPU)",
         "round's lists (transient heap)",
     ]
     print("\n| " + " | ".join(columns) + " |")
@@ -327,12 +339,12 @@ def report(results: list[dict]) -> None:
             f"{t / 1e6:.0f}M",
             f"{r['bytes'] / gb:.2f} GB",
             f"{first['cache_bytes'] / gb:.2f} GB",
-            f"{first['open_s']:.0f} s",
+            f"{first['open_s']:.0f} s ({first['open_cpu_s']:.0f} s)",
             f"{first['heap_after_open'] / t:.2f} B ({first['heap_peak_open'] / t:.2f} B)",
             f"{cached['open_s']:.2f} s / {cold['open_s']:.2f} s",
             f"{cached['heap_after_open'] / t:.3f} B",
             f"{cached['rss_file'] / gb:.2f} / {cached['rss_file_after_rounds'] / gb:.2f} GB",
-            f"{sum(rounds) / max(len(rounds), 1):.2f} s",
+            f"{_mean(rounds):.2f} s ({_mean(cached['round_cpu_s']):.2f} s)",
             f"{cached['round_heap_peak'] / gb:.2f} GB",
         ]
         print("| " + " | ".join(cells) + " |")
@@ -343,16 +355,17 @@ def report(results: list[dict]) -> None:
                 f"\nOld path (every row as Python objects) at {r['fraction']:g}: "
                 f"{o['heap_after_open'] / r['tokens']:.1f} bytes of heap per stored token "
                 f"({o['heap_after_open'] / gb:.1f} GB, peak {o['heap_peak_open'] / gb:.1f} GB), "
-                f"load {o['open_s']:.0f} s, one round {o['round_s']:.2f} s."
+                f"load {o['open_s']:.0f} s ({o['open_cpu_s']:.0f} s CPU), "
+                f"one round {o['round_s']:.2f} s ({o['round_cpu_s']:.2f} s CPU)."
             )
     if len(results) > 1:
         print("\nGrowth exponents between consecutive sizes (1 = linear in the file, 0 = flat):")
         figures = {
-            "conversion time": lambda r: r["first"]["open_s"],
+            "conversion CPU time": lambda r: r["first"]["open_cpu_s"],
             "cached load": lambda r: r["cached"]["open_s"],
             "heap after cached load": lambda r: r["cached"]["heap_after_open"],
             "heap after first load": lambda r: r["first"]["heap_after_open"],
-            "round time": lambda r: sum(r["cached"]["round_s"]),
+            "round CPU time": lambda r: _mean(r["cached"]["round_cpu_s"]),
         }
         for a, b in zip(results, results[1:]):
             parts = [
