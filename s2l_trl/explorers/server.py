@@ -208,6 +208,11 @@ class _Transport:
         self.closed = True
         if not self.loop.is_running():
             return
+        if threading.current_thread() is self.thread:  # from a callback on the loop itself: do not wait on it
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.call_soon(self.loop.stop)
+            return
         try:
             self.submit(self._shutdown()).result(10)
         except Exception:  # closing must not raise; the thread is a daemon anyway
@@ -437,6 +442,8 @@ class ServerExplorer:
         self._inflight_lock = threading.Lock()
         show_progress_logs()
         self._transport = _Transport()
+        # An explorer dropped without close() must not leave its HTTP thread behind.
+        self._finalizer = weakref.finalize(self, self._transport.close)
         _LIVE.add(self)
         try:
             self._connect(expected_tokenizer, expected_model if check_model_name else None)
@@ -898,7 +905,7 @@ class ServerExplorer:
         connections; the servers keep running. Idempotent; a closed explorer cannot generate again."""
         self._closed.set()
         self.cancel()
-        self._transport.close()
+        self._finalizer()  # closes the transport, once
         _LIVE.discard(self)
 
     def generate(
