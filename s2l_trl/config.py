@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from trl import GRPOConfig
 
@@ -11,8 +12,19 @@ from .explorers.server import parse_server_urls
 from .mixing import EXPLORER_IS_MODES
 from .schedule import SCHEDULES, validate_schedule
 
-# Training draws explorer rows from a server, stored rollouts, or an in-process model.
-EXPLORER_MODES = ("server", "offline", "local")
+# Training draws explorer rows from a server, stored rollouts, or an in-process model (transformers or vLLM).
+EXPLORER_MODES = ("server", "offline", "local", "vllm")
+# `vllm.LLM` arguments the vLLM explorer sets from fields of their own (or itself): not accepted in
+# `explorer_vllm_kwargs`, with the field to use instead.
+_OWN_VLLM_ARGUMENTS = {
+    "model": "explorer_model",
+    "gpu_memory_utilization": "explorer_vllm_gpu_memory_utilization",
+    "max_model_len": "explorer_vllm_max_model_length",
+    "enable_sleep_mode": "explorer_vllm_enable_sleep_mode",
+    "seed": "seed",
+    "tensor_parallel_size": "(none: one engine per training process)",
+    "logprobs_mode": "(none: always processed_logprobs)",
+}
 ADVANTAGE_GROUPINGS = ("combined", "per_source")
 
 _SECTIONS = {
@@ -46,7 +58,11 @@ class S2LConfig(GRPOConfig):
             """Where explorer completions come from. `"server"`: a frozen model behind an OpenAI-compatible vLLM
             server (`trl vllm-serve` or `vllm serve`), never weight-synced. `"offline"`: pre-sampled rollouts read
             from `explorer_rollouts` (the authors' JSONL schema, as written by `s2l-sample`). `"local"`: an
-            in-process frozen `transformers` model, for notebooks and small runs."""
+            in-process frozen `transformers` model, sampling in a thread beside the learner's generation (notebooks,
+            small runs). `"vllm"`: an in-process vLLM engine per training process on that process's device, beside
+            TRL's own generation (transformers or `vllm_mode="colocate"`): the fast path on one GPU (see the
+            `explorer_vllm_*` fields). `"local"` and `"vllm"` draw from seeds derived from `seed`, the process and
+            the call, so a run repeats and a resumed run redraws the same explorer rows."""
         ),
     )
     explorer_model: str | None = field(
@@ -127,14 +143,52 @@ class S2LConfig(GRPOConfig):
             checks this before training starts."""
         ),
     )
+    explorer_vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata=field_help(
+            """`"vllm"` mode: share of the device's memory the explorer's engine may take (weights, activations and
+            KV cache), in (0, 1]. It shares the device with the learner's training and, with `use_vllm=True,
+            vllm_mode="colocate"`, with TRL's learner engine (`vllm_gpu_memory_utilization`): the two shares must
+            leave room for training. The explorer is the smaller model, so its KV cache is cheap: 0.3 holds
+            hundreds of 4k-token sequences of a 0.6B-1.7B model on an 80 GB GPU."""
+        ),
+    )
+    explorer_vllm_max_model_length: int | None = field(
+        default=None,
+        metadata=field_help(
+            """`"vllm"` mode: context length (prompt + completion) of the explorer's engine. Defaults to
+            `vllm_max_model_length` when that is set, else the model's own (e.g. 32k-40k for Qwen3), whose KV cache
+            must fit in `explorer_vllm_gpu_memory_utilization`: set it to the longest prompt plus
+            `explorer_max_tokens` to keep the engine small."""
+        ),
+    )
+    explorer_vllm_enable_sleep_mode: bool = field(
+        default=False,
+        metadata=field_help(
+            """`"vllm"` mode: let the explorer's engine sleep between rounds (vLLM sleep level 1: weights offloaded to
+            CPU memory, KV cache freed) and wake at the start of each of its calls, so training gets its GPU memory
+            back between rounds and for good once `mix_steps` is over, at the cost of a weight copy per round.
+            Needs a GPU (vLLM has no sleep mode on CPU)."""
+        ),
+    )
+    explorer_vllm_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata=field_help(
+            """`"vllm"` mode: further keyword arguments of `vllm.LLM` for the explorer's engine, as a dict or a JSON
+            string, e.g. `{"dtype": "bfloat16", "max_num_seqs": 256, "enforce_eager": true}`. Arguments with a field
+            of their own (`gpu_memory_utilization`, `max_model_len`, `enable_sleep_mode`, `seed`, `model`) are
+            refused here."""
+        ),
+    )
     explorer_prefetch: bool = field(
         default=True,
         metadata=field_help(
             """Generate the explorer rows of the next generation round while the learner trains on the current one.
             The explorer is frozen, so they never go stale; a run with prefetch draws exactly the rows a run
-            without it draws. Applies to explorers that run in the background (server, offline, your own object;
-            not `"local"`, which samples with torch's global generator) when `steps_per_generation >=
-            gradient_accumulation_steps`; at most one round ahead. A resumed run regenerates the prefetched round."""
+            without it draws. Applies to explorers that run in the background (every backend but an in-process
+            engine that says otherwise; your own object unless it sets `runs_in_background = False`) when
+            `steps_per_generation >= gradient_accumulation_steps`; at most one round ahead. A resumed run
+            regenerates the prefetched round."""
         ),
     )
     explorer_temperature: float = field(
@@ -221,8 +275,10 @@ class S2LConfig(GRPOConfig):
         self.explorer_mode = resolve_backend(self.explorer_mode, EXPLORER_MODES, "explorer_mode")
         if self.explorer_mode == "server":
             parse_server_urls(self.explorer_server_base_url)  # a malformed URL fails here, before any health wait
-        if self.explorer_mode == "local" and not self.explorer_model:
-            raise ValueError("explorer_model is required when explorer_mode='local' (a model id or path).")
+        if self.explorer_mode in ("local", "vllm") and not self.explorer_model:
+            raise ValueError(
+                f"explorer_model is required when explorer_mode={self.explorer_mode!r} (a model id or path)."
+            )
         if self.explorer_mode == "offline" and not self.explorer_rollouts:
             raise ValueError("explorer_rollouts is required when explorer_mode='offline' (a JSONL/parquet path).")
         if self.explorer_importance_sampling not in EXPLORER_IS_MODES:
@@ -260,6 +316,53 @@ class S2LConfig(GRPOConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
         if self.explorer_max_retries < 0:
             raise ValueError(f"explorer_max_retries must be >= 0, got {self.explorer_max_retries!r}.")
+        self._check_explorer_vllm()
+
+    def _check_explorer_vllm(self) -> None:
+        """The `explorer_vllm_*` fields: each bad value named with its fix, before any engine starts."""
+        util = self.explorer_vllm_gpu_memory_utilization
+        if not 0.0 < util <= 1.0:
+            raise ValueError(
+                f"explorer_vllm_gpu_memory_utilization must be in (0, 1], got {util!r} (e.g. 0.3: the explorer's "
+                "engine takes 30% of the device's memory)."
+            )
+        if self.explorer_mode == "vllm" and self.use_vllm and self.vllm_mode == "colocate":
+            total = util + self.vllm_gpu_memory_utilization
+            if total >= 1.0:
+                raise ValueError(
+                    f"explorer_vllm_gpu_memory_utilization ({util}) + vllm_gpu_memory_utilization "
+                    f"({self.vllm_gpu_memory_utilization}) = {total:g} leaves no device memory for training: lower "
+                    "one or both (their sum must stay below 1; e.g. 0.2 + 0.3)."
+                )
+        length = self.explorer_vllm_max_model_length
+        if length is not None and length <= self.explorer_max_tokens:
+            raise ValueError(
+                f"explorer_vllm_max_model_length ({length}) must exceed explorer_max_tokens "
+                f"({self.explorer_max_tokens}): the engine's context holds the prompt and the completion; set it to "
+                "the longest prompt plus explorer_max_tokens, or leave it None."
+            )
+        kwargs = self.explorer_vllm_kwargs
+        if isinstance(kwargs, str):  # from the command line or a YAML recipe
+            import json
+
+            try:
+                kwargs = json.loads(kwargs)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"explorer_vllm_kwargs is not valid JSON ({exc}): got {self.explorer_vllm_kwargs!r}; give a JSON "
+                    """object, e.g. '{"dtype": "bfloat16"}'."""
+                ) from None
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(
+                f"explorer_vllm_kwargs must be a dict of vllm.LLM arguments, got {type(kwargs).__name__} {kwargs!r}."
+            )
+        for key in sorted(kwargs or {}):
+            if key in _OWN_VLLM_ARGUMENTS:
+                raise ValueError(
+                    f"explorer_vllm_kwargs sets {key!r}, which has a field of its own: use "
+                    f"{_OWN_VLLM_ARGUMENTS[key]} instead."
+                )
+        self.explorer_vllm_kwargs = kwargs
 
 
 def parameter_docs(cls, sections: dict[str, str]) -> str:

@@ -5,7 +5,7 @@ One vocabulary of backend names across the project:
 * ``server``: a frozen model behind an OpenAI-compatible vLLM server (`trl vllm-serve`), never weight-synced;
 * ``offline``: pre-sampled rollouts in the authors' JSONL schema (training only: it looks completions up);
 * ``local``: an in-process frozen `transformers` model (CPU, notebooks); ``transformers`` is accepted as an alias;
-* ``vllm``: an in-process `vllm.LLM` engine (evaluation and sampling on a GPU node).
+* ``vllm``: an in-process `vllm.LLM` engine (training on one GPU per process, evaluation and sampling).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def build_explorer(
     batch_size: int = 64,
     tensor_parallel_size: int = 1,
     vllm_kwargs: dict[str, Any] | None = None,
+    local_kwargs: dict[str, Any] | None = None,
 ) -> Explorer:
     """Build the explorer backend ``backend`` (see the module docstring for the names).
 
@@ -60,8 +61,10 @@ def build_explorer(
             ``expected_model=None`` / ``expected_tokenizer=None`` turn the identity checks off).
         rollouts: rollout file or folder (``offline``).
         offline_kwargs: further arguments of :class:`~s2l_trl.explorers.OfflineExplorer`.
-        device / model_init_kwargs / batch_size: ``local`` settings.
-        tensor_parallel_size / vllm_kwargs: ``vllm`` settings.
+        device / model_init_kwargs / batch_size / local_kwargs: ``local`` settings (``local_kwargs``: further
+            arguments of :class:`~s2l_trl.explorers.LocalExplorer`, e.g. ``seed_stream``, ``compile``).
+        tensor_parallel_size / vllm_kwargs: ``vllm`` settings (``vllm_kwargs``: further arguments of
+            :class:`~s2l_trl.explorers.vllm_engine.VLLMEngineExplorer`).
     """
     backend = resolve_backend(backend)
     if backend == "server":
@@ -90,6 +93,7 @@ def build_explorer(
             batch_size=batch_size,
             device=device,
             model_init_kwargs=model_init_kwargs,
+            **(local_kwargs or {}),
         )
     from .vllm_engine import VLLMEngineExplorer
 
@@ -106,20 +110,31 @@ def build_explorer(
 
 
 def build_training_explorer(
-    args: Any, bridge: Any, learner_tokenizer: Any, device: Any = None, is_main_process: bool = True
+    args: Any,
+    bridge: Any,
+    learner_tokenizer: Any,
+    device: Any = None,
+    is_main_process: bool = True,
+    process_index: int | None = None,
 ) -> Explorer:
     """The explorer of a training run, from its `S2LConfig` (`args`) and the run's `TokenBridge` (`bridge`).
 
     Every training process builds its own (it samples the rows it holds); `is_main_process` keeps progress output to
-    one process.
+    one process. The in-process backends (`local`, `vllm`) draw from seeds derived from `args.seed`, the process
+    (`process_index`, default: accelerate's) and the call, so runs repeat and resume.
     """
+    if process_index is None:
+        process_index = _process_index()
     sampling = SamplingSettings(
         temperature=args.explorer_temperature,
         top_p=args.explorer_top_p,
         top_k=args.explorer_top_k,
         max_tokens=args.explorer_max_tokens,
-        seed=None,  # TODO(lead): per-call seeds derived from args.seed once the backends derive them per call
+        seed=args.seed,  # every sampling backend derives its per-call (or per-prompt) seeds from it
     )
+    vllm_kwargs = None
+    if args.explorer_mode == "vllm":
+        vllm_kwargs = training_vllm_kwargs(args, device, process_index)
     return build_explorer(
         args.explorer_mode,
         model=args.explorer_model,
@@ -148,4 +163,38 @@ def build_training_explorer(
         },
         device=device,
         model_init_kwargs=args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else None,
+        local_kwargs={"seed_stream": process_index},
+        vllm_kwargs=vllm_kwargs,
     )
+
+
+def training_vllm_kwargs(args: Any, device: Any, process_index: int) -> dict[str, Any]:
+    """`VLLMEngineExplorer` arguments of a training run's explorer (`explorer_mode="vllm"`): an engine in a process of
+    its own on this process's device, so that it samples beside the learner."""
+    import torch
+
+    llm_kwargs = dict(args.explorer_vllm_kwargs or {})
+    if args.explorer_vllm_enable_sleep_mode and (device is None or torch.device(device).type != "cuda"):
+        raise ValueError(
+            f"explorer_vllm_enable_sleep_mode=True needs a CUDA device (vLLM has no sleep mode on {device or 'CPU'}); "
+            "set it to False."
+        )
+    return {
+        "gpu_memory_utilization": args.explorer_vllm_gpu_memory_utilization,
+        "max_model_len": args.explorer_vllm_max_model_length or args.vllm_max_model_length,
+        "dtype": llm_kwargs.pop("dtype", "auto"),
+        "enforce_eager": llm_kwargs.pop("enforce_eager", False),
+        "llm_kwargs": llm_kwargs,
+        "seed_stream": process_index,
+        "enable_sleep_mode": args.explorer_vllm_enable_sleep_mode,
+        "own_process": True,
+        "device": device,
+    }
+
+
+def _process_index() -> int:
+    """This process's index in the accelerate run (0 outside one)."""
+    from accelerate import PartialState
+
+    state = PartialState._shared_state
+    return int(state.get("process_index", 0)) if state else 0
