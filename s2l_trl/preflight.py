@@ -254,11 +254,13 @@ def check_prompt_lengths(
 
 
 # ---------------------------------------------------------------------- schedules and explorer objects
-def schedule_probe_steps(max_steps: int, mix_steps: int | None) -> list[int]:
-    """Steps at which a user's schedule callable is tried before training: the first ones, the middle and the end of
-    the mixing window and of the run."""
-    ends = [s for s in (mix_steps, max_steps) if isinstance(s, int) and 0 < s < 2**31 - 1]
-    steps = {1, 2, 3, *ends, *(max(1, s // 2) for s in ends), *(s + 1 for s in ends)}
+def schedule_probe_steps(max_steps: int) -> list[int]:
+    """Steps at which a user's schedule callable is tried before training: the first ones, and the quarters and end of
+    the run when its length is known (`max_steps > 0`); never a step the run will not reach."""
+    steps = {1, 2, 3}
+    if max_steps > 0:
+        steps |= {max(1, max_steps * q // 4) for q in (1, 2, 3, 4)}
+        steps = {s for s in steps if s <= max_steps}
     return sorted(steps)
 
 

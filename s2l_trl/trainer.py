@@ -130,7 +130,7 @@ class S2LTrainer(GRPOTrainer):
             args.mix_alpha_end,
         )
         if mix_schedule is not None:
-            preflight.check_alpha_fn(alpha_fn, preflight.schedule_probe_steps(args.max_steps, args.mix_steps))
+            preflight.check_alpha_fn(mix_schedule, preflight.schedule_probe_steps(args.max_steps))
         return alpha_fn
 
     def _set_up_mixing(self, args: S2LConfig, explorer: Explorer | None) -> None:
