@@ -299,3 +299,43 @@ def test_codistill_classes_are_exported_at_the_top_level():
     from s2l_trl.codistill import CoDistillTrainer as trainer_cls
 
     assert (CoDistillConfig, CoDistillTrainer) == (config_cls, trainer_cls)
+
+
+def test_ctrl_c_during_an_explorer_request_exits_s2l_train_within_seconds(tiny, tmp_path):
+    """The explorer's answer would take two minutes; Ctrl-C while the trainer waits for it ends s2l-train in
+    seconds, with one line and status 130 (the request is cancelled, no thread keeps the interpreter alive)."""
+    import signal
+    import time
+
+    from s2l_trl.devtools.fake_server import FakeServer
+
+    with FakeServer(tiny["tokenizer"], model=str(tiny["explorer"]), latency_s=120, server_info=True) as server:
+        argv = ["--config", str(REPO / "recipes/tiny/s2l_po/config_cpu.yaml")]
+        argv += ["--model_name_or_path", str(tiny["learner"]), "--dataset_name", str(tiny["dataset"])]
+        argv += ["--explorer_model", str(tiny["explorer"]), "--explorer_server_base_url", server.base_url]
+        argv += ["--explorer_server_timeout", "30", "--output_dir", str(tmp_path / "out")]
+        env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "s2l_trl.cli.train", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while "POST /v1/completions" not in server.requests_seen and proc.poll() is None:
+                assert time.monotonic() < deadline, "the trainer never asked the explorer for its rows"
+                time.sleep(0.2)
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(1.0)  # the trainer is now waiting for the explorer's answer
+            interrupted = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+            took = time.monotonic() - interrupted
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert took < 15, f"s2l-train took {took:.0f} s to exit after Ctrl-C"
+    assert proc.returncode == 130 and "s2l-train: interrupted" in stderr, stderr[-3000:]
