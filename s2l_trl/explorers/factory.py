@@ -152,6 +152,12 @@ def build_training_explorer(
             "expected_tokenizer": bridge.explorer_tokenizer or learner_tokenizer,
             "expected_model": args.explorer_model,
             "progress": is_main_process,
+            # Each process draws its own prompts: per-prompt seeds must differ between processes.
+            "seed_stream": process_index,
+            # Explorer log-probs weigh explorer tokens: raw (untempered) ones would make every weight wrong.
+            "require_processed_logprobs": (
+                args.explorer_importance_sampling != "none" or bool(args.explorer_off_policy_mask)
+            ),
         },
         rollouts=args.explorer_rollouts,
         offline_kwargs={
