@@ -241,13 +241,20 @@ class S2LTrainer(GRPOTrainer):
                     self.explorer,
                     [lookup_fields(dict(row)) for row in dataset],
                     lambda prompts: self._tokenize_prompts(list(prompts))[0],
-                    rows_per_prompt=self.num_generations,
+                    rows_per_prompt=self._most_explorer_rows(),
                 )
             except ExplorerError as exc:
                 error = [str(exc)]
         broadcast_object_list(error, from_process=0)
         if error[0] is not None:
             raise ExplorerError(error[0])
+
+    def _most_explorer_rows(self) -> int:
+        """The most explorer rows a round asks per prompt: `G_w` at the schedule's ends and at the run's quarters
+        (a callable schedule may peak anywhere; these are the steps it was tried at)."""
+        ends = [1, self.args.mix_steps] if isinstance(self.args.mix_steps, int) else [1]
+        steps = {s for s in ends + preflight.schedule_probe_steps(self.args.max_steps) if s >= 1}
+        return max(self.current_mix(step)[1] for step in steps)
 
     @contextlib.contextmanager
     def _explorer_rng(self, round_index: int) -> Iterator[None]:
