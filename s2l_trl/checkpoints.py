@@ -50,3 +50,34 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
             return str(path)
         logger.warning("Skipping incomplete checkpoint %s: %s. Resuming from an earlier one, if any.", path, problem)
     return None
+
+
+def load_saved_weights(model, folder: str | Path) -> None:
+    """Load the weights `save_pretrained` wrote into ``folder`` into ``model``, in place.
+
+    A PEFT adapter (``adapter_model.safetensors``) is loaded into a PEFT model; otherwise every ``*.safetensors``
+    file of the folder (one file, or the shards of an index) is loaded into the full model. Unexpected keys are an
+    error (the folder holds another model); keys missing from the folder are logged (tied weights are saved once).
+    Used to resume a model that Transformers does not resume itself (CoDistill's small model).
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No weights (*.safetensors or adapter_model.safetensors) in {folder}.")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(load_file(str(path)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{folder} holds weights this model does not have, e.g. {sorted(unexpected)[:5]}.")
+    if missing:
+        logger.warning("Keys missing from %s (tied weights are saved once): %s", folder, sorted(missing)[:5])

@@ -229,3 +229,50 @@ def create_s2l_model_card(
     path = os.path.join(trainer.args.output_dir, "README.md")
     card = ModelCard.load(path)
     add_s2l_provenance(card, trainer.args).save(path)
+
+
+# ---------------------------------------------------------------------- CoDistill-GRPO
+CODISTILL_TAG = "codistill"
+CODISTILL_SECTION_TITLE = "## CoDistill-GRPO provenance"
+
+
+def codistill_card_section(args, role: str) -> str:
+    """The "CoDistill-GRPO provenance" section of the `role` (`"large"` or `"small"`) model's card."""
+    other = "small" if role == "large" else "large"
+    kd = f"`kd_mode={args.kd_mode}`, `kd_coef={args.kd_coef}`, `kd_clip={args.kd_clip}`"
+    return "\n".join(
+        [
+            CODISTILL_SECTION_TITLE,
+            "",
+            f"This is the **{role}** model of a CoDistill-GRPO run (trained together with the {other} model, both in "
+            "one module and one optimizer).",
+            "",
+            f"- small model: `{args.small_model}`",
+            f"- small model's share of each group: schedule `{args.mix_schedule}`, alpha start "
+            f"{args.mix_alpha_start}, end {args.mix_alpha_end}, T_mix {args.mix_steps}",
+            f"- large model's importance weights pi_large / pi_small: `{args.explorer_importance_sampling}` "
+            f"(bounds {args.explorer_importance_sampling_clip_min}, {args.explorer_importance_sampling_clip_max})",
+            f"- small model's KD reward: {kd}",
+            f"- G = {args.num_generations}; LR large {args.learning_rate}, small {args.small_lr}; schedule large "
+            f"`{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}`, small `{args.small_scheduler}`",
+        ]
+    )
+
+
+def codistill_small_model_card(args, base_model: str | None) -> str:
+    """The small model's card: front matter, what it is, and the run's CoDistill settings."""
+    front = ["---", "library_name: transformers", "tags:", "- trl", "- grpo", f"- {CODISTILL_TAG}"]
+    if base_model and not os.path.isdir(base_model):
+        front.append(f"base_model: {base_model}")
+    front.append("---")
+    body = [
+        "",
+        "# Small model of a CoDistill-GRPO run",
+        "",
+        "Trained with GRPO on its own rollouts, with reward = verifiable reward + kd_coef x KD reward from the large "
+        "model (`s2l_trl.codistill.CoDistillTrainer`).",
+        "",
+        codistill_card_section(args, role="small"),
+        "",
+    ]
+    return "\n".join(front + body)

@@ -78,8 +78,8 @@ def test_gpu_recipes_sample_the_small_model_with_colocated_vllm(path):
     # use_cpu: the recipes ask for bf16, which TrainingArguments refuses on a machine without a GPU otherwise.
     _, args, model_args = _parse(["--config", str(path), "--use_cpu", "true"])
     assert args.small_use_vllm and args.vllm_mode == "colocate" and not args.use_vllm
-    # DDP only (sharding is refused): the large model is LoRA-trained so that both models and the engine fit a GPU.
-    assert model_args.use_peft and model_args.lora_target_modules == "all-linear"
+    # Both models are one module under ZeRO-3 (the launcher's default): the large model is fully fine-tuned.
+    assert not model_args.use_peft
     assert args.mix_steps == args.max_steps, "the small model samples (and trains) for the whole run"
     assert 0 < args.vllm_gpu_memory_utilization < 0.5, "the engine shares each GPU with both models' training"
     assert args.vllm_max_model_length is None or args.vllm_max_model_length > args.max_completion_length

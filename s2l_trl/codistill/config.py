@@ -5,16 +5,36 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from ..config import S2LConfig, field_help, parameter_docs
 from ..mixing import EXPLORER_IS_MODES
-from .objectives import KD_MODES
+from ..schedule import SCHEDULES
+from .objectives import KD_BASELINES, KD_MODES
 
 logger = logging.getLogger(__name__)
 
 # `mix_steps` of a run whose length is set in epochs (max_steps <= 0): larger than any run.
 WHOLE_RUN_STEPS = 2**31 - 1
+
+# S2L-PO's explorer fields CoDistill uses. Every other `explorer_*` field configures how S2L-PO reaches a *frozen*
+# explorer (server, offline rollouts, an engine of its own), which CoDistill never builds: a value other than
+# S2L-PO's default is refused instead of being silently ignored.
+_USED_EXPLORER_FIELDS = {
+    "explorer_model",
+    "explorer_importance_sampling",
+    "explorer_importance_sampling_clip_min",
+    "explorer_importance_sampling_clip_max",
+    "explorer_off_policy_mask",
+    "explorer_prefetch",  # a foreground explorer never prefetches; both values mean the same here
+}
+# The small model samples with TRL's settings (its GRPO loss assumes them): these must agree or stay unset.
+_SAMPLING_FIELDS = {
+    "explorer_temperature": "temperature",
+    "explorer_top_p": "top_p",
+    "explorer_top_k": "top_k",
+    "explorer_max_tokens": "max_completion_length",
+}
 
 _SECTIONS = {
     "small_model": "Parameters that control the small model and its optimizer",
@@ -35,9 +55,13 @@ class CoDistillConfig(S2LConfig):
     importance weights `pi_large / pi_small` (S2L-PO's `explorer_importance_sampling`, truncated at 2 by default).
 
     Every [`S2LConfig`] / [`~trl.GRPOConfig`] parameter keeps its meaning for the large model (`model`,
-    `learning_rate`, ...). The small model samples with TRL's sampling settings (`temperature`, `top_p`, `top_k`,
-    `max_completion_length`): it is trained on its own samples, so `explorer_temperature` / `explorer_top_p` /
-    `explorer_top_k` are set from them, and `explorer_mode` / `explorer_server_*` / `explorer_rollouts` are unused.
+    `learning_rate`, ...); the small model's optimizer settings default to the large model's. Both models are one
+    module trained by one optimizer (a parameter group per model), so DDP, DeepSpeed ZeRO-2/3 and FSDP2 apply to
+    both. The small model samples with TRL's sampling settings (`temperature`, `top_p`, `top_k`,
+    `max_completion_length`), since it is trained on its own samples: S2L-PO's `explorer_temperature`,
+    `explorer_top_p`, `explorer_top_k`, `explorer_max_tokens` must stay unset (or agree), and its frozen-explorer
+    transport settings (`explorer_mode`, `explorer_server_*`, `explorer_rollouts`, `explorer_vllm_*`, ...) are
+    refused when set.
 
     No reference code exists and the exact formulas are unpublished: every default marked *assumption* is ours.
 
@@ -92,12 +116,12 @@ class CoDistillConfig(S2LConfig):
             vLLM for the large model, is refused); it samples with TRL's `temperature`, `top_p`, `top_k`, `min_p`,
             `repetition_penalty` and `max_completion_length`. The small model's weights are pushed into the engine
             before the first generation after each of its optimizer steps (and before the first generation of a
-            run). The sampled tokens' log-probs used by the KD reward and the importance weights are recomputed by a
-            no-grad forward of the small model (`log_softmax(logits / temperature)`, the training convention); the
-            mean gap to vLLM's own is logged as `codistill/small/vllm_logp_gap`. In `"colocate"` mode every process
-            builds an engine (TRL's design) but only the main process samples, for the whole global batch;
-            `"server"` mode (`trl vllm-serve --model <small model>`) receives the weights over NCCL and needs CUDA.
-            DeepSpeed and FSDP are not supported with it."""
+            run), by every process (TRL's push gathers ZeRO-3 / FSDP2 parameters collectively). The log-probs used
+            by the KD reward and the importance weights come from the small model's own forward (the training
+            convention); the mean gap to vLLM's is logged as `codistill/small/vllm_logp_gap`. `"colocate"`: every
+            process samples its own rows with its own engine. `"server"` (`trl vllm-serve --model <small model>`):
+            the main process sends every process's prompts in one request per round and hands each its rows; the
+            weights go over NCCL and need CUDA."""
         ),
     )
     kd_coef: float = field(
@@ -118,6 +142,16 @@ class CoDistillConfig(S2LConfig):
             completion is added to the verifiable reward before the group normalisation."""
         ),
     )
+    kd_baseline: str = field(
+        default="mean",
+        metadata=field_help(
+            f"""Baseline subtracted from the dense KD reward in `kd_mode="token"`, one of {KD_BASELINES}. `"mean"`
+            (default, chosen by measurement, docs/codistill.md): the mean KD reward of the round's small-model tokens
+            over every process. It leaves the expected gradient unchanged; without it (`"none"`) a small model far
+            from the large one, whose every token earns a strongly negative reward, mostly pushes down whatever it
+            sampled and distils far more slowly (or drifts away)."""
+        ),
+    )
     kd_clip: float | None = field(
         default=None,
         metadata=field_help(
@@ -129,9 +163,9 @@ class CoDistillConfig(S2LConfig):
     mix_schedule: str = field(
         default="constant",
         metadata=field_help(
-            """Schedule of the small model's share of each rollout group, as in S2L-PO (`"linear"`, `"cosine"`,
-            `"constant"`, `"step"`). CoDistill default: `"constant"` with `mix_alpha_start=1.0`, so the large model
-            generates nothing; rows the large model generates (alpha < 1) train the large model only."""
+            f"""Schedule of the small model's share of each rollout group, as in S2L-PO: one of {SCHEDULES}. CoDistill
+            default: `"constant"` with `mix_alpha_start=1.0`, so the large model generates nothing; rows the large
+            model generates (alpha < 1) train the large model only."""
         ),
     )
     mix_steps: int | None = field(
@@ -165,6 +199,34 @@ class CoDistillConfig(S2LConfig):
         ),
     )
 
+    # S2L-PO's explorer sampling fields: the small model samples with TRL's settings, so CoDistill leaves them unset.
+    explorer_temperature: float | None = field(
+        default=None,
+        metadata=field_help(
+            """Unused by CoDistill: the small model samples at `temperature` (its GRPO loss and the KD reward assume
+            the sampling distribution). Leave unset; a value other than `temperature` is refused."""
+        ),
+    )
+    explorer_top_p: float | None = field(
+        default=None,
+        metadata=field_help(
+            """Unused by CoDistill (the small model samples with `top_p`); a different value is refused."""
+        ),
+    )
+    explorer_top_k: int | None = field(
+        default=None,
+        metadata=field_help(
+            """Unused by CoDistill (the small model samples with `top_k`); a different value is refused."""
+        ),
+    )
+    explorer_max_tokens: int | None = field(
+        default=None,
+        metadata=field_help(
+            """Unused by CoDistill (the small model samples up to `max_completion_length`); a different value is
+            refused."""
+        ),
+    )
+
     def __post_init__(self):
         if isinstance(self.small_model_init_kwargs, str):
             try:
@@ -173,8 +235,14 @@ class CoDistillConfig(S2LConfig):
                 raise ValueError(
                     f"small_model_init_kwargs must be a dict or a JSON object, got {self.small_model_init_kwargs!r}."
                 ) from exc
-        if self.small_model is not None and not self.explorer_model:
+        self._refuse_ignored_settings()
+        if self.small_model is not None:
             self.explorer_model = self.small_model  # S2L-PO's tokenizer check then compares the two tokenizers
+        # The small model is trained on its own samples: it samples with the learner's settings.
+        self.explorer_temperature = self.temperature
+        self.explorer_top_p = self.top_p
+        self.explorer_top_k = self.top_k if self.top_k not in (0, -1, None) else None
+        self.explorer_max_tokens = self.max_completion_length
         if self.mix_steps is None:
             self.mix_steps = self.max_steps if self.max_steps > 0 else WHOLE_RUN_STEPS
             if self.mix_steps == WHOLE_RUN_STEPS and self.mix_schedule != "constant":
@@ -194,13 +262,10 @@ class CoDistillConfig(S2LConfig):
                 self.mix_steps,
             )
         super().__post_init__()
-        # The small model is trained on its own samples: it samples with the learner's settings.
-        self.explorer_temperature = self.temperature
-        self.explorer_top_p = self.top_p
-        self.explorer_top_k = self.top_k if self.top_k not in (0, -1) else None
-        self.explorer_max_tokens = self.max_completion_length
         if self.kd_mode not in KD_MODES:
             raise ValueError(f"kd_mode must be one of {KD_MODES}, got {self.kd_mode!r}.")
+        if self.kd_baseline not in KD_BASELINES:
+            raise ValueError(f"kd_baseline must be one of {KD_BASELINES}, got {self.kd_baseline!r}.")
         if not math.isfinite(self.kd_coef) or self.kd_coef < 0:
             raise ValueError(f"kd_coef must be a finite number >= 0, got {self.kd_coef!r}.")
         if self.kd_clip is not None and not self.kd_clip > 0:
@@ -212,15 +277,16 @@ class CoDistillConfig(S2LConfig):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}.")
         if self.small_lr_scheduler_type is not None:
-            from transformers import SchedulerType
-
-            try:
-                SchedulerType(self.small_lr_scheduler_type)
-            except ValueError as exc:
-                raise ValueError(
-                    f"small_lr_scheduler_type must be a transformers SchedulerType, got "
-                    f"{self.small_lr_scheduler_type!r}."
-                ) from exc
+            self._check_small_scheduler()
+        for name, why in (
+            ("cast_lm_head_to_fp32", "the small model's LM head is not cast"),
+            ("use_liger_kernel", "Liger patches the large model's forward only"),
+            ("use_transformers_paged", "the small model samples with transformers' generate"),
+            ("use_transformers_continuous_batching", "the small model samples with transformers' generate"),
+            ("use_adaptive_entropy", "its controller would see both models' entropies"),
+        ):
+            if getattr(self, name, False):
+                raise ValueError(f"CoDistill does not support {name}=True ({why}); set it to False.")
         if self.beta != 0.0:
             raise ValueError(
                 f"CoDistill supports beta=0.0 only (no reference model for the small model), got beta={self.beta!r}."
@@ -253,12 +319,12 @@ class CoDistillConfig(S2LConfig):
             if not self.vllm_server_timeout > 0:
                 raise ValueError(f"vllm_server_timeout must be > 0, got {self.vllm_server_timeout!r}.")
         else:
-            # Only the main process samples (S2L-PO's explorer serves the whole global batch), while a tensor-parallel
-            # group generates collectively: its other ranks would never join.
+            # TRL's tensor-parallel colocate engines gather equal row counts from each rank of a group, while S2L-PO's
+            # placement gives processes unequal numbers of explorer rows whenever alpha < 1.
             if self.vllm_tensor_parallel_size != 1:
                 raise ValueError(
-                    "small_use_vllm with vllm_mode='colocate' supports vllm_tensor_parallel_size=1 only (the main "
-                    f"process samples alone), got {self.vllm_tensor_parallel_size!r}."
+                    "small_use_vllm with vllm_mode='colocate' supports vllm_tensor_parallel_size=1 only (each process "
+                    f"samples its own rows with its own engine), got {self.vllm_tensor_parallel_size!r}."
                 )
             if not 0 < self.vllm_gpu_memory_utilization <= 1:
                 raise ValueError(
@@ -269,17 +335,69 @@ class CoDistillConfig(S2LConfig):
                 f"vllm_max_model_length ({self.vllm_max_model_length}) must exceed max_completion_length "
                 f"({self.max_completion_length}): it holds the prompt and the completion."
             )
-        # The weights are pushed from the main process alone: sharded parameters would need every process to gather.
-        if self.deepspeed or self.fsdp:
+
+    def _refuse_ignored_settings(self) -> None:
+        """S2L-PO settings CoDistill never reads, refused when set (a silently ignored setting is a wrong run)."""
+        defaults = {f.name: f for f in fields(S2LConfig)}
+        for name, f in defaults.items():
+            if not name.startswith("explorer_") or name in _USED_EXPLORER_FIELDS or name in _SAMPLING_FIELDS:
+                continue
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            value = getattr(self, name)
+            if value != default:
+                raise ValueError(
+                    f"{name}={value!r} is ignored by CoDistill-GRPO: the small model is trained in this process and "
+                    f"samples its own rows, so S2L-PO's frozen-explorer settings do not apply. Remove {name} (its "
+                    f"default is {default!r})."
+                )
+        for name, trl_name in _SAMPLING_FIELDS.items():
+            value, used = getattr(self, name), getattr(self, trl_name)
+            if name == "explorer_top_k" and value in (-1, 0) and used in (-1, 0, None):
+                continue
+            if value is not None and value != used:
+                raise ValueError(
+                    f"{name}={value!r} differs from {trl_name}={used!r}: CoDistill's small model samples with "
+                    f"{trl_name} (its GRPO loss and KD reward assume that distribution). Set {trl_name} instead and "
+                    f"leave {name} unset."
+                )
+        if self.explorer_model and self.small_model and self.explorer_model != self.small_model:
             raise ValueError(
-                "small_use_vllm does not support DeepSpeed or FSDP (the main process alone pushes the small model's "
-                f"weights into the engine), got deepspeed={self.deepspeed!r}, fsdp={self.fsdp!r}."
+                f"explorer_model={self.explorer_model!r} differs from small_model={self.small_model!r}: in CoDistill "
+                "the explorer is the small model. Leave explorer_model unset."
+            )
+
+    def _check_small_scheduler(self) -> None:
+        from transformers import SchedulerType
+
+        try:
+            name = SchedulerType(self.small_lr_scheduler_type).value
+        except ValueError as exc:
+            raise ValueError(
+                f"small_lr_scheduler_type must be a transformers SchedulerType, got {self.small_lr_scheduler_type!r}."
+            ) from exc
+        # Two schedules in one optimizer run as one LambdaLR with a multiplier per parameter group.
+        if name != str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)) and name in (
+            "reduce_lr_on_plateau",
+            "greedy",
+        ):
+            raise ValueError(
+                f"small_lr_scheduler_type={name!r} cannot run beside the large model's {self.lr_scheduler_type!r} "
+                "schedule in one optimizer (it is not a per-step multiplier); use the same schedule for both or a "
+                "step-based one (constant, linear, cosine, ...)."
             )
 
     # Effective small-model optimizer settings (the large model's where unset).
     @property
     def small_lr(self) -> float:
         return self.learning_rate if self.small_learning_rate is None else self.small_learning_rate
+
+    @property
+    def small_decay(self) -> float:
+        return self.weight_decay if self.small_weight_decay is None else self.small_weight_decay
+
+    @property
+    def small_clip(self) -> float:
+        return self.max_grad_norm if self.small_max_grad_norm is None else self.small_max_grad_norm
 
     @property
     def small_scheduler(self) -> str:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import torch
 
 KD_MODES = ("token", "sequence")
+KD_BASELINES = ("mean", "none")
 
 
-def _known(
+def known_tokens(
     large_logps: torch.Tensor, small_logps: torch.Tensor, completion_mask: torch.Tensor, rows: torch.Tensor
 ) -> torch.Tensor:
+    """`(B, T)` tokens of the small model's rows whose log-probs are known under both models."""
     return completion_mask.bool() & rows.bool().unsqueeze(1) & ~torch.isnan(small_logps) & ~torch.isnan(large_logps)
 
 
@@ -42,7 +44,7 @@ def kd_token_rewards(
     Returns:
         `(B, T)` rewards, 0 outside the small model's known tokens.
     """
-    known = _known(large_logps, small_logps, completion_mask, rows)
+    known = known_tokens(large_logps, small_logps, completion_mask, rows)
     reward = torch.where(known, large_logps - small_logps, torch.zeros_like(large_logps))
     if clip is not None:
         reward = reward.clamp(min=-clip, max=clip)
@@ -59,7 +61,7 @@ def ratio_values(
     large_logps: torch.Tensor, small_logps: torch.Tensor, completion_mask: torch.Tensor, rows: torch.Tensor
 ) -> torch.Tensor:
     """The raw importance ratios `pi_large / pi_small` (before truncation or masking), flat, on known small tokens."""
-    known = _known(large_logps, small_logps, completion_mask, rows)
+    known = known_tokens(large_logps, small_logps, completion_mask, rows)
     return torch.exp(large_logps - small_logps)[known]
 
 
@@ -72,9 +74,24 @@ def min_mean_max(values: torch.Tensor) -> torch.Tensor:
 
 
 def dense_small_advantages(
-    sequence_advantages: torch.Tensor, token_rewards: torch.Tensor, kd_coef: float
+    sequence_advantages: torch.Tensor,
+    token_rewards: torch.Tensor,
+    known: torch.Tensor,
+    kd_coef: float,
+    baseline: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """`(B, T)` token advantages of the small model in `kd_mode="token"`: the group-relative advantage of the
-    verifiable reward plus `kd_coef` times the dense KD reward of each token (not normalised: our assumption)."""
+    verifiable reward plus `kd_coef` times the dense KD reward of each known token minus `baseline`.
+
+    The baseline is the mean KD reward of the round's small-model tokens (`kd_baseline`). Subtracting a constant
+    leaves the expected gradient of the reverse KL unchanged (the score function has mean zero), but without it a
+    small model far from the large one, whose every token earns a strongly negative reward, mostly pushes down
+    whatever it sampled and drifts instead of distilling (docs/codistill.md, "Choosing the KD update").
+    """
     seq = sequence_advantages if sequence_advantages.dim() == 2 else sequence_advantages.unsqueeze(1)
-    return seq + kd_coef * token_rewards
+    return seq + kd_coef * torch.where(known, token_rewards - baseline, torch.zeros_like(token_rewards))
+
+
+def kd_reward_sum_count(token_rewards: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(sum, count)` of the KD rewards of known tokens, to be summed over processes (the baseline is sum / count)."""
+    return token_rewards[known].sum(), known.sum().to(token_rewards.dtype)

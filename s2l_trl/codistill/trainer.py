@@ -1,22 +1,29 @@
-"""`CoDistillTrainer`: a large and a small model trained together, on S2L-PO's explorer machinery.
+"""`CoDistillTrainer`: a large and a small model trained together, on S2L-PO's explorer machinery, in one engine.
+
+Vocabulary: CoDistill speaks of the *large* and the *small* model. S2L-PO's code, which this trainer reuses, calls
+them the *learner* and the *explorer*; the mapping lives in one place, `_explorer_off_policy_terms` below (S2L-PO's
+`s2l_is_explorer` row flags are the small model's rows, its learner log-probs the large model's).
 
 Data flow of one generation round (train mode, default alpha = 1):
 
-    S2L-PO plans the round (alpha, G_w, G_s) -> the *small* model is the explorer: it samples the G_w rows of every
-    group in-process (`SmallModelExplorer`: completions + sampled-token log-probs), or with a vLLM engine that gets
-    its weights after each of its optimizer steps (`small_use_vllm`, `SmallModelVLLMExplorer`); the large model
-    samples the G_s rows (none by default) -> TRL scores the rows (verifiable rewards, group-relative advantages)
-        -> one no-grad forward of the large model on the rows gives `log pi_large` (TRL's old log-probs), used twice:
-           * large update: S2L-PO's per-token importance weights `pi_large / pi_small` on the small model's tokens
-             (`explorer_importance_sampling`, truncated at 2 by default), folded into the advantages;
-           * small update: KD reward `log pi_large(y_t) - log pi_small(y_t)` (`kd_mode`: dense per token, or its
-             sequence mean added to the reward before group normalisation), times `kd_coef`.
-    -> each micro-step: TRL's GRPO loss and backward for the large model (Transformers' loop steps its optimizer),
-       then the same GRPO loss for the small model on its own rows with its own advantages, backward, and at the
-       end of the accumulation window its own clip / optimizer / LR-scheduler step.
+    S2L-PO plans the round (alpha, G_w, G_s) -> every process samples the small model's G_w rows of the groups it
+    holds (`SmallModelExplorer`, transformers; or `SmallModelVLLMExplorer`, a vLLM engine that follows the small
+    model's weights); the large model samples the G_s rows (none by default) -> TRL scores the rows (verifiable
+    rewards, group-relative advantages)
+        -> two no-grad forwards on the local rows give `log pi_large` (stored as TRL's old log-probs) and
+           `log pi_small` (the training convention, whatever sampled the rows), used for
+           * the large update: S2L-PO's per-token importance weights `pi_large / pi_small` on the small model's
+             tokens (`explorer_importance_sampling`, truncated at 2 by default), folded into the advantages;
+           * the small update: KD reward `r_t = log pi_large(y_t) - log pi_small(y_t)`, `kd_coef` times
+             `r_t - mean(r)` added to each token's advantage (`kd_mode="token"`) or its sequence mean added to the
+             reward (`"sequence"`).
+    -> each micro-step: ONE forward of the `CoDistillModule` computes both models' outputs; TRL's GRPO loss is
+       evaluated on each (the large model on every row, the small one on its own rows); the sum is backpropagated
+       once, clipped per model and stepped by one optimizer whose parameter groups carry each model's learning
+       rate, weight decay and schedule.
 
-The large model is TRL's `self.model`; the small model, its optimizer and scheduler live here, prepared by the same
-accelerator, saved into `small_model/` of every checkpoint and restored on resume.
+Because both models are one module with one optimizer, accelerate prepares them along its standard path: DDP,
+DeepSpeed ZeRO-2/3 and FSDP2 shard, all-reduce and checkpoint both, and fp16 has one gradient scaler.
 """
 
 from __future__ import annotations
@@ -33,27 +40,46 @@ from accelerate.utils import gather
 from trl import GRPOTrainer
 
 from .. import mixing
+from ..checkpoints import load_saved_weights
+from ..model_card import codistill_card_section, codistill_small_model_card
 from ..trainer import S2LTrainer
 from . import objectives
 from .config import CoDistillConfig
 from .explorer import SmallModelExplorer
+from .module import LARGE, SMALL, CoDistillModule
 
 logger = logging.getLogger(__name__)
 
 SMALL_MODEL_DIR = "small_model"  # in every checkpoint and in the final output folder
 LARGE_MODEL_DIR = "large_model"  # in the final output folder (checkpoints keep the large model at their root)
-SMALL_OPTIMIZER_NAME = "optimizer.pt"
-SMALL_SCHEDULER_NAME = "scheduler.pt"
 
-CODISTILL_PAPER = {"title": "CoDistill-GRPO", "id": None, "citation": None}
+
+class _Replay:
+    """Stands in for the model in TRL's `_compute_loss`: returns the output of the module's one forward of this
+    micro-step (TRL's loss calls its model once per micro-batch, with the inputs checked here)."""
+
+    def __init__(self, output, input_ids: torch.Tensor):
+        self.output = output
+        self.shape = tuple(input_ids.shape)
+
+    def __call__(self, **kwargs):
+        if tuple(kwargs["input_ids"].shape) != self.shape:
+            raise RuntimeError(
+                f"CoDistill's forward ran on inputs of shape {self.shape}, TRL's loss asks for "
+                f"{tuple(kwargs['input_ids'].shape)}: the installed TRL builds its loss inputs differently."
+            )
+        return self.output
 
 
 class CoDistillTrainer(S2LTrainer):
-    """CoDistill-GRPO: co-train a large model (`model`, TRL's learner) and a small model (`small_model`).
+    """CoDistill-GRPO: co-train a large model (`model`) and a small model (`small_model`).
 
     Use it like [`S2LTrainer`] with a [`CoDistillConfig`]. The small model samples the rollouts (S2L-PO's explorer,
     here trainable) and learns by GRPO with a KD reward from the large model; the large model learns by GRPO on those
     rollouts with importance weights `pi_large / pi_small` and samples nothing of its own (at the default alpha = 1).
+
+    Both models live in one [`CoDistillModule`] (`trainer.model`; `trainer.large_model` and `trainer.small_model` are
+    its two halves) trained by one optimizer: launch it like any TRL trainer under DDP, DeepSpeed ZeRO-2/3 or FSDP2.
 
     Args:
         model, reward_funcs, args, train_dataset, peft_config, ...: as for [`S2LTrainer`], for the large model.
@@ -63,12 +89,14 @@ class CoDistillTrainer(S2LTrainer):
             LoRA (or any PEFT) configuration of the small model.
         mix_schedule: as for [`S2LTrainer`]: the small model's share of each group.
 
-    Metrics (TRL's logging): `codistill/kd_reward` (mean per-token KD log-ratio), `codistill/is_weight/{min,mean,
-    max}` and `codistill/is_weight_raw/{min,mean,max}` (after / before truncation or masking), `codistill/reward/
-    small`, `codistill/reward/large` (evaluation, the large model's own samples), `codistill/{small,large}/
-    rollout_time_s`, `codistill/large/logp_time_s`, `codistill/{large,small}/update_time_s`, and the small model's
-    GRPO metrics under `small/` (`small/loss`, `small/grad_norm`, `small/learning_rate`, `small/entropy`, ...). With
-    `small_use_vllm`: `codistill/small/vllm_logp_gap` and `codistill/small/weight_sync_time_s`.
+    Metrics (TRL's logging): `codistill/kd_reward` (mean per-token KD log-ratio, the baseline of `kd_mode="token"`),
+    `codistill/is_weight/{min,mean,max}` and `codistill/is_weight_raw/{min,mean,max}` (after / before truncation or
+    masking), `codistill/reward/small`, `codistill/reward/large` (evaluation, the large model's own samples),
+    `codistill/{small,large}/rollout_time_s`, `codistill/{large,small}/logp_time_s` (the scoring forwards),
+    `codistill/update_time_s` (one micro-step's forward and backward of both models), and the small model's GRPO
+    metrics under `small/` (`small/loss`, `small/grad_norm`, `small/learning_rate`, `small/entropy`, ...). TRL's own
+    `loss`, `grad_norm`, `entropy`, ... are the large model's. With `small_use_vllm`: `codistill/small/
+    vllm_logp_gap` and `codistill/small/weight_sync_time_s`.
     """
 
     _tag_names = ["trl", "grpo", "s2l-po", "codistill"]
@@ -91,19 +119,13 @@ class CoDistillTrainer(S2LTrainer):
             )
         if "explorer" in kwargs:
             raise ValueError("CoDistillTrainer builds its explorer from the small model; do not pass `explorer`.")
-        sharded = _sharding_requested(args)
-        if sharded:
+        optimizers = kwargs.get("optimizers", (None, None))
+        if optimizers is not None and any(o is not None for o in optimizers):
             raise ValueError(
-                f"CoDistillTrainer runs under DDP (or one process) only; {sharded} was requested. Both models are "
-                "prepared by one accelerator, which DeepSpeed does not allow, and FSDP is untested: use LoRA "
-                "(`peft_config` / `small_peft_config`) to fit large models instead (docs/codistill.md)."
+                "CoDistillTrainer builds one optimizer over both models (parameter groups per model), so "
+                "`optimizers` cannot be passed; use `optimizer_cls_and_kwargs` or the config's `optim` fields."
             )
-        if args.use_vllm:
-            raise ValueError(
-                "CoDistillTrainer does not sample the large model with vLLM (use_vllm=True given): the small model "
-                "samples the rollouts. To sample them with vLLM set small_use_vllm=True (and use_vllm=False); the "
-                "vllm_* fields configure the small model's engine (docs/codistill.md)."
-            )
+        _check_engine(args)
         if args.small_use_vllm:
             from trl.import_utils import is_vllm_available
 
@@ -114,13 +136,13 @@ class CoDistillTrainer(S2LTrainer):
             raise ValueError("CoDistillTrainer needs a small model: set `small_model` in the config or pass one.")
         # Loading the small model must not consume the torch RNG (kd_coef=0 must reproduce plain GRPO on it).
         with torch.random.fork_rng(devices=[]):
-            self.small_model = self._load_small_model(small_model, args, small_peft_config)
+            small = _load_small_model(small_model, args, small_peft_config)
         if args.small_use_vllm:
             from .vllm_explorer import SmallModelVLLMExplorer
 
-            self._small_explorer = SmallModelVLLMExplorer(self.small_model)
+            self._small_explorer = SmallModelVLLMExplorer()
         else:
-            self._small_explorer = SmallModelExplorer(self.small_model)
+            self._small_explorer = SmallModelExplorer()
         super().__init__(
             model, reward_funcs, args, *pargs, explorer=self._small_explorer, mix_schedule=mix_schedule, **kwargs
         )
@@ -129,90 +151,105 @@ class CoDistillTrainer(S2LTrainer):
                 f"small_model={args.small_model!r} does not share the large model's tokenizer: the KD reward and the "
                 "importance weights compare the two models token by token."
             )
-        if len(self._tokenizer) > self.small_model.get_input_embeddings().weight.size(0):
+        embeddings = small.get_input_embeddings().weight
+        rows = getattr(embeddings, "ds_shape", embeddings.shape)[0]  # ZeRO-3 loads parameters partitioned
+        if len(self._tokenizer) > rows:
             raise ValueError(
-                f"The small model has {self.small_model.get_input_embeddings().weight.size(0)} embedding rows, fewer "
-                f"than the tokenizer's {len(self._tokenizer)} tokens: it cannot be the large model's sibling."
+                f"The small model has {rows} embedding rows, fewer than the tokenizer's {len(self._tokenizer)} "
+                "tokens: it cannot be the large model's sibling."
             )
-        self.small_model.to(self.accelerator.device)
-        self._patch_small_lm_head()
-        # The small model's optimizer steps so far: a vLLM explorer pushes its weights when this has moved.
+        if getattr(self, "_is_vlm", False):
+            raise ValueError("CoDistillTrainer supports text models only (the processing class is a processor).")
+        self._prepare_small(small)
+        # One module, one optimizer: from here on `self.model` is the pair, as TRL's PPO trainer wraps policy + value.
+        self.codistill = CoDistillModule(self.model, small)
+        self.model = self.model_wrapped = self.codistill
+        self.callback_handler.model = self.codistill
+        # The small model's optimizer steps so far (steps of windows that held small rows): a vLLM explorer pushes
+        # its weights when this has moved.
         self.small_optimizer_steps = 0
+        self._optimizer_roles: list[str] = []  # the role of each optimizer parameter group
+        self._window_small_rows = False  # whether the current accumulation window trained the small model
+        self._window_small_loss = 0.0
+        self._final_save = False
         self._small_explorer.bind(self)
-        self.small_model_wrapped = self.small_model
-        self.small_optimizer = None
-        self.small_lr_scheduler = None
-        self._micro_batch: dict[str, Any] | None = None
-        self._small_loss_window = 0.0
-        self._generation_time = 0.0
 
-    # ------------------------------------------------------------------ set-up
-    @staticmethod
-    def _load_small_model(small_model, args: CoDistillConfig, peft_config):
-        from transformers import AutoModelForCausalLM
+    # ------------------------------------------------------------------ the two models
+    @property
+    def large_model(self):
+        return self.codistill.large
 
-        if isinstance(small_model, str):
-            init = args.small_model_init_kwargs
-            if init is None and isinstance(args.model_init_kwargs, dict):
-                init = args.model_init_kwargs
-            init = dict(init or {})
-            dtype = init.get("dtype", init.pop("torch_dtype", None))
-            if isinstance(dtype, str) and dtype not in ("auto", None):
-                init["dtype"] = getattr(torch, dtype)
-            small_model = AutoModelForCausalLM.from_pretrained(small_model, **init)
-        if peft_config is not None:
-            from peft import get_peft_model
+    @property
+    def small_model(self):
+        return self.codistill.small
 
-            small_model = get_peft_model(small_model, peft_config)
-        small_model.train()
-        return small_model
-
-    def _patch_small_lm_head(self) -> None:
-        """TRL (>= 1.16) patches the learner's LM head to return log-probs and entropies without full logits, and its
-        loss reads them; the small model goes through the same loss, so it gets the same patch."""
-        try:
-            from trl.trainer.utils import add_fused_lm_head
-        except ImportError:  # older TRL computes log-probs from the logits: nothing to patch
-            return
+    def _prepare_small(self, small) -> None:
+        """What TRL does to its learner at start-up, done to the small model: device, dropout, fused LM head."""
         from accelerate.utils import is_peft_model
+        from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
-        model = self.small_model
+        if self.place_model_on_device:
+            small.to(self.args.device)
+        if self.args.disable_dropout:
+            disable_dropout_in_model(small)
+        # TRL's loss reads log-probs and entropies from a fused LM head (no full logits); the small model goes
+        # through the same loss, so it gets the same head.
         add_fused_lm_head(
-            model.get_base_model() if is_peft_model(model) else model,
+            small.get_base_model() if is_peft_model(small) else small,
             temperature=self.temperature,
-            cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
+            cast_lm_head_to_fp32=False,
             outputs=("log_probs", "entropy"),
         )
+        small.train()
+
+    # ------------------------------------------------------------------ optimizer and schedule
+    def create_optimizer(self, model=None):
+        """One optimizer over both models: a decay and a no-decay parameter group per model, each with its model's
+        learning rate and weight decay (`small_learning_rate`, `small_weight_decay`), of the configured type."""
+        if self.optimizer is not None:
+            return self.optimizer
+        a = self.args
+        module = self.codistill
+        decay_names = set(self.get_decay_parameter_names(module))
+        groups, roles = [], []
+        for role, lr, decay in ((LARGE, a.learning_rate, a.weight_decay), (SMALL, a.small_lr, a.small_decay)):
+            named = [(f"{role}.{n}", p) for n, p in module.submodule(role).named_parameters() if p.requires_grad]
+            for decayed in (True, False):
+                params = [p for n, p in named if (n in decay_names) == decayed]
+                if params:
+                    groups.append({"params": params, "weight_decay": decay if decayed else 0.0, "lr": lr})
+                    roles.append(role)
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(a, module)
+        own_groups = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+        if own_groups:
+            raise ValueError(
+                f"optim={a.optim!r} builds its own parameter groups ({sorted(own_groups)}), which would drop the small "
+                "model's learning rate and weight decay: CoDistill supports optimizers that take parameter groups "
+                "(adamw_torch, adamw_torch_fused, adafactor, sgd, the bitsandbytes Adam variants, ...)."
+            )
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self._optimizer_roles = roles
+        return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """Transformers calls this once the large model's optimizer exists; CoDistill builds and prepares the small
-        model's optimizer and LR schedule here too (same optimizer type and warm-up; its own LR, decay, schedule)."""
-        scheduler = super().create_scheduler(num_training_steps, optimizer)
-        if self.small_optimizer is None:
-            from transformers import Trainer, get_scheduler
-
-            a = self.args
-            decay = a.weight_decay if a.small_weight_decay is None else a.small_weight_decay
-            decay_names = set(self.get_decay_parameter_names(self.small_model))
-            params = [(n, p) for n, p in self.small_model.named_parameters() if p.requires_grad]
-            groups = [
-                {"params": [p for n, p in params if n in decay_names], "weight_decay": decay},
-                {"params": [p for n, p in params if n not in decay_names], "weight_decay": 0.0},
-            ]
-            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(a, self.small_model)
-            optimizer_kwargs = {**optimizer_kwargs, "lr": a.small_lr}
-            self.small_model_wrapped, small_optimizer = self.accelerator.prepare(
-                self.small_model, optimizer_cls(groups, **optimizer_kwargs)
-            )
-            self.small_optimizer = small_optimizer
-            self.small_lr_scheduler = get_scheduler(
-                a.small_scheduler,
-                optimizer=self.small_optimizer,
-                num_warmup_steps=a.get_warmup_steps(num_training_steps),
-                num_training_steps=num_training_steps,
-                scheduler_specific_kwargs=a.lr_scheduler_kwargs,
-            )
-        return scheduler
+        """Each parameter group follows its model's schedule (`lr_scheduler_type` / `small_lr_scheduler_type`, same
+        warm-up), stepped once per optimizer step; with one schedule for both, Transformers' own scheduler."""
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler
+        a = self.args
+        if a.small_scheduler == _schedule_name(a.lr_scheduler_type):
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        lambdas = {
+            LARGE: _schedule_lambda(a, _schedule_name(a.lr_scheduler_type), num_training_steps),
+            SMALL: _schedule_lambda(a, a.small_scheduler, num_training_steps),
+        }
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambdas[r] for r in self._optimizer_roles])
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     # ------------------------------------------------------------------ rollouts and scoring
     def _explorer_rng(self, round_index: int):
@@ -222,32 +259,12 @@ class CoDistillTrainer(S2LTrainer):
         return contextlib.nullcontext()
 
     def _generate_and_score_completions(self, inputs):
-        start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
-        self._generation_time += time.perf_counter() - start
         if not self.model.training:
-            self._log_eval_reward()
+            metrics = self._metrics["eval"]
+            if metrics.get("reward"):
+                metrics["codistill/reward/large"].append(metrics["reward"][-1])
         return output
-
-    def _log_eval_reward(self) -> None:
-        metrics = self._metrics["eval"]
-        if metrics.get("reward"):
-            metrics["codistill/reward/large"].append(metrics["reward"][-1])
-
-    def _finish_round(self, output: dict[str, Any], rnd) -> None:
-        """S2L-PO's round (per-source metrics, importance weights on the large model's advantages), plus the small
-        model's update terms. The large model's log-probs on the rows are computed once, here, and stored as TRL's
-        old log-probs (on-policy they equal the detached ones TRL would use), so S2L-PO's weights reuse them."""
-        verifiable_advantages = output["advantages"].clone()
-        if rnd.g_w > 0 and output.get("old_per_token_logps") is None:
-            start = time.perf_counter()
-            output["old_per_token_logps"] = self._learner_logps(output)
-            self._metrics["train"]["codistill/large/logp_time_s"].append(time.perf_counter() - start)
-        super()._finish_round(output, rnd)
-        metrics = self._metrics["train"]
-        metrics["codistill/small/rollout_time_s"].append(rnd.explorer.latency_s if rnd.explorer is not None else 0.0)
-        if rnd.g_w > 0:
-            self._small_update_terms(output, rnd, verifiable_advantages)
 
     def _generate_learner_rows(self, rnd, prompt_ids, images, multimodal_fields, has_tool_images):
         start = time.perf_counter()
@@ -256,32 +273,44 @@ class CoDistillTrainer(S2LTrainer):
         finally:
             self._metrics["train"]["codistill/large/rollout_time_s"].append(time.perf_counter() - start)
 
-    def _small_logps(self, output: dict[str, Any], rnd) -> torch.Tensor:
-        """`(B, T)` sampled-token log-probs of the small model's rows (NaN elsewhere), from its rollouts."""
-        mask = output["completion_mask"]
-        logps = torch.full(mask.shape, float("nan"), device=mask.device)
-        for i in rnd.placement.explorer_rows:
-            _, lps = rnd.explorer.rows[rnd.placement.slots[i]]
-            if lps:
-                width = min(len(lps), logps.size(1))
-                logps[i, :width] = torch.tensor(lps[:width], device=mask.device, dtype=torch.float32)
-        return logps
+    def _explorer_off_policy_terms(self, output: dict[str, Any], rnd, is_explorer: torch.Tensor) -> None:
+        """S2L-PO's off-policy terms of explorer rows, for a trainable explorer: here the explorer is the small model
+        and the learner the large one (the one place where the two vocabularies meet).
 
-    def _small_update_terms(self, output: dict[str, Any], rnd, verifiable_advantages: torch.Tensor) -> None:
+        Scores the round's local rows with both models (no grad, the training convention for both), then writes
+        into TRL's batch: the large model's old log-probs, its advantages weighted by `pi_large / pi_small` on the
+        small model's tokens, and the small model's `(B, T)` advantages, token count and (when TRL's rule asks for
+        them) old log-probs.
+        """
         a = self.args
-        device = self.accelerator.device
         metrics = self._metrics["train"]
+        is_small = is_explorer
         mask = output["completion_mask"]
-        is_small = output["s2l_is_explorer"]
-        large_logps = output["old_per_token_logps"]
-        small_logps = self._small_logps(output, rnd)
+        verifiable = output["advantages"]  # group advantages of the verifiable reward (B,)
+        metrics["codistill/small/rollout_time_s"].append(rnd.explorer.latency_s if rnd.explorer is not None else 0.0)
 
-        # Importance-weight statistics, before and after S2L-PO's truncation / masking.
+        if output.get("old_per_token_logps") is None:
+            start = time.perf_counter()
+            output["old_per_token_logps"] = self._learner_logps(output)
+            metrics["codistill/large/logp_time_s"].append(time.perf_counter() - start)
+        large_logps = output["old_per_token_logps"].float()
+        start = time.perf_counter()
+        small_logps = self._small_logps(output).float()
+        metrics["codistill/small/logp_time_s"].append(time.perf_counter() - start)
+        small_logps = small_logps.masked_fill(~is_small.unsqueeze(1), float("nan"))
+        known = objectives.known_tokens(large_logps, small_logps, mask, is_small)
+        self._log_vllm_gap(rnd, small_logps, known)
+
+        # S2L-PO's explorer-vs-learner log-prob gap, and its importance weights on the large model's advantages.
+        gap = self.accelerator.reduce(
+            torch.stack(mixing.mean_logp_gap(large_logps, small_logps, mask, is_small)), reduction="sum"
+        )
+        if gap[1] > 0:
+            metrics["s2l/logp_gap"].append((gap[0] / gap[1]).item())
         raw = objectives.ratio_values(large_logps, small_logps, mask, is_small)
-        if a.explorer_importance_sampling == "none":
-            after = torch.ones_like(raw)
-        else:
-            _, after = mixing.explorer_is_weights(
+        after = torch.ones_like(raw)
+        if a.explorer_importance_sampling != "none":
+            weight, after = mixing.explorer_is_weights(
                 large_logps,
                 small_logps,
                 mask,
@@ -290,54 +319,85 @@ class CoDistillTrainer(S2LTrainer):
                 a.explorer_importance_sampling_clip_min,
                 a.explorer_importance_sampling_clip_max,
             )
+            adv = verifiable.unsqueeze(1) if verifiable.dim() == 1 else verifiable
+            output["advantages"] = adv * weight
         for name, values in (("is_weight_raw", raw), ("is_weight", after)):
-            s = self._reduce_min_mean_max(values)
-            if s is not None:
-                metrics[f"codistill/{name}/min"].append(s[0])
-                metrics[f"codistill/{name}/mean"].append(s[1])
-                metrics[f"codistill/{name}/max"].append(s[2])
+            stats = self._reduce_min_mean_max(values)
+            if stats is not None:
+                for stat, value in zip(("min", "mean", "max"), stats):
+                    metrics[f"codistill/{name}/{stat}"].append(value)
 
-        # KD reward of the small model.
+        # The small model's KD reward and its baseline (the round's mean over every process).
         kd_tokens = objectives.kd_token_rewards(large_logps, small_logps, mask, is_small, a.kd_clip)
-        known = mask.bool() & is_small.unsqueeze(1) & ~torch.isnan(small_logps)
-        kd_stats = self.accelerator.reduce(
-            torch.stack([kd_tokens[known].sum(), known.sum().to(kd_tokens.dtype)]), reduction="sum"
+        kd_sum, kd_count = self.accelerator.reduce(
+            torch.stack(objectives.kd_reward_sum_count(kd_tokens, known)), reduction="sum"
         )
-        if kd_stats[1] > 0:
-            metrics["codistill/kd_reward"].append((kd_stats[0] / kd_stats[1]).item())
+        baseline = kd_sum / kd_count.clamp(min=1.0) if a.kd_baseline == "mean" else torch.zeros_like(kd_sum)
+        if kd_count > 0:
+            metrics["codistill/kd_reward"].append((kd_sum / kd_count).item())
 
-        # Verifiable reward of the small model's rows.
+        # The small model's advantages: the group baseline of its own rows. At alpha = 1 with combined grouping
+        # TRL's advantages are exactly that, so they are reused as they are.
         all_is_small = gather(is_small)
-        rewards = (rnd.rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
-        rewards[torch.isnan(rnd.rewards_per_func).all(dim=1)] = torch.nan
+        rewards = mixing.weighted_rewards(rnd.rewards_per_func, self.reward_weights)
         metrics["codistill/reward/small"].append(torch.nanmean(rewards[all_is_small]).item())
-
-        # The small model's advantages: its own rows' group baseline. At alpha = 1 with the dense KD reward, TRL's
-        # advantages (before S2L-PO's importance weights) are exactly that baseline, so they are reused as they are.
         B = mask.size(0)
         local = slice(self.accelerator.process_index * B, (self.accelerator.process_index + 1) * B)
-        only_small = bool(all_is_small.all())
-        if a.kd_mode == "token" and only_small and a.advantage_grouping == "combined":
-            seq_adv = verifiable_advantages
+        if a.kd_mode == "token" and bool(all_is_small.all()) and a.advantage_grouping == "combined":
+            sequence_advantages = verifiable
         else:
             small_rewards = rewards
             if a.kd_mode == "sequence":
                 small_rewards = rewards + a.kd_coef * gather(objectives.kd_sequence_rewards(kd_tokens, mask))
-            seq_adv = mixing.per_source_advantages(
+            sequence_advantages = mixing.per_source_advantages(
                 small_rewards, all_is_small, self.num_generations, self.scale_rewards
             )[local]
         if a.kd_mode == "token":
-            small_adv = objectives.dense_small_advantages(seq_adv, kd_tokens, a.kd_coef)
+            small_advantages = objectives.dense_small_advantages(
+                sequence_advantages, kd_tokens, known, a.kd_coef, baseline
+            )
         else:
-            small_adv = seq_adv
-        output["codistill_small_advantages"] = small_adv
+            small_advantages = sequence_advantages.unsqueeze(1).expand_as(mask).clone()
+        output["codistill_small_advantages"] = small_advantages
         small_mask = mask * is_small.unsqueeze(1).to(mask.dtype)
         output["codistill_small_num_items"] = self.accelerator.gather(small_mask.sum()).sum()
         # TRL's rule for old log-probs: needed when a round is used by more than one optimizer step.
-        every = a.steps_per_generation * self.num_iterations
-        if a.gradient_accumulation_steps % every != 0:
-            with torch.no_grad():
-                output["codistill_small_old_logps"] = self._per_token_logps(self.small_model, output)
+        if a.gradient_accumulation_steps % (a.steps_per_generation * self.num_iterations) != 0:
+            output["codistill_small_old_logps"] = torch.nan_to_num(small_logps, nan=0.0)
+
+    def _log_vllm_gap(self, rnd, small_logps: torch.Tensor, known: torch.Tensor) -> None:
+        """Mean |vLLM's sampling log-prob - the small model's own| over the round's tokens (`small_use_vllm`)."""
+        if not self.args.small_use_vllm or rnd.explorer is None:
+            return
+        rows = {i: rnd.explorer.rows[rnd.placement.slots[i]][1] for i in rnd.placement.explorer_rows}
+        engine = mixing.explorer_logps_tensor(tuple(small_logps.shape), rows, small_logps.device)
+        both = known & ~torch.isnan(engine)
+        stats = self.accelerator.reduce(
+            torch.stack([(engine - small_logps).abs()[both].sum(), both.sum().float()]), reduction="sum"
+        )
+        if stats[1] > 0:
+            self._metrics["train"]["codistill/small/vllm_logp_gap"].append((stats[0] / stats[1]).item())
+
+    @torch.no_grad()
+    def _small_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """`(B, T)` sampled-token log-probs of every local row under the small model (one no-grad forward through the
+        module, so that sharded engines gather its parameters; every process scores the same number of rows)."""
+        from trl.models.utils import disable_gradient_checkpointing
+
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        with (
+            self.codistill.routed(SMALL),
+            disable_gradient_checkpointing(self.codistill, self.args.gradient_checkpointing_kwargs),
+        ):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                input_ids,
+                attention_mask,
+                output["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
+            )
+        return logps
 
     def _reduce_min_mean_max(self, values: torch.Tensor) -> tuple[float, float, float] | None:
         s = objectives.min_mean_max(values.to(self.accelerator.device))
@@ -347,145 +407,196 @@ class CoDistillTrainer(S2LTrainer):
             return None
         return gathered[:, 0].min().item(), (gathered[:, 1].sum() / count).item(), gathered[:, 3].max().item()
 
-    def _per_token_logps(self, model, output: dict[str, Any]) -> torch.Tensor:
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        logps, _, _ = self._get_per_token_logps_and_entropies(
-            model,
-            input_ids,
-            attention_mask,
-            output["completion_ids"].size(1),
-            batch_size=self.args.per_device_train_batch_size,
-        )
-        return logps
-
-    # ------------------------------------------------------------------ the two updates
+    # ------------------------------------------------------------------ one micro-step of both models
     def _compute_loss(self, model, inputs):
-        """The large model's loss is S2L-PO's (TRL's GRPO loss with importance-weighted advantages); the micro-batch
-        is kept for the small model's update, which `training_step` runs after the large model's backward."""
-        if model is not self.small_model_wrapped and self.model.training:
-            self._micro_batch = inputs
-        return super()._compute_loss(model, inputs)
-
-    def training_step(self, model, inputs, num_items_in_batch):
-        """TRL's micro-step for the large model, then the small model's forward / backward on the same micro-batch
-        and, at the end of the accumulation window, its clip / optimizer / scheduler step."""
-        self._micro_batch = None
-        self._generation_time = 0.0
+        """TRL calls this with the (wrapped) module and one micro-batch; in training it returns the large model's
+        GRPO loss plus the small model's, both from ONE forward of the module (so every engine sees one forward and
+        one backward per micro-step). Evaluation: the large model's loss only."""
+        if not self.model.training:
+            return super()._compute_loss(model, inputs)
         start = time.perf_counter()
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        large_time = time.perf_counter() - start - self._generation_time
-        batch, self._micro_batch = self._micro_batch, None
-        start = time.perf_counter()
-        if batch is not None and "codistill_small_advantages" in batch:
-            self._small_micro_step(batch, num_items_in_batch)
-        if self.accelerator.sync_gradients and self.small_optimizer is not None:
-            self._small_optimizer_step()
+        mixed = "codistill_small_advantages" in inputs
+        if mixed:
+            # Decided from the round's token count over every process: the same on all of them.
+            self._window_small_rows |= bool(inputs["codistill_small_num_items"] > 0)
+        is_small = inputs["s2l_is_explorer"].bool() if mixed else None
+        trains_small = mixed and bool((is_small.unsqueeze(1) & inputs["completion_mask"].bool()).any())
+        large_call = self._forward_call(inputs, inputs["completion_mask"])
+        if trains_small:
+            small_mask = inputs["completion_mask"] * is_small.unsqueeze(1).to(inputs["completion_mask"].dtype)
+            small_call = self._forward_call(inputs, small_mask)
+        else:
+            # The small model still runs (on one short row, with zero weight), so that every process and engine
+            # sees both models in every forward and backward: DDP's reducer, ZeRO's and FSDP's collectives line up.
+            small_call = self._forward_call(inputs, inputs["completion_mask"], rows=1, tokens=1)
+        with self.accelerator.autocast():
+            outputs = model(codistill_calls={LARGE: large_call, SMALL: small_call})
+        loss = super()._compute_loss(_Replay(outputs[LARGE], large_call["input_ids"]), inputs)
+        if trains_small:
+            loss = loss + self._small_loss(outputs[SMALL], small_call["input_ids"], inputs, small_mask)
+        else:
+            loss = loss + 0.0 * outputs[SMALL].log_probs.sum()
+        if self.is_deepspeed_enabled and self.accelerator.sync_gradients and not self._window_small_rows:
+            # DeepSpeed steps inside this micro-step's backward, so a window without small rows is frozen here: a
+            # learning rate of 0 keeps the small model's weights (its Adam moments still decay); the scheduler sets
+            # the rate back at its step.
+            for group, role in zip(self.optimizer.param_groups, self._optimizer_roles):
+                if role == SMALL:
+                    group["lr"] = 0.0
         metrics = self._metrics["train"]
-        metrics["codistill/large/update_time_s"].append(large_time)
-        metrics["codistill/small/update_time_s"].append(time.perf_counter() - start)
+        metrics["codistill/forward_time_s"].append(time.perf_counter() - start)
+        for role, seconds in self.codistill.forward_seconds.items():
+            metrics[f"codistill/{role}/forward_time_s"].append(seconds)
         return loss
 
-    def _small_micro_step(self, batch: dict[str, Any], num_items_in_batch) -> None:
-        is_small = batch["s2l_is_explorer"]
+    def _forward_call(self, inputs, completion_mask, rows: int | None = None, tokens: int | None = None) -> dict:
+        """The keyword arguments TRL's `_get_per_token_logps_and_entropies` passes to the model for this batch
+        (`rows` / `tokens`: only the first rows and completion tokens, for a zero-weight run of the small model)."""
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids = inputs["completion_ids"]
+        if rows is not None:
+            prompt_ids, prompt_mask = prompt_ids[:rows], prompt_mask[:rows]
+            completion_ids, completion_mask = completion_ids[:rows, :tokens], completion_mask[:rows, :tokens]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[:, : -completion_ids.size(1)] = -100
+        call = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "fused_lm_head": True}
+        if self.aux_loss_enabled:
+            call["output_router_logits"] = True
+        return call
+
+    def _small_loss(self, output, input_ids: torch.Tensor, inputs: dict, small_mask: torch.Tensor) -> torch.Tensor:
+        """TRL's GRPO loss of the small model on its own rows, with its own advantages; its metrics under `small/`."""
         small_inputs = {
-            "prompt_ids": batch["prompt_ids"],
-            "prompt_mask": batch["prompt_mask"],
-            "completion_ids": batch["completion_ids"],
-            "completion_mask": batch["completion_mask"] * is_small.unsqueeze(1).to(batch["completion_mask"].dtype),
-            "advantages": batch["codistill_small_advantages"],
-            "num_items_in_batch": batch["codistill_small_num_items"],
+            "prompt_ids": inputs["prompt_ids"],
+            "prompt_mask": inputs["prompt_mask"],
+            "completion_ids": inputs["completion_ids"],
+            "completion_mask": small_mask,
+            "advantages": inputs["codistill_small_advantages"],
+            "num_items_in_batch": inputs["codistill_small_num_items"].clamp(min=1),
         }
-        if "codistill_small_old_logps" in batch:
-            small_inputs["old_per_token_logps"] = batch["codistill_small_old_logps"]
-        # TRL's loss, on the small model, with its metrics kept apart under `small/`.
+        if "codistill_small_old_logps" in inputs:
+            small_inputs["old_per_token_logps"] = inputs["codistill_small_old_logps"]
         kept, self._metrics = self._metrics, {"train": defaultdict(list), "eval": defaultdict(list)}
-        sync = self.accelerator.sync_gradients
-        context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.small_model_wrapped)
         try:
-            with context:
-                self.small_model_wrapped.train()
-                with self.compute_loss_context_manager():
-                    loss = GRPOTrainer._compute_loss(self, self.small_model_wrapped, small_inputs)
-                # The scaling Transformers' `training_step` applies to the large model's loss.
-                if (
-                    not self.model_accepts_loss_kwargs or num_items_in_batch is None
-                ) and self.compute_loss_func is None:
-                    loss = loss / self.current_gradient_accumulation_steps
-                self.accelerator.backward(loss)
+            loss = GRPOTrainer._compute_loss(self, _Replay(output, input_ids), small_inputs)
         finally:
             small_metrics, self._metrics = self._metrics, kept
         for mode, values in small_metrics.items():
             for name, v in values.items():
                 kept[mode][f"small/{name}"].extend(v)
-        self._small_loss_window += loss.detach().item()
+        self._window_small_loss += loss.detach().item()
+        return loss
 
-    def _small_optimizer_step(self) -> None:
-        a = self.args
-        max_norm = a.max_grad_norm if a.small_max_grad_norm is None else a.small_max_grad_norm
-        params = [p for p in self.small_model.parameters() if p.requires_grad]
-        if max_norm and max_norm > 0:
-            grad_norm = self.accelerator.clip_grad_norm_(params, max_norm)
-        else:
-            grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    def training_step(self, model, inputs, num_items_in_batch):
+        """Transformers' micro-step (TRL's loss above, one backward). Its time is logged whole, and split between the
+        two models in proportion to their forward times (a backward costs about twice its forward, per model)."""
+        self.codistill.forward_seconds = {}
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        elapsed = time.perf_counter() - start
         metrics = self._metrics["train"]
-        metrics["small/learning_rate"].append(self.small_lr_scheduler.get_last_lr()[0])
-        self.small_optimizer.step()
-        self.small_lr_scheduler.step()
-        self.small_optimizer.zero_grad(set_to_none=True)
-        self.small_optimizer_steps += 1
-        loss = torch.tensor([self._small_loss_window], device=self.accelerator.device)
-        metrics["small/loss"].append(self.accelerator.gather(loss).mean().item())
-        metrics["small/grad_norm"].append(float(grad_norm.item() if torch.is_tensor(grad_norm) else grad_norm))
-        self._small_loss_window = 0.0
+        metrics["codistill/update_time_s"].append(elapsed)
+        forwards = self.codistill.forward_seconds
+        if forwards and sum(forwards.values()) > 0:
+            for role, seconds in forwards.items():
+                metrics[f"codistill/{role}/update_time_s"].append(elapsed * seconds / sum(forwards.values()))
+        return loss
 
-    # ------------------------------------------------------------------ checkpoints, saving, model cards
-    def _save_checkpoint(self, model, trial):
-        """The small model, its optimizer and scheduler go into `checkpoint-N/small_model/` *before* Transformers
-        writes the rest (its `trainer_state.json`, written last, marks a checkpoint complete)."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    # ------------------------------------------------------------------ clipping and the optimizer step
+    def _clip_grad_norm(self, model):
+        """Transformers clips before each optimizer step; CoDistill clips each model by its own norm
+        (`max_grad_norm`, `small_max_grad_norm`) and returns the large model's (TRL's `grad_norm`). DeepSpeed clips
+        inside its engine, over both models (the config refuses two different norms there)."""
+        if self.is_deepspeed_enabled:
+            return super()._clip_grad_norm(model)
+        return self._per_model_clip()
 
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        self._save_small(os.path.join(folder, SMALL_MODEL_DIR), with_optimizer=True)
-        super()._save_checkpoint(model, trial)
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Called once per optimizer step, after clipping and before the step: the small model's window ends here."""
+        if grad_norm is None and not self.is_deepspeed_enabled:
+            grad_norm = self._per_model_clip()
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._end_small_window()
+        return grad_norm
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        """Transformers calls this when resuming, after both optimizers exist: CoDistill also restores the small
-        model's weights, optimizer and scheduler from `small_model/`."""
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        folder = os.path.join(checkpoint, SMALL_MODEL_DIR)
+    def _per_model_clip(self) -> torch.Tensor:
+        a = self.args
+        self.accelerator.unscale_gradients()  # once, under fp16: one scaler for the one optimizer
+        norms = {}
+        for role, max_norm in ((LARGE, a.max_grad_norm), (SMALL, a.small_clip)):
+            grads = [p.grad for p in self.codistill.role_parameters(role) if p.grad is not None]
+            if not grads:
+                norms[role] = torch.zeros((), device=self.accelerator.device)
+                continue
+            norm = torch.nn.utils.get_total_norm(grads)
+            if max_norm and max_norm > 0:
+                torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm)
+            norms[role] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        self._small_grad_norm = norms[SMALL]
+        return norms[LARGE]
+
+    def _end_small_window(self) -> None:
+        """A window without small rows leaves the small model exactly as it was: its gradients (zeros) are dropped,
+        so the optimizer neither moves it (momentum, weight decay) nor advances its state."""
+        metrics = self._metrics["train"]
+        if self._window_small_rows:
+            self.small_optimizer_steps += 1
+            norm = getattr(self, "_small_grad_norm", None)
+            if norm is not None:
+                metrics["small/grad_norm"].append(float(norm))
+            loss = torch.tensor([self._window_small_loss], device=self.accelerator.device)
+            metrics["small/loss"].append(self.accelerator.gather(loss).mean().item())
+            metrics["small/learning_rate"].append(self._group_lr(SMALL))
+        elif not self.is_deepspeed_enabled:
+            for p in self.codistill.role_parameters(SMALL):
+                p.grad = None
+        self._window_small_rows, self._window_small_loss, self._small_grad_norm = False, 0.0, None
+
+    def _group_lr(self, role: str) -> float:
+        for group, r in zip(self.optimizer.param_groups, self._optimizer_roles):
+            if r == role:
+                return float(group["lr"])
+        return 0.0
+
+    # ------------------------------------------------------------------ checkpoints and saving
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Transformers calls this on the saving process with the module's state dict (gathered under ZeRO-3 /
+        FSDP). CoDistill writes two model folders: the large model at the root of a checkpoint (or `large_model/` in
+        a final save) and the small one in `small_model/`, each loadable with `from_pretrained`."""
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is None:
+            state_dict = self.codistill.state_dict()
+        folders = {
+            LARGE: os.path.join(output_dir, LARGE_MODEL_DIR) if self._final_save else output_dir,
+            SMALL: os.path.join(output_dir, SMALL_MODEL_DIR),
+        }
+        for role, folder in folders.items():
+            os.makedirs(folder, exist_ok=True)
+            role_state = self.codistill.role_state_dict(state_dict, role)
+            if role_state:  # empty when ZeRO-3 saves no 16-bit weights (Transformers then saves its engine files)
+                self.codistill.submodule(role).save_pretrained(folder, state_dict=role_state)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(folder)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume both models. DeepSpeed and FSDP checkpoints hold the whole module (Transformers loads them); the
+        plain ones hold two model folders, the large model at the root and the small one in `small_model/`."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        folder = os.path.join(resume_from_checkpoint, SMALL_MODEL_DIR)
         if not os.path.isdir(folder):
             raise FileNotFoundError(
-                f"{checkpoint} has no {SMALL_MODEL_DIR}/ folder: it was not written by CoDistillTrainer, so the small "
-                "model cannot be resumed."
+                f"{resume_from_checkpoint} has no {SMALL_MODEL_DIR}/ folder: it was not written by CoDistillTrainer, "
+                "so the small model cannot be resumed."
             )
-        _load_weights(self.small_model, folder)
-        self.small_optimizer.load_state_dict(
-            torch.load(
-                os.path.join(folder, SMALL_OPTIMIZER_NAME), map_location=self.accelerator.device, weights_only=False
-            )
-        )
-        self.small_lr_scheduler.load_state_dict(
-            torch.load(os.path.join(folder, SMALL_SCHEDULER_NAME), weights_only=False)
-        )
-
-    def _save_small(self, folder: str, with_optimizer: bool) -> None:
-        if not self.args.should_save:
-            return
-        os.makedirs(folder, exist_ok=True)
-        model = self.accelerator.unwrap_model(self.small_model_wrapped)
-        state = self.accelerator.get_state_dict(self.small_model_wrapped)
-        model.save_pretrained(
-            folder,
-            state_dict=state,
-            safe_serialization=self.args.save_safetensors if hasattr(self.args, "save_safetensors") else True,
-        )
-        self.processing_class.save_pretrained(folder)
-        if with_optimizer and self.small_optimizer is not None:
-            torch.save(self.small_optimizer.state_dict(), os.path.join(folder, SMALL_OPTIMIZER_NAME))
-            torch.save(self.small_lr_scheduler.state_dict(), os.path.join(folder, SMALL_SCHEDULER_NAME))
+        load_saved_weights(self.codistill.large, resume_from_checkpoint)
+        load_saved_weights(self.codistill.small, folder)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Checkpoints (`_internal_call`) keep the large model at their root, where Transformers resumes it from.
@@ -493,8 +604,11 @@ class CoDistillTrainer(S2LTrainer):
         if _internal_call:
             return super().save_model(output_dir, _internal_call=True)
         output_dir = output_dir or self.args.output_dir
-        super().save_model(os.path.join(output_dir, LARGE_MODEL_DIR), _internal_call=True)
-        self._save_small(os.path.join(output_dir, SMALL_MODEL_DIR), with_optimizer=False)
+        self._final_save = True
+        try:
+            super().save_model(output_dir, _internal_call=True)
+        finally:
+            self._final_save = False
         if self.args.should_save:
             self.create_model_card()
             self._write_subfolder_cards(output_dir)
@@ -524,77 +638,66 @@ class CoDistillTrainer(S2LTrainer):
             shutil.copyfile(source, os.path.join(large_dir, "README.md"))
         small_dir = os.path.join(output_dir, SMALL_MODEL_DIR)
         if os.path.isdir(small_dir):
+            base = getattr(getattr(self.small_model, "config", None), "_name_or_path", None)
             with open(os.path.join(small_dir, "README.md"), "w", encoding="utf-8") as f:
-                f.write(small_model_card(self.args, getattr(self.small_model.config, "_name_or_path", None)))
+                f.write(codistill_small_model_card(self.args, base))
 
 
-def _sharding_requested(args: CoDistillConfig) -> str | None:
-    """DeepSpeed / FSDP asked for by the config or by `accelerate launch` (its environment), else None."""
+def _check_engine(args: CoDistillConfig) -> None:
+    """Engine settings CoDistill cannot honour, refused before any model is loaded."""
     from accelerate.utils import parse_flag_from_env
 
-    if args.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
-        return "DeepSpeed"
-    if args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP"):
-        return "FSDP"
-    return None
+    if args.use_vllm:
+        raise ValueError(
+            "CoDistillTrainer does not sample the large model with vLLM (use_vllm=True given): the small model "
+            "samples the rollouts. To sample them with vLLM set small_use_vllm=True (and use_vllm=False); the "
+            "vllm_* fields configure the small model's engine (docs/codistill.md)."
+        )
+    deepspeed = bool(args.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    if deepspeed and args.small_max_grad_norm is not None and args.small_max_grad_norm != args.max_grad_norm:
+        raise ValueError(
+            f"small_max_grad_norm={args.small_max_grad_norm!r} differs from max_grad_norm={args.max_grad_norm!r}, "
+            "but DeepSpeed clips the whole module by one norm inside its engine: leave small_max_grad_norm unset "
+            "under DeepSpeed (or use DDP / FSDP2, where each model is clipped by its own norm)."
+        )
 
 
-def codistill_card_section(args: CoDistillConfig, role: str) -> str:
-    other = "small" if role == "large" else "large"
-    return "\n".join(
-        [
-            "## CoDistill-GRPO provenance",
-            "",
-            f"This is the **{role}** model of a CoDistill-GRPO run (trained together with the {other} model).",
-            "",
-            f"- small model: `{args.small_model}`",
-            f"- small model's share of each group: schedule `{args.mix_schedule}`, alpha start "
-            f"{args.mix_alpha_start}, end {args.mix_alpha_end}, T_mix {args.mix_steps}",
-            f"- large model's importance weights pi_large / pi_small: `{args.explorer_importance_sampling}` "
-            f"(bounds {args.explorer_importance_sampling_clip_min}, {args.explorer_importance_sampling_clip_max})",
-            f"- small model's KD reward: `kd_mode={args.kd_mode}`, `kd_coef={args.kd_coef}`, `kd_clip={args.kd_clip}`",
-            f"- G = {args.num_generations}; small model LR {args.small_lr}, schedule `{args.small_scheduler}`",
-        ]
+def _load_small_model(small_model, args: CoDistillConfig, peft_config):
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(small_model, str):
+        init = args.small_model_init_kwargs
+        if init is None and isinstance(args.model_init_kwargs, dict):
+            init = args.model_init_kwargs
+        init = dict(init or {})
+        dtype = init.get("dtype", init.pop("torch_dtype", None))
+        if isinstance(dtype, str) and dtype not in ("auto", None):
+            init["dtype"] = getattr(torch, dtype)
+        small_model = AutoModelForCausalLM.from_pretrained(small_model, **init)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        small_model = get_peft_model(small_model, peft_config)
+    return small_model
+
+
+def _schedule_name(name) -> str:
+    return str(getattr(name, "value", name))
+
+
+def _schedule_lambda(args: CoDistillConfig, name: str, num_training_steps: int):
+    """The learning-rate multiplier of Transformers' schedule `name` as a function of the step (one LambdaLR
+    per parameter group needs one function per group)."""
+    from transformers import get_scheduler
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = get_scheduler(
+        name,
+        optimizer=probe,
+        num_warmup_steps=args.get_warmup_steps(num_training_steps),
+        num_training_steps=num_training_steps,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
     )
-
-
-def small_model_card(args: CoDistillConfig, base_model: str | None) -> str:
-    """The small model's card: front matter, what it is, and the run's CoDistill settings."""
-    front = ["---", "library_name: transformers", "tags:", "- trl", "- grpo", "- codistill"]
-    if base_model and not os.path.isdir(base_model):
-        front.append(f"base_model: {base_model}")
-    front.append("---")
-    body = [
-        "",
-        "# Small model of a CoDistill-GRPO run",
-        "",
-        "Trained with GRPO on its own rollouts, with reward = verifiable reward + kd_coef x KD reward from the large "
-        "model (`s2l_trl.codistill.CoDistillTrainer`).",
-        "",
-        codistill_card_section(args, role="small"),
-        "",
-    ]
-    return "\n".join(front + body)
-
-
-def _load_weights(model, folder: str) -> None:
-    """Load the weights `save_pretrained` wrote into `folder` into `model` (full model or PEFT adapter)."""
-    from safetensors.torch import load_file
-
-    adapter = os.path.join(folder, "adapter_model.safetensors")
-    if os.path.exists(adapter):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(adapter))
-        return
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    if not files:
-        raise FileNotFoundError(f"No weights (*.safetensors) in {folder}.")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(os.path.join(folder, name)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ValueError(f"Unexpected keys in {folder}: {unexpected[:5]}")
-    if missing:
-        logger.warning("Keys missing from %s (tied weights?): %s", folder, missing[:5])
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise ValueError(f"The {name!r} learning-rate schedule cannot run per parameter group (it is not a LambdaLR).")
+    return scheduler.lr_lambdas[0]

@@ -1,15 +1,15 @@
 """The small model's rollouts sampled by a vLLM engine that follows its weights (`CoDistillConfig.small_use_vllm`).
 
-The engine is TRL's own `VLLMGeneration`, bound to the small model instead of TRL's learner, with TRL's weight push
-(`sync_weights`) and sampling (`generate`). Only what differs from TRL's learner path lives here: when to push (after
-each of the *small* model's optimizer steps, not the large model's `global_step`) and which log-probs the trainer
-gets (the small model's own forward, in the training convention, rather than the engine's).
+The engine is TRL's own `VLLMGeneration`, bound to the small submodule instead of TRL's learner, with TRL's weight
+push (`sync_weights`, which gathers ZeRO-3 / FSDP2 parameters collectively and merges PEFT adapters) and sampling.
+Only what differs from TRL's learner path lives here: when to push (after each of the *small* model's optimizer
+steps, not the large model's `global_step`) and who samples what (every process its own rows; in server mode through
+one request per round from the main process, since TRL creates its `VLLMClient` there only).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from typing import Any
@@ -25,49 +25,37 @@ class SmallModelVLLMExplorer:
     """An [`~s2l_trl.explorers.Explorer`] that samples the small model *being trained* with vLLM.
 
     `bind` builds a `trl.generation.vllm_generation.VLLMGeneration` for the small model from the trainer's `vllm_*`
-    and sampling settings, on every process (colocate engines are built collectively). `generate` (main process only,
-    for the whole global batch, like every S2L-PO explorer):
+    and sampling settings, on every process (colocate engines are built collectively). `generate` runs on every
+    process once per mixed round (S2L-PO's `ExplorerRounds` guarantees it):
 
     1. pushes the small model's weights into the engine with `VLLMGeneration.sync_weights()` when the small model's
-       optimizer has stepped since the last push (`trainer.small_optimizer_steps`); the first generation of a run
-       always pushes, since the engine loaded the checkpoint from disk and the live model may differ (a resumed run,
-       a model object, LoRA);
-    2. samples with `VLLMGeneration.generate` (colocate) or TRL's `VLLMClient` (server; TRL's server branch gathers
-       prompts from every process, and only the main process gets here);
-    3. recomputes the sampled tokens' log-probs with a no-grad forward of the small model, `log_softmax(logits /
-       temperature)` through TRL's own `_get_per_token_logps_and_entropies`: the KD reward and the importance weights
-       then compare both models in one convention (identical weights give exactly 0 and 1), whatever vLLM's kernels,
-       dtype or logit processors do. The mean absolute gap to vLLM's sampling log-probs is logged as
-       `codistill/small/vllm_logp_gap` (large: a stale engine, or top-k/top-p/min-p processing) and each push's time
-       as `codistill/small/weight_sync_time_s`.
+       optimizer has stepped since the last push (`trainer.small_optimizer_steps`, equal on every process, so the
+       collective gathers line up); the first generation of a run always pushes, since the engine loaded the
+       checkpoint from disk and the live model may differ (a resumed run, a model object, LoRA);
+    2. samples: colocate, each process with its own engine for its own rows; server, the prompts of every process
+       gathered, one request from the main process, each process handed its own rows back;
+    3. returns vLLM's sampled-token log-probs alongside, only for the `codistill/small/vllm_logp_gap` metric: the
+       trainer scores the rows with the small model's own forward (the training convention) for everything else.
     """
 
     runs_in_background = False
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self):
         self.trainer = None
         self.vllm_generation = None
         self.synced_step: int | None = None  # `trainer.small_optimizer_steps` when the engine last got the weights
         self.num_syncs = 0
 
     def bind(self, trainer) -> None:
-        from accelerate.utils import DistributedType
         from trl.generation.vllm_generation import VLLMGeneration
 
         a = trainer.args
-        accelerator = trainer.accelerator
-        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            raise ValueError(
-                f"small_use_vllm does not support {accelerator.distributed_type.value}: the main process alone pushes "
-                "the small model's weights into the engine, and sharded parameters need every process to gather."
-            )
         self.trainer = trainer
         # vLLM seeds torch / random / numpy while it builds the engine; the trainer's streams must not depend on it.
         with _kept_rng_state():
             self.vllm_generation = VLLMGeneration(
-                model=self.model,
-                accelerator=accelerator,
+                model=trainer.codistill.small,
+                accelerator=trainer.accelerator,
                 processing_class=trainer.processing_class,
                 mode=a.vllm_mode,
                 structured_outputs_regex=a.vllm_structured_outputs_regex,
@@ -79,8 +67,8 @@ class SmallModelVLLMExplorer:
                 tensor_parallel_size=a.vllm_tensor_parallel_size,
                 gpu_memory_utilization=a.vllm_gpu_memory_utilization,
                 max_model_length=a.vllm_max_model_length,
-                # The main process samples the explorer rows of the whole global batch in one call.
-                max_num_seqs=a.generation_batch_size,
+                # Each process samples the explorer rows of its own generation batch (TRL's learner sizing).
+                max_num_seqs=a.per_device_train_batch_size * a.vllm_tensor_parallel_size * a.steps_per_generation,
                 enable_sleep_mode=a.vllm_enable_sleep_mode,
                 model_impl=a.vllm_model_impl,
                 trust_remote_code=a.trust_remote_code,
@@ -102,67 +90,48 @@ class SmallModelVLLMExplorer:
         if t is None or self.vllm_generation is None:
             raise RuntimeError("SmallModelVLLMExplorer.bind(trainer) must be called before generate().")
         start = time.perf_counter()
-        metrics = t._metrics["train" if t.model.training else "eval"]
         step = t.small_optimizer_steps
         if self.synced_step != step:
             sync_start = time.perf_counter()
             self.vllm_generation.sync_weights()
             self.synced_step = step
             self.num_syncs += 1
-            metrics["codistill/small/weight_sync_time_s"].append(time.perf_counter() - sync_start)
-        rows = [list(ids) for ids in prompt_ids for _ in range(n)]
-        completion_ids, engine_logps = self._sample(prompt_ids, rows, n)
-        logps = self._training_logps(rows, completion_ids)
-        gaps = [
-            abs(e - r)
-            for es, rs in zip(engine_logps, logps)
-            for e, r in zip(es, rs)
-            if e is not None and not math.isnan(e)
-        ]
-        if gaps:
-            metrics["codistill/small/vllm_logp_gap"].append(sum(gaps) / len(gaps))
-        return in_process_output(completion_ids, logps, len(prompt_ids), start)
+            t._metrics["train"]["codistill/small/weight_sync_time_s"].append(time.perf_counter() - sync_start)
+        completion_ids, engine_logps = self._sample([list(ids) for ids in prompt_ids], n)
+        return in_process_output(completion_ids, engine_logps, len(prompt_ids), start)
 
-    def _sample(
-        self, prompt_ids: list[list[int]], rows: list[list[int]], n: int
-    ) -> tuple[list[list[int]], list[list[float | None]]]:
-        """Completions (prompt-major, `n` per prompt) and vLLM's log-prob of each sampled token."""
+    def _sample(self, prompts: list[list[int]], n: int) -> tuple[list[list[int]], list[list[float]]]:
+        """`n` completions per prompt (prompt-major) and vLLM's log-prob of each sampled token (NaN where unknown)."""
         vg = self.vllm_generation
         if vg.mode == "server":
-            completion_ids, logprobs = vllm_server_generate(vg, [list(ids) for ids in prompt_ids], n)
-        else:
-            # Colocate samples one completion per row (TRL's convention): the prompts come repeated.
+            completion_ids, logprobs = self._sample_from_server(prompts, n)
+        elif prompts:
+            rows = [p for p in prompts for _ in range(n)]  # colocate samples one completion per row (TRL's way)
             _, completion_ids, logprobs, _ = vg.generate(prompts=rows, images=None, num_generations=n)
+        else:
+            return [], []
         completion_ids = [list(ids) for ids in completion_ids]
         if logprobs is None:
-            return completion_ids, [[None] * len(ids) for ids in completion_ids]
-        return completion_ids, [[lp[0] if lp else None for lp in seq] for seq in logprobs]
+            return completion_ids, [[float("nan")] * len(ids) for ids in completion_ids]
+        return completion_ids, [[float("nan") if not lp else lp[0] for lp in seq] for seq in logprobs]
 
-    def _training_logps(self, rows: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
-        """Each sampled token's log-prob under the small model as the trainer computes it (one no-grad forward)."""
-        from trl.trainer.utils import pad
+    def _sample_from_server(self, prompts: list[list[int]], n: int):
+        """Every process's prompts in one request from the main process (the only one with TRL's `VLLMClient`),
+        each process handed back its own `n` rows per prompt; a collective, so every process calls it."""
+        from accelerate.utils import broadcast_object_list, gather_object
 
-        t = self.trainer
-        width = max((len(c) for c in completion_ids), default=0)
-        if width == 0:
-            return [[] for _ in completion_ids]
-        device = t.accelerator.device
-        pad_id = t._tokenizer.pad_token_id if t._tokenizer.pad_token_id is not None else t.eos_token_ids[0]
-        prompts = [torch.tensor(r, dtype=torch.long) for r in rows]
-        completions = [torch.tensor(c, dtype=torch.long) for c in completion_ids]
-        prompt = pad(prompts, padding_value=pad_id, padding_side="left")
-        prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
-        completion = pad(completions, padding_value=pad_id, padding_side="right")
-        completion_mask = pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right")
-        logps, _, _ = t._get_per_token_logps_and_entropies(
-            self.model,
-            torch.cat([prompt, completion], dim=1).to(device),
-            torch.cat([prompt_mask, completion_mask], dim=1).to(device),
-            completion.size(1),
-            batch_size=t.args.per_device_train_batch_size,
-        )
-        logps = logps.float().cpu()
-        return [logps[i, : len(c)].tolist() for i, c in enumerate(completion_ids)]
+        accelerator = self.trainer.accelerator
+        counts = gather_object([len(prompts)])
+        everything = gather_object(prompts) if accelerator.num_processes > 1 else prompts
+        payload: list[Any] = [None]
+        if accelerator.is_main_process:
+            payload = [vllm_server_generate(self.vllm_generation, everything, n) if everything else ([], None)]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(payload, from_process=0)
+        ids, logps = payload[0]
+        begin = sum(counts[: accelerator.process_index]) * n
+        local = slice(begin, begin + len(prompts) * n)
+        return ids[local], None if logps is None else logps[local]
 
 
 @contextlib.contextmanager

@@ -88,7 +88,7 @@ def run_codistill(family: Family, settings: CoDistillSettings, method: str, seed
     small = AutoModelForCausalLM.from_pretrained(small_path, dtype="float32")
     checksums = {"small": weights_checksum(small), "large": weights_checksum(large)}
     trainer = CoDistillTrainer(large, [task.accuracy_reward], args=args, train_dataset=dataset, small_model=small)
-    models = {"small": trainer.small_model, "large": trainer.model}
+    models = {"small": trainer.small_model, "large": trainer.large_model}
     evals: dict[str, list[dict]] = {"small": [], "large": []}
     per_step: list[dict] = []
 

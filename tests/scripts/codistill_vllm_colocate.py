@@ -67,14 +67,19 @@ def main(result_path: str, large: str, small: str, dataset: str, workdir: str) -
     built = time.perf_counter()
     explorer = trainer._small_explorer
     initial_small = {k: v.detach().clone() for k, v in trainer.small_model.state_dict().items()}
-    before = {"large": fingerprint(trainer.model), "small": fingerprint(trainer.small_model)}
+    before = {"large": fingerprint(trainer.large_model), "small": fingerprint(trainer.small_model)}
 
     # Record the order of generations, small-model optimizer steps and weight pushes.
     events: list[str] = []
     gaps: list[float] = []
     samples: list[tuple[list[int], list[int]]] = []
     vg = explorer.vllm_generation
-    sync, step, generate = vg.sync_weights, trainer._small_optimizer_step, explorer.generate
+    sync, end_window, generate, log_gap = (
+        vg.sync_weights,
+        trainer._end_small_window,
+        explorer.generate,
+        trainer._log_vllm_gap,
+    )
 
     def counted_sync():
         events.append("sync")
@@ -82,24 +87,28 @@ def main(result_path: str, large: str, small: str, dataset: str, workdir: str) -
 
     def counted_step():
         events.append("step")
-        return step()
+        return end_window()
 
     def counted_generate(prompt_ids, n, inputs=None):
         events.append("generate")
         out = generate(prompt_ids, n, inputs=inputs)
-        gaps.append(trainer._metrics["train"]["codistill/small/vllm_logp_gap"][-1])
         rows = [list(p) for p in prompt_ids for _ in range(n)]
         samples.extend((r, c) for r, c in zip(rows, out.completion_ids) if c)
         return out
 
-    vg.sync_weights, trainer._small_optimizer_step, explorer.generate = counted_sync, counted_step, counted_generate
+    def recorded_gap(rnd, small_logps, known):
+        log_gap(rnd, small_logps, known)  # the round's vLLM-vs-trainer gap, computed once the rows are scored
+        gaps.append(trainer._metrics["train"]["codistill/small/vllm_logp_gap"][-1])
+
+    vg.sync_weights, trainer._end_small_window, explorer.generate = counted_sync, counted_step, counted_generate
+    trainer._log_vllm_gap = recorded_gap
     large_generate_calls = []
-    original_large_generate = trainer.model.generate
-    trainer.model.generate = lambda *a, **k: large_generate_calls.append(1) or original_large_generate(*a, **k)
+    original_large_generate = trainer.large_model.generate
+    trainer.large_model.generate = lambda *a, **k: large_generate_calls.append(1) or original_large_generate(*a, **k)
 
     trainer.train()
     trained = time.perf_counter()
-    after = {"large": fingerprint(trainer.model), "small": fingerprint(trainer.small_model)}
+    after = {"large": fingerprint(trainer.large_model), "small": fingerprint(trainer.small_model)}
 
     # How far training moved the small model's log-probs on its own samples: the gap a never-synced engine would show.
     model = trainer.small_model

@@ -1,0 +1,139 @@
+"""`CoDistillModule`: the large and the small model as one trainable `nn.Module`, so that one engine trains both.
+
+TRL's PPO trainer wraps its policy and value models in one module for the same reason: accelerate then prepares one
+model and one optimizer, and DDP, DeepSpeed ZeRO-2/3 and FSDP2 shard, all-reduce, clip, scale (fp16) and
+checkpoint both models along their standard path. Two separately prepared models cannot do that (one accelerator
+builds one DeepSpeed engine, and a second optimizer shares the first one's fp16 scaler).
+
+The module is the *large* model to TRL and Transformers (its `forward`, `generate` and `config` are the large model's)
+until a caller routes it to the small one:
+
+    with module.routed("small"):
+        model(**inputs)  # through DDP / DeepSpeed / FSDP2: the small model's forward, hooks and collectives included
+
+Routing by an attribute instead of an argument lets TRL's own code (`_get_per_token_logps_and_entropies`,
+`_compute_loss`, generation) run on either model unchanged; every call runs in the trainer's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+LARGE, SMALL = "large", "small"
+ROLES = (LARGE, SMALL)
+
+
+class CoDistillModule(nn.Module):
+    """The large model (`.large`) and the small model (`.small`) of a CoDistill run as one module.
+
+    `forward` and `generate` run the model selected by `routed(role)` (the large one by default). Gradient
+    checkpointing, weight tying and dropout switches apply to both. `_no_split_modules` lists both models' layer
+    classes *and* the two model classes, so that FSDP2's transformer-based wrapping makes each model a unit of its
+    own: its parameters are then gathered only when that model runs (generation included).
+    """
+
+    def __init__(self, large: nn.Module, small: nn.Module):
+        super().__init__()
+        self.large = large
+        self.small = small
+        self._role = LARGE
+        self.forward_seconds: dict[str, float] = {}  # each model's share of the last two-model forward
+        # Transformers and TRL read the trained model's config (model card, special tokens): the large model's.
+        self.config = large.config
+        names = {type(large).__name__, type(small).__name__}
+        for model in (large, small):
+            names.update(getattr(model, "_no_split_modules", None) or [])
+        self._no_split_modules = sorted(names)
+
+    # ------------------------------------------------------------------ routing
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @contextlib.contextmanager
+    def routed(self, role: str) -> Iterator[nn.Module]:
+        """Run `forward` / `generate` on the `role` model (`"large"` or `"small"`) inside the block."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}.")
+        previous, self._role = self._role, role
+        try:
+            yield self.submodule(role)
+        finally:
+            self._role = previous
+
+    def submodule(self, role: str) -> nn.Module:
+        return self.small if role == SMALL else self.large
+
+    def role_parameters(self, role: str) -> list[nn.Parameter]:
+        return list(self.submodule(role).parameters())
+
+    def forward(self, *args: Any, codistill_calls: dict[str, dict] | None = None, **kwargs: Any) -> Any:
+        """The routed model's forward; with `codistill_calls={"large": kwargs, "small": kwargs}`, both models' in
+        one call, returned as a dict by role (one forward per micro-step for DDP's reducer and ZeRO / FSDP hooks)."""
+        if codistill_calls is not None:
+            outputs, self.forward_seconds = {}, {}
+            for role, call in codistill_calls.items():
+                start = time.perf_counter()  # host time: on GPUs the kernels may still run (the split is indicative)
+                outputs[role] = self.submodule(role)(**call)
+                self.forward_seconds[role] = time.perf_counter() - start
+            return outputs
+        return self.submodule(self._role)(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The routed model's `generate`. Under FSDP2 Transformers registers this method with FSDP, so the root's
+        hooks run first and only the generating model's units gather their parameters; since every decoding step is
+        then collective, processes keep decoding until all are done (`synced_gpus`, which transformers turns on by
+        itself only for ZeRO-3 and its own FSDP2 set-up, not accelerate's)."""
+        if "synced_gpus" not in kwargs and self._fsdp_sharded():
+            kwargs["synced_gpus"] = True
+        return self.submodule(self._role).generate(*args, **kwargs)
+
+    def _fsdp_sharded(self) -> bool:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return False
+        if torch.distributed.get_world_size() < 2:
+            return False
+        from torch.distributed.fsdp import FSDPModule
+
+        return any(isinstance(m, FSDPModule) for m in self.modules())
+
+    # ------------------------------------------------------------------ what Transformers / TRL / accelerate call
+    @property
+    def generation_config(self):
+        return getattr(self.large, "generation_config", None)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "is_gradient_checkpointing", False) for m in (self.large, self.small))
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        return all(getattr(m, "supports_gradient_checkpointing", False) for m in (self.large, self.small))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        for model in (self.large, self.small):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        for model in (self.large, self.small):
+            model.gradient_checkpointing_disable()
+
+    def tie_weights(self, *args: Any, **kwargs: Any) -> None:
+        # accelerate's FSDP2 loading moves the module to `meta` and back, and re-ties weights through this method.
+        for model in (self.large, self.small):
+            if hasattr(model, "tie_weights"):
+                model.tie_weights(*args, **kwargs)
+
+    def role_state_dict(self, state_dict: dict[str, torch.Tensor], role: str) -> dict[str, torch.Tensor]:
+        """The `role` model's entries of a state dict of this module, with the `large.` / `small.` prefix removed."""
+        prefix = f"{role}."
+        return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+__all__ = ["LARGE", "ROLES", "SMALL", "CoDistillModule"]
