@@ -55,3 +55,27 @@ def test_group_straddling_two_processes_has_exact_composition(tmp_path):
             assert [r["explorer"] for r in record["rows"]] == [only_explorer] * 2
             assert [r["reward"] for r in record["rows"]] == [1.0 if only_explorer else 0.0] * 2
     assert ranks[0]["split_rewards"] == [0.5, 0.5]
+
+
+FSDP2_SCRIPT = Path(__file__).parent / "scripts" / "s2l_fsdp2_two_process.py"
+
+
+def test_s2l_under_fsdp2_shards_the_learner_across_two_cpu_processes(tmp_path):
+    """accelerate's FSDP2 path, over gloo (the test-only shim tests/scripts/fsdp2_cpu_shim.py turns the `fsdp` config
+    into FSDP where accelerate would fall back to plain multi-CPU DDP): the learner is sharded, generates its G_s rows
+    per group with sharded parameters, and trains to the same weights on both processes."""
+    proc = launch_two_cpu_processes(str(FSDP2_SCRIPT), str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert {r["distributed_type"] for r in ranks} == {"DistributedType.FSDP"} and all(
+        r["is_fsdp_enabled"] for r in ranks
+    )
+    for rank in ranks:
+        report = rank["sharding"]
+        assert report["dtensor_params"] == report["params"], report
+        assert report["local_numel"] * 2 == report["full_numel"], report
+    # G = 4, 4 rows per process, alpha 0.5: 2 explorer and 2 learner rows per group; 2 groups per step.
+    assert ranks[0]["explorer_rows"] == [2.0, 2.0] and ranks[0]["learner_rows"] == [4.0, 4.0]
+    assert ranks[0]["after"] != ranks[0]["before"], "the learner did not train"
+    assert ranks[0]["loss"] == ranks[1]["loss"]

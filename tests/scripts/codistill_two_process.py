@@ -1,27 +1,39 @@
 """Run by tests/test_codistill_distributed.py under `accelerate launch` with 2 CPU processes.
 
-Each rank trains CoDistill for two steps and writes its world size, a fingerprint of both models before and after
-training, and what it logged, so the test can check that both models changed identically on both ranks (the small
-model's gradients are all-reduced like the large model's).
+    codistill_two_process.py WORKDIR ddp|fsdp2
+
+Each rank trains CoDistill for two steps and writes its world size, the engine accelerate prepared, how many rows
+its own small-model explorer sampled in each round, fingerprints of both models before and after training (full
+weights: gathered under FSDP2), and what it logged. With `fsdp2`, the test-only CPU shim (fsdp2_cpu_shim.py) lets
+accelerate's own FSDP2 path shard the one CoDistill module over gloo; the rank also reports its share of each
+model's parameter elements and saves the final `large_model/` and `small_model/` folders.
 """
 
 import json
 import sys
 from pathlib import Path
 
-import torch
-from accelerate import PartialState
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ENGINE = sys.argv[2] if len(sys.argv) > 2 else "ddp"
+if ENGINE == "fsdp2":
+    from fsdp2_cpu_shim import install
 
+    install()
+
+import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+from fsdp2_cpu_shim import sharding_report  # noqa: E402
 from trainer_utils import digit_reward, tiny_dataset  # noqa: E402
 
 from s2l_trl.codistill import CoDistillConfig, CoDistillTrainer  # noqa: E402
 from s2l_trl.devtools.tiny import build_tiny_setup, tiny_training_kwargs  # noqa: E402
 
 
-def fingerprint(model) -> list[float]:
-    return [float(p.detach().double().sum()) for p in model.parameters()]
+def fingerprint(state_dict, prefix: str) -> list[float]:
+    return [float(v.double().sum()) for k, v in sorted(state_dict.items()) if k.startswith(prefix)]
 
 
 def main(workdir: str) -> None:
@@ -31,28 +43,55 @@ def main(workdir: str) -> None:
         build_tiny_setup(work / "tiny")
     state.wait_for_everyone()
     tiny = build_tiny_setup(work / "tiny")
-    # G = 4 and 6 rows per process: one group straddles the two processes.
+    extra = {}
+    if ENGINE == "fsdp2":
+        extra = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_forward": True})
+    # G = 4 and 6 rows per process: one group straddles the two processes, whose explorer slots both processes hold.
     args = CoDistillConfig(
         small_model=str(tiny["explorer"]),
         **tiny_training_kwargs(
-            output_dir=str(work / "out"), max_steps=2, per_device_train_batch_size=6, max_completion_length=8
+            output_dir=str(work / "out"),
+            max_steps=2,
+            per_device_train_batch_size=6,
+            max_completion_length=8,
+            **extra,
         ),
     )
     trainer = CoDistillTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
-    before = {"large": fingerprint(trainer.model), "small": fingerprint(trainer.small_model)}
+    sampled: list[int] = []
+    generate = trainer._small_explorer.generate
+
+    def counting(prompt_ids, n, inputs=None):
+        out = generate(prompt_ids, n, inputs=inputs)
+        sampled.append(len(out.completion_ids))
+        return out
+
+    trainer._small_explorer.generate = counting
+    start = trainer.codistill.state_dict()
+    before = {"large": fingerprint(start, "large."), "small": fingerprint(start, "small.")}
     trainer.train()
+    end = trainer.accelerator.get_state_dict(trainer.model) if ENGINE == "fsdp2" else trainer.codistill.state_dict()
     out = {
         "world_size": state.num_processes,
         "rank": state.process_index,
-        "small_wrapped": type(trainer.small_model_wrapped).__name__,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "wrapped": type(trainer.model_wrapped).__name__,
+        "sampled_rows": sampled,
         "before": before,
-        "after": {"large": fingerprint(trainer.model), "small": fingerprint(trainer.small_model)},
+        "after": {"large": fingerprint(end, "large."), "small": fingerprint(end, "small.")},
         "kd_reward": [h["codistill/kd_reward"] for h in trainer.state.log_history if "codistill/kd_reward" in h],
         "learner_rows": [
             h["s2l/learner_rows_generated"] for h in trainer.state.log_history if "s2l/learner_rows_generated" in h
         ],
         "small_loss": [h["small/loss"] for h in trainer.state.log_history if "small/loss" in h],
+        "small_steps": trainer.small_optimizer_steps,
     }
+    if ENGINE == "fsdp2":
+        out["sharding"] = {
+            "large": sharding_report(trainer.codistill.large),
+            "small": sharding_report(trainer.codistill.small),
+        }
+        trainer.save_model()
     assert torch.distributed.is_initialized()
     (work / f"rank{state.process_index}.json").write_text(json.dumps(out))
 
