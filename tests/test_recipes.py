@@ -613,3 +613,23 @@ def test_s2l_po_explorer_server_kind():
     assert (args.model_tag, args.tensor_parallel_size, args.data_parallel_size) == ("Qwen/Qwen3-1.7B-Base", 1, 2)
     assert (args.host, args.port, args.gpu_memory_utilization) == ("127.0.0.1", 8001, 0.9)
     assert (args.max_model_len, args.logprobs_mode) == (4608, "processed_logprobs")
+
+
+# ----------------------------------------------------------------------------------------------- CoDistill
+def test_codistill_dry_run_trains_both_models_under_zero3_by_default():
+    import yaml
+
+    recipe = RECIPES / "Qwen2.5-Math-7B" / "codistill" / "config_small_1.5b.yaml"
+    out = subprocess.run(
+        [str(LAUNCH / "codistill.sh"), "--recipe", str(recipe), "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    assert "--config_file recipes/accelerate_configs/zero3.yaml --num_processes 8" in out
+    assert f"-m s2l_trl.cli.codistill --config {recipe}" in out
+    zero3 = yaml.safe_load((RECIPES / "accelerate_configs" / "zero3.yaml").read_text())
+    assert zero3["distributed_type"] == "DEEPSPEED" and zero3["deepspeed_config"]["zero_stage"] == 3
+    # The large model is fully fine-tuned: no LoRA in the 7B recipe.
+    assert yaml.safe_load(recipe.read_text())["use_peft"] is False

@@ -6,12 +6,15 @@
 # What it does: CUDA_VISIBLE_DEVICES=<train GPUs> accelerate launch --config_file <accelerate config>
 #   --num_processes N ... -m s2l_trl.cli.codistill --config <recipe> [ARGS]
 # No server is started: the small model samples the rollouts (the large model samples nothing at the default
-# alpha = 1), with the colocated vLLM engine the GPU recipes turn on (`small_use_vllm: true`, weights pushed after
-# each of the small model's optimizer steps) or in-process with transformers; every GPU trains (docs/codistill.md).
+# alpha = 1), every process its own rows, with the colocated vLLM engine the GPU recipes turn on (`small_use_vllm:
+# true`, weights pushed after each of the small model's optimizer steps) or in-process with transformers; every GPU
+# trains. Both models are one module with one optimizer, so the accelerate config's engine (DDP, DeepSpeed ZeRO-2/3,
+# FSDP2) shards both (docs/codistill.md).
 #
 # Options (defaults in brackets):
 #   --recipe PATH               recipe YAML (required)
-#   --accelerate-config PATH    [recipes/accelerate_configs/ddp.yaml] (DeepSpeed/FSDP are refused: docs/codistill.md)
+#   --accelerate-config PATH    [recipes/accelerate_configs/zero3.yaml] ddp.yaml fits models up to a few B with LoRA;
+#                               zero2.yaml, fsdp.yaml (FSDP2) also work
 #   --train-gpus LIST           [0,1,2,3,4,5,6,7] GPUs of the training processes on this node
 #   --dry-run                   print the exact command and exit without starting anything
 #   -- ARGS                     passed to the trainer, e.g. -- --max_steps 10 --report_to none
@@ -28,7 +31,7 @@ log_prefix="codistill"
 source "$here/common.sh"
 
 recipe=""
-accelerate_config="recipes/accelerate_configs/ddp.yaml"
+accelerate_config="recipes/accelerate_configs/zero3.yaml"
 train_gpus="0,1,2,3,4,5,6,7"
 dry_run=0
 trainer_args=()
