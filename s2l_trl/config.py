@@ -273,6 +273,19 @@ class S2LConfig(GRPOConfig):
         )
         super().__post_init__()
         self.explorer_mode = resolve_backend(self.explorer_mode, EXPLORER_MODES, "explorer_mode")
+        rows_per_process = self.per_device_train_batch_size * self.steps_per_generation
+        if (
+            self.use_vllm
+            and self.vllm_mode == "colocate"
+            and self.vllm_tensor_parallel_size > 1
+            and rows_per_process % self.num_generations != 0
+        ):
+            raise ValueError(
+                "With vllm_mode='colocate' and vllm_tensor_parallel_size > 1, every process must hold whole groups "
+                "so that tensor-parallel ranks generate equal numbers of learner rows: make "
+                "per_device_train_batch_size * steps_per_generation a multiple of num_generations "
+                f"(got {self.per_device_train_batch_size} * {self.steps_per_generation} and {self.num_generations})."
+            )
         if self.explorer_mode == "server":
             parse_server_urls(self.explorer_server_base_url)  # a malformed URL fails here, before any health wait
         if self.explorer_mode in ("local", "vllm") and not self.explorer_model:

@@ -258,3 +258,21 @@ def weighted_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tenso
     rewards = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
     rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
     return rewards
+
+
+def round_cost_metrics(per_process: torch.Tensor) -> dict[str, float]:
+    """What a round cost, over processes, from each process's row `[learner rows generated, learner generation s]`,
+    followed, when the round had explorer rows, by `[explorer latency s, wait s, tokens, failed requests]`: rows,
+    tokens and failures summed, times the slowest process's (the one every process waits for)."""
+    totals = per_process.double()
+    metrics = {"learner_rows_generated": totals[:, 0].sum().item(), "learner_generation_s": totals[:, 1].max().item()}
+    if totals.size(1) > 2:
+        latency = totals[:, 2].max().item()
+        metrics.update(
+            explorer_latency_s=latency,
+            explorer_wait_s=totals[:, 3].max().item(),
+            explorer_failed_requests=totals[:, 5].sum().item(),
+        )
+        if latency > 0:
+            metrics["explorer_tokens_per_s"] = totals[:, 4].sum().item() / latency
+    return metrics

@@ -324,3 +324,51 @@ class removing_created_folder:  # noqa: N801 (used as a context manager, like co
                 os.rmdir(folder)
             except OSError:
                 return
+
+
+# ---------------------------------------------------------------------- a trainer's arguments
+def check_trainer_inputs(
+    model: Any,
+    reward_funcs: Any,
+    args: Any,
+    train_dataset: Any,
+    explorer: Any = None,
+    mix_schedule: Callable[[int], float] | None = None,
+) -> None:
+    """What `S2LTrainer` can check before TRL builds anything or writes `output_dir`: the output folder, the model
+    paths, an explorer object, the training data, and a schedule callable at the steps the run reaches."""
+    check_output_dir(args.output_dir)
+    check_model_path(model, "model")
+    if explorer is None and args.explorer_mode in ("local", "vllm"):
+        check_model_path(args.explorer_model, "explorer_model")
+    check_explorer_object(explorer)
+    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    check_train_dataset(train_dataset, [f for f in funcs if callable(f)])
+    if mix_schedule is not None:
+        check_alpha_fn(mix_schedule, schedule_probe_steps(args.max_steps))
+
+
+def check_prompts_fit(
+    dataset: Any,
+    tokenize: Callable[[list[Any]], list[list[int]]],
+    limits: Iterable[tuple[str, int | None, str, int]],
+) -> None:
+    """Refuse training prompts that do not fit a model's context with the completion (the learner would train past
+    its positions; a server explorer would fail the round with HTTP 400).
+
+    Args:
+        dataset: the training `datasets.Dataset` (`prompt`, optional `prompt_id`); other data sets are not checked.
+        tokenize: prompts -> prompt token ids, as the trainer builds them.
+        limits: `(which model, its context or None, the option that sets it, completion tokens it generates)`.
+    """
+    if dataset is None or not hasattr(dataset, "column_names") or "prompt" not in dataset.column_names:
+        return
+    prompts = dataset["prompt"]
+    lengths = [len(ids) for begin in range(0, len(prompts), 1024) for ids in tokenize(prompts[begin : begin + 1024])]
+    ids = dataset["prompt_id"] if "prompt_id" in dataset.column_names else None
+
+    def label(i: int) -> str:
+        return f"row {i}" + (f" (prompt_id {ids[i]!r})" if ids is not None else "")
+
+    for model, context, option, completion_tokens in limits:
+        check_prompt_lengths(lengths, label, completion_tokens, [(model, context, option)])

@@ -18,7 +18,6 @@ workarounds of TRL behaviour (`trl_compat`). Evaluation and tool-call loops use 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -36,15 +35,11 @@ from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, build_training_explorer
 from .explorers.rounds import CollectedRows, ExplorerRequest, ExplorerRounds
 from .explorers.token_bridge import TokenBridge, lookup_fields
-from .jsonl import write_json_atomic
 from .model_card import S2L_PAPER, create_s2l_model_card
 from .schedule import make_alpha_fn, split_group
 from .trl_compat import generate_unequal_rows_vllm_server, realign_micro_step, warn_if_untested_trl
 
 logger = logging.getLogger(__name__)
-
-# Written into every checkpoint folder: what a resumed run needs beyond TRL's own state.
-S2L_STATE_NAME = "s2l_state.json"
 
 
 @dataclass
@@ -108,30 +103,19 @@ class S2LTrainer(GRPOTrainer):
         warn_if_untested_trl()
         # Everything checkable from the arguments alone is checked before TRL builds anything or writes output_dir.
         train_dataset = kwargs.get("train_dataset", pargs[0] if pargs else None)
-        self.alpha_fn = self._preflight(model, reward_funcs, args, train_dataset, explorer, mix_schedule)
-        with preflight.removing_created_folder(args.output_dir):
-            super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-            self._set_up_mixing(args, explorer)
-            self._check_prompt_lengths(self.train_dataset)
-
-    def _preflight(self, model, reward_funcs, args: S2LConfig, train_dataset, explorer, mix_schedule):
-        """The checks of `s2l_trl.preflight` that need no model loaded; returns the checked schedule."""
-        preflight.check_output_dir(args.output_dir)
-        preflight.check_model_path(model, "model")
-        if explorer is None and args.explorer_mode in ("local", "vllm"):
-            preflight.check_model_path(args.explorer_model, "explorer_model")
-        preflight.check_explorer_object(explorer)
-        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        preflight.check_train_dataset(train_dataset, [f for f in funcs if callable(f)])
-        alpha_fn = make_alpha_fn(
+        preflight.check_trainer_inputs(model, reward_funcs, args, train_dataset, explorer, mix_schedule)
+        self.alpha_fn = make_alpha_fn(
             mix_schedule if mix_schedule is not None else args.mix_schedule,
             args.mix_steps,
             args.mix_alpha_start,
             args.mix_alpha_end,
         )
-        if mix_schedule is not None:
-            preflight.check_alpha_fn(mix_schedule, preflight.schedule_probe_steps(args.max_steps))
-        return alpha_fn
+        with preflight.removing_created_folder(args.output_dir):
+            super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+            self._set_up_mixing(args, explorer)
+            preflight.check_prompts_fit(
+                self.train_dataset, lambda prompts: self._tokenize_prompts(prompts)[0], self._context_limits()
+            )
 
     def _set_up_mixing(self, args: S2LConfig, explorer: Explorer | None) -> None:
         self._round: MixedRound | None = None
@@ -141,19 +125,6 @@ class S2LTrainer(GRPOTrainer):
             logger.warning(
                 "S2LTrainer: tools, environments or a rollout_func are set; these loops use the learner "
                 "only, so no explorer rows are mixed in (plain GRPO)."
-            )
-        if (
-            self.use_vllm
-            and args.vllm_mode == "colocate"
-            and args.vllm_tensor_parallel_size > 1
-            and (args.per_device_train_batch_size * args.steps_per_generation) % self.num_generations != 0
-        ):
-            raise ValueError(
-                "With vllm_mode='colocate' and vllm_tensor_parallel_size > 1, every process must hold whole groups "
-                "so that tensor-parallel ranks generate equal numbers of learner rows: make "
-                "per_device_train_batch_size * steps_per_generation a multiple of num_generations "
-                f"(got {args.per_device_train_batch_size} * {args.steps_per_generation} and "
-                f"{self.num_generations})."
             )
         self.token_bridge = TokenBridge(
             self._tokenizer,
@@ -184,32 +155,24 @@ class S2LTrainer(GRPOTrainer):
                 foreground=self._explorer_rng,
             )
 
-    def _check_prompt_lengths(self, dataset) -> None:
-        """Refuse training prompts that do not fit the learner's context (or the explorer's) with the completion:
-        the learner would train past its positions and a server explorer would fail the round with HTTP 400."""
-        if dataset is None or not hasattr(dataset, "column_names") or "prompt" not in dataset.column_names:
-            return
-        prompts = dataset["prompt"]
-        lengths = [
-            len(ids)
-            for begin in range(0, len(prompts), 1024)
-            for ids in self._tokenize_prompts(prompts[begin : begin + 1024])[0]
+    def _context_limits(self) -> list[tuple[str, int | None, str, int]]:
+        """The contexts training prompts must fit with their completions (see `preflight.check_prompts_fit`)."""
+        limits = [
+            ("learner", getattr(self.model.config, "max_position_embeddings", None), "max_position_embeddings"),
+            (
+                "learner's vLLM engine",
+                self.args.vllm_max_model_length if self.use_vllm else None,
+                "vllm_max_model_length",
+            ),
         ]
-        ids = dataset["prompt_id"] if "prompt_id" in dataset.column_names else None
-
-        def label(i: int) -> str:
-            return f"row {i}" + (f" (prompt_id {ids[i]!r})" if ids is not None else "")
-
-        learner = [("learner", getattr(self.model.config, "max_position_embeddings", None), "max_position_embeddings")]
-        if self.use_vllm and self.args.vllm_max_model_length:
-            learner.append(("learner's vLLM engine", self.args.vllm_max_model_length, "vllm_max_model_length"))
-        preflight.check_prompt_lengths(lengths, label, self.max_completion_length, learner)
+        limits = [(*limit, self.max_completion_length) for limit in limits]
         if self.explorer is not None and self.token_bridge.matches:  # explorer prompts are then the same ids
             context = getattr(self.explorer, "max_model_len", None) or getattr(
                 getattr(getattr(self.explorer, "model", None), "config", None), "max_position_embeddings", None
             )
-            limit = [("explorer", context, "the explorer's max_model_len / max_position_embeddings")]
-            preflight.check_prompt_lengths(lengths, label, self.args.explorer_max_tokens, limit)
+            option = "the explorer's max_model_len / max_position_embeddings"
+            limits.append(("explorer", context, option, self.args.explorer_max_tokens))
+        return limits
 
     @property
     def explorer_tokenizer_matches(self) -> bool:
@@ -403,32 +366,17 @@ class S2LTrainer(GRPOTrainer):
         run redraws the explorer rows the uninterrupted run drew. A full disk is reported as such."""
         with preflight.explained_write_errors(self.args.output_dir):
             super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        every = self.args.steps_per_generation * self.num_iterations
-        pending = self.state.global_step * self.args.gradient_accumulation_steps // every
-        explorer_state = self.explorer_rounds.state_dict(pending) if self.explorer_rounds is not None else None
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        write_json_atomic(
-            os.path.join(folder, S2L_STATE_NAME),
-            {"global_step": self.state.global_step, "next_round": pending, "explorer_state": explorer_state},
-        )
+        if self.args.should_save and self.explorer_rounds is not None:
+            every = self.args.steps_per_generation * self.num_iterations
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            pending = self.state.global_step * self.args.gradient_accumulation_steps // every
+            self.explorer_rounds.save(folder, self.state.global_step, pending)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         """Transformers calls this when resuming; S2L also restores the explorer's random state."""
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or self.explorer_rounds is None:
-            return
-        path = os.path.join(checkpoint, S2L_STATE_NAME)
-        if not os.path.exists(path):
-            logger.warning(
-                "%s has no %s: explorer draws after the resume differ from the original run.",
-                checkpoint,
-                S2L_STATE_NAME,
-            )
-            return
-        with open(path, encoding="utf-8") as f:
-            self.explorer_rounds.load_state_dict(json.load(f).get("explorer_state"))
+        if checkpoint is not None and self.explorer_rounds is not None:
+            self.explorer_rounds.restore(checkpoint)
 
     # ------------------------------------------------------------------ one round
     def _explorer_request(
@@ -527,15 +475,7 @@ class S2LTrainer(GRPOTrainer):
         if rnd.explorer is not None:
             e = rnd.explorer
             costs += [e.latency_s, e.wait_s, float(e.tokens), float(e.failed_requests)]
-        totals = gather(torch.tensor([costs], dtype=torch.float64, device=device))
-        metrics["learner_rows_generated"] = totals[:, 0].sum().item()
-        metrics["learner_generation_s"] = totals[:, 1].max().item()
-        if rnd.explorer is not None:
-            latency = totals[:, 2].max().item()
-            metrics["explorer_latency_s"], metrics["explorer_wait_s"] = latency, totals[:, 3].max().item()
-            if latency > 0:
-                metrics["explorer_tokens_per_s"] = totals[:, 4].sum().item() / latency
-            metrics["explorer_failed_requests"] = totals[:, 5].sum().item()
+        metrics.update(mixing.round_cost_metrics(gather(torch.tensor([costs], dtype=torch.float64, device=device))))
         for name, value in metrics.items():
             self._metrics["train"][f"s2l/{name}"].append(float(value))
 

@@ -184,3 +184,21 @@ def test_close_cancels_in_flight_calls():
     assert explorer.started.wait(10)
     rounds.close()
     assert explorer.release.is_set() and closed == [True]
+
+
+def test_checkpoint_file_round_trip(tmp_path, caplog):
+    from s2l_trl.explorers.rounds import STATE_NAME
+
+    explorer = CountingExplorer()
+    rounds = ExplorerRounds(explorer)
+    for r in range(2):
+        rounds.request(req(r, [0]))
+        rounds.collect(req(r, [0]), [(0, 0)])
+    rounds.save(tmp_path, global_step=4, pending_round=1)  # inside round 1: its state before, not the current one
+    assert (tmp_path / STATE_NAME).exists()
+    fresh = CountingExplorer()
+    ExplorerRounds(fresh).restore(tmp_path)
+    assert fresh.calls == 1
+    with caplog.at_level("WARNING"):
+        ExplorerRounds(CountingExplorer()).restore(tmp_path / "elsewhere")
+    assert "explorer draws after the resume differ" in caplog.text

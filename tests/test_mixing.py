@@ -137,3 +137,16 @@ def test_per_source_metrics_and_weighted_rewards():
         "explorer_fraction": 0.0,
         "completion_length/learner": 5.0,
     }
+
+
+def test_round_cost_metrics_sum_counts_and_take_the_slowest_process():
+    two = torch.tensor([[4.0, 1.5, 2.0, 0.5, 100.0, 1.0], [6.0, 2.5, 4.0, 0.25, 300.0, 0.0]])
+    assert mixing.round_cost_metrics(two) == {
+        "learner_rows_generated": 10.0,
+        "learner_generation_s": 2.5,
+        "explorer_latency_s": 4.0,
+        "explorer_wait_s": 0.5,
+        "explorer_failed_requests": 1.0,
+        "explorer_tokens_per_s": 100.0,  # 400 tokens over the slowest process's 4 s
+    }
+    assert mixing.round_cost_metrics(two[:, :2]) == {"learner_rows_generated": 10.0, "learner_generation_s": 2.5}

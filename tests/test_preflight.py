@@ -339,3 +339,16 @@ def test_ctrl_c_during_an_explorer_request_exits_s2l_train_within_seconds(tiny, 
                 proc.kill()
     assert took < 15, f"s2l-train took {took:.0f} s to exit after Ctrl-C"
     assert proc.returncode == 130 and "s2l-train: interrupted" in stderr, stderr[-3000:]
+
+
+def test_colocated_tensor_parallel_learner_needs_whole_groups_per_process(tmp_path, monkeypatch):
+    from s2l_trl import S2LConfig
+
+    # Two processes: 2 x 6 rows form whole groups globally (TRL's own check passes), but not per process.
+    monkeypatch.setattr(S2LConfig, "world_size", property(lambda self: 2))
+
+    common = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, use_vllm=True, vllm_mode="colocate")
+    common["vllm_tensor_parallel_size"] = 2
+    with pytest.raises(ValueError, match=r"whole groups.*got 6 \* 1 and 4"):
+        S2LConfig(per_device_train_batch_size=6, num_generations=4, **common)
+    S2LConfig(per_device_train_batch_size=8, num_generations=4, **common)

@@ -19,19 +19,25 @@ Rules that keep runs reproducible:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..jsonl import write_json_atomic
 from .base import Explorer, ExplorerOutput, generate_checked
 
 logger = logging.getLogger(__name__)
 
 Row = tuple[list[int], "list[float] | None"]
+# Written into every checkpoint folder: what a resumed run needs of the explorer beyond TRL's own state.
+STATE_NAME = "s2l_state.json"
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,27 @@ class ExplorerRounds:
         load_fn = getattr(self.explorer, "load_state_dict", None)
         if state is not None and callable(load_fn):
             load_fn(state)
+
+    def save(self, checkpoint: str | os.PathLike, global_step: int, pending_round: int) -> None:
+        """Write `STATE_NAME` into a checkpoint folder: the explorer's state before `pending_round`, the round a run
+        resumed from this checkpoint generates first (so that it redraws the explorer rows the uninterrupted run
+        drew)."""
+        state = {
+            "global_step": global_step,
+            "next_round": pending_round,
+            "explorer_state": self.state_dict(pending_round),
+        }
+        write_json_atomic(Path(checkpoint) / STATE_NAME, state)
+
+    def restore(self, checkpoint: str | os.PathLike) -> None:
+        """Load the explorer state `save` wrote into `checkpoint` (a warning when the checkpoint has none)."""
+        path = Path(checkpoint) / STATE_NAME
+        if not path.exists():
+            logger.warning(
+                "%s has no %s: explorer draws after the resume differ from the original run.", checkpoint, STATE_NAME
+            )
+            return
+        self.load_state_dict(json.loads(path.read_text(encoding="utf-8")).get("explorer_state"))
 
     def close(self) -> None:
         """Cancel what is in flight (explorers with `cancel()` stop at once) and close the explorer."""
