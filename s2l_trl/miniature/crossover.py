@@ -12,7 +12,7 @@ Constructions (``CONSTRUCTIONS``):
   three times longer ("L-long", to lower loss); evaluated on the held-out class and, as a control, on held-out
   problems of the training distribution.
 * ``ood`` (b): the standard family (``same_corpus``) evaluated just outside its training distribution: four 2-digit
-  operands instead of three, and three 3-digit operands.
+  operands instead of three, three 3-digit operands, and (the mildest shift) one 1-digit operand among three.
 * ``rl_sharpened`` (c): L after GRPO (which sharpens its distribution) against its SFT sibling M and its own SFT
   checkpoint, in distribution and on four operands.
 """
@@ -35,6 +35,8 @@ from .settings import CrossoverSettings, PasskSettings, RLSettings
 OOD_SETS = {
     "four_operands": {"num_operands": 4},
     "three_digit_operands": {"low": 100, "high": 999},
+    # The mildest shift: one operand shorter than any in training (1-9), the others as in training.
+    "one_digit_operand": {"low": 1, "high": 99, "accept": lambda ops: sum(x < 10 for x in ops) == 1},
 }
 
 

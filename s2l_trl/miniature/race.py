@@ -9,17 +9,17 @@ generator while the learner sampled with the same generator in the main thread. 
    probabilities; every output is looked up among the outputs of ``2 * calls`` calls made one after another from the
    same seed. An output found at a stream position no other call used is a call that got its own block; an output
    found nowhere, or a position used twice, would be shared or torn draws.
-2. **Run level** (:func:`run_race`): in a real threaded S2L-PO run, every ``torch.multinomial`` call is recorded (its
+2. **Run level** (:func:`run_race`): in a real threaded S2L-PO run (with :class:`GlobalGeneratorExplorer`, the
+   explorer of the time of the race), every ``torch.multinomial`` call is recorded (its
    thread, probabilities, output, and the generator state read just before and after it). Each call is then replayed
    on a private generator from candidate start states (the state it read, or the end of a call of the other thread
    that overlapped it in time); a call whose output is reproduced consumed a contiguous block starting there. Counted:
    calls reproduced, start states used twice (shared draws), learner calls whose block does not follow the previous
    learner call's (the explorer's draws cut in and moved the learner's stream), per step. The same is done on the
-   foreground run of the same seed as a control. Then the per-step losses and rewards of the threaded run are
-   compared with the foreground run's: the first step at which they differ.
+   foreground run of the same seed as a control. Each run is then repeated uninstrumented: the first step at which
+   the repeat's losses or rewards differ.
 3. **Outcome level** (:func:`seeds_by_mode`): final held-out accuracy of threaded and foreground S2L-PO over many
-   seeds, with the difference of means and its 95% interval (Welch), to tell a real effect of the threaded mode from
-   chance.
+   seeds, with the seed-paired difference and Welch's test, to tell a real effect of the threaded mode from chance.
 """
 
 from __future__ import annotations
@@ -38,6 +38,63 @@ from .family import Family
 from .rl_experiment import run_one
 from .settings import RLSettings
 from .stats import paired_differences, welch
+
+
+class GlobalGeneratorExplorer:
+    """The in-process explorer as it was when the race happened (``LocalExplorer`` before commit 422fbe1): a frozen
+    model sampled with ``generate``, i.e. with torch's *global* generator, which the learner samples with too. Kept
+    here so that the race can be reproduced whatever the library's explorer does now. ``background``: whether the
+    trainer runs it in a thread (the race) or in the foreground (where the trainer forks and seeds the generator per
+    round, as it did then)."""
+
+    def __init__(self, model_path, tokenizer, sampling, background: bool):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_path).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.sampling = sampling
+        self.runs_in_background = background
+        eos = self.model.generation_config.eos_token_id or tokenizer.eos_token_id
+        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def generate(self, prompt_ids, n, inputs=None):
+        import torch
+        from transformers import GenerationConfig
+
+        from ..explorers.local import in_process_output, sampled_completions, warp_logits
+
+        start = time.perf_counter()
+        s = self.sampling
+        config = GenerationConfig(
+            max_new_tokens=s.max_tokens,
+            do_sample=True,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or 0,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=sorted(self.eos_token_ids),
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        rows = [ids for ids in prompt_ids for _ in range(n)]
+        width = max(len(r) for r in rows)
+        input_ids = torch.tensor([[self.pad_token_id] * (width - len(r)) + list(r) for r in rows])
+        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        with torch.no_grad():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+        scores = warp_logits(torch.stack(out.logits, dim=1).float(), s.temperature, s.top_k, s.top_p)
+        ids, logps = sampled_completions(out.sequences[:, width:], scores, self.eos_token_ids)
+        return in_process_output(ids, logps, len(prompt_ids), start)
+
+
+def global_generator_explorer(background: bool):
+    """An ``explorer_factory`` for :func:`run_one`: the race-era explorer, threaded or in the foreground."""
+
+    def build(model_path, tokenizer, sampling):
+        return GlobalGeneratorExplorer(model_path, tokenizer, sampling, background)
+
+    return build
 
 
 def kernel_race(rows: int = 64, vocab: int = 266, calls: int = 400, seed: int = 0) -> dict:
@@ -280,15 +337,16 @@ def run_race(family: Family, settings: RLSettings, seed: int, out_dir: str | Pat
     again uninstrumented: the draw-level reconstruction of each, and whether each repeats."""
     out_dir = Path(out_dir)
     report: dict = {"settings": asdict(settings), "seed": seed, "runs": {}, "first_step_differing_from_rerun": {}}
-    for name, background in (("s2l_po_thread", True), ("s2l_po_foreground", None)):
+    for name, background in (("s2l_po_thread", True), ("s2l_po_foreground", False)):
+        factory = global_generator_explorer(background)
         with DrawRecorder() as rec:
-            run_one(family, settings, "s2l_po", seed, out_dir, name=name, explorer_in_background=background)
+            run_one(family, settings, "s2l_po", seed, out_dir, name=name, explorer_factory=factory)
         report["runs"][name] = reconstruct(rec.draws)
         main = [d for d in rec.draws if d.thread == "main"]
         report["runs"][name]["worker_calls_overlapping_main_calls_in_time"] = sum(
             1 for e in rec.draws if e.thread == "worker" and any(d.t0 <= e.t1 and d.t1 >= e.t0 for d in main)
         )
-        run_one(family, settings, "s2l_po", seed, out_dir, name=f"{name}_rerun", explorer_in_background=background)
+        run_one(family, settings, "s2l_po", seed, out_dir, name=f"{name}_rerun", explorer_factory=factory)
         report["first_step_differing_from_rerun"][name] = first_difference(
             out_dir / "runs" / f"{name}-seed{seed}", out_dir / "runs" / f"{name}_rerun-seed{seed}"
         )
@@ -309,8 +367,9 @@ def seeds_by_mode(family: Family, settings: RLSettings, seeds: list[int], out_di
     per_seed = []
     for seed in tqdm(seeds, desc="seeds"):
         row = {"seed": seed}
-        for name, background in (("s2l_po_thread", True), ("s2l_po_foreground", None)):
-            run = run_one(family, settings, "s2l_po", seed, out_dir, name=name, explorer_in_background=background)
+        for name, background in (("s2l_po_thread", True), ("s2l_po_foreground", False)):
+            factory = global_generator_explorer(background)
+            run = run_one(family, settings, "s2l_po", seed, out_dir, name=name, explorer_factory=factory)
             row[name] = run["evals"][-1]["greedy_accuracy"]
             finals[name].append(row[name])
         per_seed.append(row)

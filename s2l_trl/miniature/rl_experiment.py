@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ..explorers.base import SamplingSettings
 from ..explorers.factory import build_explorer
@@ -43,13 +45,13 @@ def run_one(
     out_dir: Path,
     echo: bool = False,
     name: str | None = None,
-    explorer_in_background: bool | None = None,
+    explorer_factory: Callable[[str, Any, SamplingSettings], Any] | None = None,
     save_model_to: Path | None = None,
 ) -> dict:
     """One training run; returns (and writes) its run.json. Skipped when run.json exists. ``echo``: print each
     held-out evaluation as it happens (the README's main job). ``name``: the run folder's name instead of ``method``
-    (``runs/<name>-seed<k>``). ``explorer_in_background``: force the explorer into (True) or out of a thread (None:
-    where the backend runs it; True on an in-process explorer is the irreproducible mode of the race experiment).
+    (``runs/<name>-seed<k>``). ``explorer_factory``: builds the explorer from (model path, tokenizer, sampling
+    settings) instead of the ``explorer_backend`` (the race experiment's explorer of the time of the race).
     ``save_model_to``: save the trained learner (and its tokenizer) there, e.g. for pass@k after RL."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -93,17 +95,27 @@ def run_one(
     if spec.explorer:
         if settings.explorer_backend not in ("local", "server"):
             raise ValueError(f"explorer_backend must be 'local' or 'server', got {settings.explorer_backend!r}.")
-        inner = build_explorer(
-            settings.explorer_backend,
-            model=str(family.path(settings.explorer)),
-            server_base_url=settings.explorer_server_base_url,
-            sampling=SamplingSettings(
-                temperature=settings.explorer_temperature, top_p=1.0, max_tokens=settings.max_completion_length
-            ),
-            tokenizer=tokenizer,
-            batch_size=256,
+        # Seeded with the run's seed: the local explorer draws each call from a generator of its own seeded from it,
+        # a server explorer gives every prompt a seed derived from it, so that a run repeats.
+        sampling = SamplingSettings(
+            temperature=settings.explorer_temperature,
+            top_p=1.0,
+            max_tokens=settings.max_completion_length,
+            seed=seed,
         )
-        explorer = RecordingExplorer(inner, recorder, background=explorer_in_background)
+        explorer_path = str(family.path(settings.explorer))
+        if explorer_factory is not None:
+            inner = explorer_factory(explorer_path, tokenizer, sampling)
+        else:
+            inner = build_explorer(
+                settings.explorer_backend,
+                model=explorer_path,
+                server_base_url=settings.explorer_server_base_url,
+                sampling=sampling,
+                tokenizer=tokenizer,
+                batch_size=256,
+            )
+        explorer = RecordingExplorer(inner, recorder)
     model = AutoModelForCausalLM.from_pretrained(learner_path, dtype="float32")
     checksum = weights_checksum(model)
     trainer_cls = trainer_class()

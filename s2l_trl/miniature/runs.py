@@ -21,14 +21,12 @@ class RecordingExplorer:
 
     It runs where the wrapped explorer runs (``runs_in_background`` is the inner one's): forcing a thread onto an
     in-process explorer that samples with torch's global generator made it race the learner for that generator, and
-    the same seed gave different runs. ``background`` overrides it (True: the old threaded mode, kept only for the
-    race experiment, ``python -m s2l_trl.miniature race``).
+    the same seed gave different runs (``python -m s2l_trl.miniature race``).
     """
 
-    def __init__(self, inner, recorder: RolloutRecorder, background: bool | None = None):
+    def __init__(self, inner, recorder: RolloutRecorder):
         self.inner = inner
         self.recorder = recorder
-        self.background = background
         self.seconds = 0.0
         self.tokens = 0
 
@@ -43,8 +41,6 @@ class RecordingExplorer:
 
     @property
     def runs_in_background(self) -> bool:
-        if self.background is not None:
-            return self.background
         # The trainer's own default (True) for an explorer that does not say.
         return getattr(self.inner, "runs_in_background", True)
 
@@ -65,7 +61,8 @@ class RolloutRecorder:
 
     def flush(self, step: int) -> None:
         with self.path.open("a") as f:
-            for (source, prompt), rows in self.pending.items():
+            # Sorted: explorer rows arrive from the trainer's explorer thread, so the order of arrival varies.
+            for (source, prompt), rows in sorted(self.pending.items()):
                 texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
                 prompt_text = self.tokenizer.decode(list(prompt), skip_special_tokens=True)
                 f.write(json.dumps({"step": step, "source": source, "prompt": prompt_text, "texts": texts}) + "\n")
@@ -215,12 +212,14 @@ class StepClock:
 
 
 def explorer_sampling(explorer: RecordingExplorer | None, backend: str) -> dict | None:
-    """How a run's explorer rows were sampled (None: no explorer): the backend, whether the trainer ran it in a thread,
-    and whether that thread was forced onto the backend (the race experiment's irreproducible mode)."""
+    """How a run's explorer rows were sampled (None: no explorer): the backend, the explorer's class, whether the
+    trainer ran it in a thread, and its random state (base seed and calls made) where it has one."""
     if explorer is None:
         return None
+    state = getattr(explorer.inner, "state_dict", None)
     return {
         "backend": backend,
+        "explorer_class": type(explorer.inner).__name__,
         "in_background": bool(explorer.runs_in_background),
-        "forced_background": explorer.background is True,
+        "random_state": state() if callable(state) else None,
     }
