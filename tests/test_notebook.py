@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,5 +72,10 @@ def test_lora_notebook_executes(tmp_path, monkeypatch):
     summary = [line for line in text.splitlines() if line.startswith("step ") and "alpha" in line]
     assert [line.split()[3] for line in summary] == ["1.000", "0.667", "0.333", "0.000", "0.000", "0.000"]
     assert "nan" not in summary[1] and "nan" not in summary[2]  # steps 2-3 hold explorer and learner rows
+    # The overlap figures of the explorer's steps (1-3: alpha 1, 2/3, 1/3), each with its three timings.
+    overlap = [line for line in text.splitlines() if line.startswith("overlap at step")]
+    assert [line.split()[3].rstrip(":") for line in overlap] == ["1", "2", "3"]
+    timings = r"learner generation \d+\.\d{3}s, explorer \d+\.\d{3}s, waited for it \d+\.\d{3}s$"
+    assert all(re.search(timings, line) for line in overlap), overlap
     # LoRA: the saved output is an adapter.
     assert "adapter_model.safetensors" in text and "trainable params" in text
