@@ -183,6 +183,14 @@ class S2LTrainer(GRPOTrainer):
     def prefetch_enabled(self) -> bool:
         return self.explorer_rounds is not None and self.explorer_rounds.prefetch_enabled
 
+    def close_explorer(self) -> None:
+        """Cancel explorer work in flight and release the explorer (an in-process vLLM engine's GPU memory, HTTP
+        connections, a memory-mapped rollout store). Call it when done training, e.g. in a notebook; the trainer
+        cannot mix explorer rows afterwards. `s2l-train` calls it after saving."""
+        if self.explorer_rounds is not None:
+            self.explorer_rounds.close()
+            self.explorer_rounds, self.explorer, self.mixing_enabled = None, None, False
+
     # ------------------------------------------------------------------ set-up
     def _build_explorer(self) -> Explorer:
         return build_training_explorer(

@@ -666,3 +666,17 @@ def test_prefetch_after_a_resume_requests_the_rounds_own_prompts(tiny, tmp_path,
         resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / "out" / "checkpoint-2"))
     assert "dropping them" not in caplog.text
     assert resumed == full[1:]
+
+
+def test_close_explorer_releases_it_and_training_goes_on_learner_only(tiny, tmp_path, oracle):
+    closed = []
+    explorer = OfflineExplorer(oracle)
+    explorer.close = lambda: closed.append(True)
+    args = s2l_args(tmp_path, oracle, max_steps=1, mix_schedule="constant", mix_alpha_start=0.5)
+    trainer = S2LTrainer(
+        str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny), explorer=explorer
+    )
+    trainer.close_explorer()
+    assert closed == [True] and trainer.explorer is None
+    trainer.train()  # no explorer left: plain GRPO rows
+    assert logged(trainer, "s2l/explorer_fraction") == []

@@ -125,6 +125,8 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
+    if hasattr(trainer, "close_explorer"):
+        trainer.close_explorer()
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(dataset_name=script_args.dataset_name)
     if training_args.push_to_hub:
