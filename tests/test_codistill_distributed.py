@@ -1,9 +1,10 @@
-"""CoDistill-GRPO in two real CPU processes under `accelerate launch`: DDP, and FSDP2 through accelerate's own path.
+"""CoDistill-GRPO in two real CPU processes under `accelerate launch`: DDP, and FSDP2 and DeepSpeed ZeRO-3 through
+accelerate's own paths.
 
 Both models are one module trained by one optimizer, so each engine shards / all-reduces both. Every process samples
-its own rows with its own small-model explorer. The FSDP2 run uses the test-only CPU shim (tests/scripts/
-fsdp2_cpu_shim.py): accelerate maps `use_cpu` to plain multi-CPU DDP and drops an FSDP plugin, while torch's FSDP2
-itself runs over gloo.
+its own rows with its own small-model explorer. The sharded runs use test-only CPU shims (tests/scripts/
+fsdp2_cpu_shim.py, deepspeed_cpu_shim.py): accelerate maps `use_cpu` to plain multi-CPU DDP and drops an FSDP or
+DeepSpeed plugin, while torch's FSDP2 and DeepSpeed's ZeRO-3 (its CPU accelerator) themselves run over gloo.
 """
 
 from __future__ import annotations
@@ -46,16 +47,27 @@ def test_ddp_both_processes_sample_their_own_rows_and_both_models_train_in_sync(
     assert len(ddp[0]["kd_reward"]) == 2 and ddp[0]["small_loss"] == ddp[1]["small_loss"]
 
 
-def test_fsdp2_shards_both_models_and_trains_them_as_ddp_does(tmp_path, ddp):
-    ranks = _run(tmp_path, "fsdp2")
+@pytest.mark.parametrize(
+    ("engine", "type_", "wrapped", "sharded_key"),
+    [
+        ("fsdp2", "DistributedType.FSDP", "FSDP", "dtensor_params"),
+        ("zero3", "DistributedType.DEEPSPEED", "DeepSpeedEngine", "partitioned_params"),
+    ],
+)
+def test_sharded_engines_shard_both_models_and_train_them_as_ddp_does(
+    tmp_path, ddp, engine, type_, wrapped, sharded_key
+):
+    if engine == "zero3":
+        pytest.importorskip("deepspeed")
+    ranks = _run(tmp_path, engine)
     assert [r["world_size"] for r in ranks] == [2, 2]
-    assert {r["distributed_type"] for r in ranks} == {"DistributedType.FSDP"}
-    assert ranks[0]["wrapped"].startswith("FSDP")
+    assert {r["distributed_type"] for r in ranks} == {type_}
+    assert ranks[0]["wrapped"].startswith(wrapped)
     for model in ("large", "small"):
         reports = [r["sharding"][model] for r in ranks]
         for report in reports:
-            # Every parameter is a DTensor and each process holds half of the model's elements.
-            assert report["dtensor_params"] == report["params"]
+            # Every parameter is sharded and each process holds half of the model's elements.
+            assert report[sharded_key] == report["params"]
             assert report["local_numel"] * 2 == report["full_numel"], report
         assert sum(rep["local_numel"] for rep in reports) == reports[0]["full_numel"]
     assert [r["sampled_rows"] for r in ranks] == [[8, 8], [8, 8]]
@@ -64,7 +76,7 @@ def test_fsdp2_shards_both_models_and_trains_them_as_ddp_does(tmp_path, ddp):
     for model in ("large", "small"):
         assert ranks[0]["after"][model] != ranks[0]["before"][model], f"{model} did not train"
         assert ranks[0]["after"][model] == pytest.approx(ddp[0]["after"][model], rel=1e-5, abs=1e-5), model
-    out = tmp_path / "fsdp2" / "out"
+    out = tmp_path / engine / "out"
     from transformers import AutoModelForCausalLM
 
     for sub in ("large_model", "small_model"):

@@ -57,23 +57,30 @@ def test_group_straddling_two_processes_has_exact_composition(tmp_path):
     assert ranks[0]["split_rewards"] == [0.5, 0.5]
 
 
-FSDP2_SCRIPT = Path(__file__).parent / "scripts" / "s2l_fsdp2_two_process.py"
+SHARDED_SCRIPT = Path(__file__).parent / "scripts" / "s2l_sharded_two_process.py"
 
 
-def test_s2l_under_fsdp2_shards_the_learner_across_two_cpu_processes(tmp_path):
-    """accelerate's FSDP2 path, over gloo (the test-only shim tests/scripts/fsdp2_cpu_shim.py turns the `fsdp` config
-    into FSDP where accelerate would fall back to plain multi-CPU DDP): the learner is sharded, generates its G_s rows
-    per group with sharded parameters, and trains to the same weights on both processes."""
-    proc = launch_two_cpu_processes(str(FSDP2_SCRIPT), str(tmp_path))
+@pytest.mark.parametrize(
+    ("engine", "type_", "sharded_key"),
+    [("fsdp2", "DistributedType.FSDP", "dtensor_params"), ("zero3", "DistributedType.DEEPSPEED", "partitioned_params")],
+)
+def test_s2l_under_a_sharded_engine_shards_the_learner_across_two_cpu_processes(tmp_path, engine, type_, sharded_key):
+    """accelerate's FSDP2 / DeepSpeed ZeRO-3 path, over gloo (the test-only shims tests/scripts/fsdp2_cpu_shim.py and
+    deepspeed_cpu_shim.py turn the `fsdp` / `deepspeed` config into that engine where accelerate would fall back to
+    plain multi-CPU DDP): the learner is sharded, generates its G_s rows per group with sharded parameters, and trains
+    to the same weights on both processes."""
+    if engine == "zero3":
+        pytest.importorskip("deepspeed")
+    proc = launch_two_cpu_processes(str(SHARDED_SCRIPT), str(tmp_path), engine)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
-    assert {r["distributed_type"] for r in ranks} == {"DistributedType.FSDP"} and all(
-        r["is_fsdp_enabled"] for r in ranks
+    assert {r["distributed_type"] for r in ranks} == {type_} and all(
+        r["is_fsdp_enabled"] == (engine == "fsdp2") for r in ranks
     )
     for rank in ranks:
         report = rank["sharding"]
-        assert report["dtensor_params"] == report["params"], report
+        assert report[sharded_key] == report["params"], report
         assert report["local_numel"] * 2 == report["full_numel"], report
     # G = 4, 4 rows per process, alpha 0.5: 2 explorer and 2 learner rows per group; 2 groups per step.
     assert ranks[0]["explorer_rows"] == [2.0, 2.0] and ranks[0]["learner_rows"] == [4.0, 4.0]

@@ -2,7 +2,7 @@
 
 from .config import CoDistillConfig
 
-__all__ = ["CoDistillConfig", "CoDistillTrainer"]
+__all__ = ["CoDistillConfig", "CoDistillModule", "CoDistillTrainer"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from .trainer import CoDistillTrainer
 
         return CoDistillTrainer
+    if name == "CoDistillModule":
+        from .module import CoDistillModule
+
+        return CoDistillModule
     raise AttributeError(f"module 's2l_trl.codistill' has no attribute {name!r}")

@@ -39,7 +39,7 @@ import torch
 from accelerate.utils import gather
 from trl import GRPOTrainer
 
-from .. import mixing
+from .. import mixing, preflight
 from ..checkpoints import load_saved_weights
 from ..model_card import codistill_card_section, codistill_small_model_card
 from ..trainer import S2LTrainer
@@ -134,6 +134,10 @@ class CoDistillTrainer(S2LTrainer):
         small_model = small_model if small_model is not None else args.small_model
         if small_model is None:
             raise ValueError("CoDistillTrainer needs a small model: set `small_model` in the config or pass one.")
+        # Checked before the small model is loaded (S2L-PO's own checks run once TRL starts building).
+        preflight.check_output_dir(args.output_dir)
+        preflight.check_model_path(model, "model")
+        preflight.check_model_path(small_model, "small_model")
         # Loading the small model must not consume the torch RNG (kd_coef=0 must reproduce plain GRPO on it).
         with torch.random.fork_rng(devices=[]):
             small = _load_small_model(small_model, args, small_peft_config)

@@ -1,12 +1,13 @@
 """Run by tests/test_codistill_distributed.py under `accelerate launch` with 2 CPU processes.
 
-    codistill_two_process.py WORKDIR ddp|fsdp2
+    codistill_two_process.py WORKDIR ddp|fsdp2|zero3
 
 Each rank trains CoDistill for two steps and writes its world size, the engine accelerate prepared, how many rows
 its own small-model explorer sampled in each round, fingerprints of both models before and after training (full
-weights: gathered under FSDP2), and what it logged. With `fsdp2`, the test-only CPU shim (fsdp2_cpu_shim.py) lets
-accelerate's own FSDP2 path shard the one CoDistill module over gloo; the rank also reports its share of each
-model's parameter elements and saves the final `large_model/` and `small_model/` folders.
+weights: gathered under FSDP2 and ZeRO-3), and what it logged. With `fsdp2` / `zero3`, a test-only CPU shim
+(fsdp2_cpu_shim.py / deepspeed_cpu_shim.py) lets accelerate's own FSDP2 / DeepSpeed path shard the one CoDistill
+module over gloo; the rank also reports its share of each model's parameter elements and saves the final
+`large_model/` and `small_model/` folders.
 """
 
 import json
@@ -20,6 +21,10 @@ sys.path.insert(0, str(HERE))
 ENGINE = sys.argv[2] if len(sys.argv) > 2 else "ddp"
 if ENGINE == "fsdp2":
     from fsdp2_cpu_shim import install
+
+    install()
+elif ENGINE == "zero3":
+    from deepspeed_cpu_shim import install
 
     install()
 
@@ -46,6 +51,16 @@ def main(workdir: str) -> None:
     extra = {}
     if ENGINE == "fsdp2":
         extra = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_forward": True})
+    elif ENGINE == "zero3":
+        zero3 = {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}
+        extra = dict(
+            deepspeed={
+                "zero_optimization": zero3,
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+            }
+        )
     # G = 4 and 6 rows per process: one group straddles the two processes, whose explorer slots both processes hold.
     args = CoDistillConfig(
         small_model=str(tiny["explorer"]),
@@ -54,6 +69,9 @@ def main(workdir: str) -> None:
             max_steps=2,
             per_device_train_batch_size=6,
             max_completion_length=8,
+            # No clipping: DeepSpeed clips both models by one norm, the others each by its own; unclipped, every
+            # engine must end where DDP ends.
+            max_grad_norm=1e9,
             **extra,
         ),
     )
@@ -70,7 +88,12 @@ def main(workdir: str) -> None:
     start = trainer.codistill.state_dict()
     before = {"large": fingerprint(start, "large."), "small": fingerprint(start, "small.")}
     trainer.train()
-    end = trainer.accelerator.get_state_dict(trainer.model) if ENGINE == "fsdp2" else trainer.codistill.state_dict()
+    if ENGINE == "fsdp2":
+        end = trainer.accelerator.get_state_dict(trainer.model)
+    elif ENGINE == "zero3":
+        end = trainer.accelerator.get_state_dict(trainer.model_wrapped) or {}  # gathered onto the main process
+    else:
+        end = trainer.codistill.state_dict()
     out = {
         "world_size": state.num_processes,
         "rank": state.process_index,
@@ -86,6 +109,14 @@ def main(workdir: str) -> None:
         "small_loss": [h["small/loss"] for h in trainer.state.log_history if "small/loss" in h],
         "small_steps": trainer.small_optimizer_steps,
     }
+    if ENGINE == "zero3":
+        from deepspeed_cpu_shim import zero3_report
+
+        out["sharding"] = {
+            "large": zero3_report(trainer.codistill.large),
+            "small": zero3_report(trainer.codistill.small),
+        }
+        trainer.save_model()
     if ENGINE == "fsdp2":
         out["sharding"] = {
             "large": sharding_report(trainer.codistill.large),

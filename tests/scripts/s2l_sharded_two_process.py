@@ -1,9 +1,13 @@
-"""Run by tests/test_trainer_distributed.py under `accelerate launch` with 2 CPU processes: S2LTrainer under FSDP2.
+"""Run by tests/test_trainer_distributed.py under `accelerate launch` with 2 CPU processes: S2LTrainer under FSDP2 or
+DeepSpeed ZeRO-3.
 
-With the test-only CPU shim (fsdp2_cpu_shim.py) accelerate's own FSDP2 path shards the learner across the two
-processes over gloo. Each rank trains S2L-PO for two steps at alpha 0.5 (learner rows generated through TRL with the
-sharded learner, explorer rows from oracle rollouts) and writes what the test checks: the distributed type, its
-share of the learner's parameter elements, the full weights before / after (gathered), and what it logged.
+    s2l_sharded_two_process.py WORKDIR fsdp2|zero3
+
+With a test-only CPU shim (fsdp2_cpu_shim.py / deepspeed_cpu_shim.py) accelerate's own FSDP2 / DeepSpeed path shards
+the learner across the two processes over gloo. Each rank trains S2L-PO for two steps at alpha 0.5 (learner rows
+generated through TRL with the sharded learner, explorer rows from oracle rollouts) and writes what the test checks:
+the distributed type, its share of the learner's parameter elements, the full weights before / after (gathered), and
+what it logged.
 """
 
 import json
@@ -14,19 +18,33 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from fsdp2_cpu_shim import install, sharding_report  # noqa: E402
-
+ENGINE = sys.argv[2] if len(sys.argv) > 2 else "fsdp2"
+if ENGINE == "fsdp2":
+    from fsdp2_cpu_shim import install
+else:
+    from deepspeed_cpu_shim import install
 install()
-
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
+from deepspeed_cpu_shim import zero3_report  # noqa: E402
+from fsdp2_cpu_shim import sharding_report  # noqa: E402
 from trainer_utils import s2l_args, tiny_dataset, write_oracle_rollouts  # noqa: E402
 
 from s2l_trl import S2LTrainer  # noqa: E402
 from s2l_trl.devtools.tiny import build_tiny_setup  # noqa: E402
 from s2l_trl.rewards import accuracy_reward  # noqa: E402
 
-FSDP = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_forward": True})
+ENGINES = {
+    "fsdp2": dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_forward": True}),
+    "zero3": dict(
+        deepspeed={
+            "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto",
+        }
+    ),
+}
 
 
 def fingerprint(state_dict) -> list[float]:
@@ -49,17 +67,18 @@ def main(workdir: str) -> None:
         mix_schedule="constant",
         mix_alpha_start=0.5,
         max_completion_length=8,
-        **FSDP,
+        **ENGINES[ENGINE],
     )
     trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
     before = fingerprint(trainer.model.state_dict())
     trainer.train()
-    full = trainer.accelerator.get_state_dict(trainer.model)  # gathers the shards (FULL_STATE_DICT)
+    # Gathers the shards onto the main process (FULL_STATE_DICT / ZeRO-3 16-bit state dict).
+    full = trainer.accelerator.get_state_dict(trainer.model if ENGINE == "fsdp2" else trainer.model_wrapped) or {}
     out = {
         "world_size": state.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "is_fsdp_enabled": trainer.is_fsdp_enabled,
-        "sharding": sharding_report(trainer.model),
+        "sharding": sharding_report(trainer.model) if ENGINE == "fsdp2" else zero3_report(trainer.model),
         "before": before,
         "after": fingerprint(full),
         "learner_rows": [
