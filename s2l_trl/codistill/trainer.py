@@ -176,6 +176,7 @@ class CoDistillTrainer(S2LTrainer):
         self._window_small_rows = False  # whether the current accumulation window trained the small model
         self._window_small_loss = 0.0
         self._final_save = False
+        self._round_seconds = 0.0  # time of the generation round inside the current micro-step
         self._small_explorer.bind(self)
 
     # ------------------------------------------------------------------ the two models
@@ -263,7 +264,9 @@ class CoDistillTrainer(S2LTrainer):
         return contextlib.nullcontext()
 
     def _generate_and_score_completions(self, inputs):
+        start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
+        self._round_seconds += time.perf_counter() - start
         if not self.model.training:
             metrics = self._metrics["eval"]
             if metrics.get("reward"):
@@ -494,12 +497,14 @@ class CoDistillTrainer(S2LTrainer):
         return loss
 
     def training_step(self, model, inputs, num_items_in_batch):
-        """Transformers' micro-step (TRL's loss above, one backward). Its time is logged whole, and split between the
-        two models in proportion to their forward times (a backward costs about twice its forward, per model)."""
+        """Transformers' micro-step (TRL's loss above, one backward). Its time, without the generation round TRL runs
+        inside it every `steps_per_generation` micro-steps, is logged whole and split between the two models in
+        proportion to their forward times (a backward costs about twice its forward, per model)."""
         self.codistill.forward_seconds = {}
+        self._round_seconds = 0.0
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start - self._round_seconds
         metrics = self._metrics["train"]
         metrics["codistill/update_time_s"].append(elapsed)
         forwards = self.codistill.forward_seconds
