@@ -459,3 +459,46 @@ def test_s2l_codistill_cli_trains_the_tiny_recipe_and_saves_both_models(tiny, tm
     assert all("codistill/kd_reward" in h and "small/loss" in h for h in state["log_history"] if "loss" in h)
     for sub in ("large_model", "small_model"):
         assert (out / sub / "config.json").exists() and (out / sub / "README.md").exists()
+
+
+# ---------------------------------------------------------------- the FLOP model of the step time
+def test_flop_model_of_codistill_step_time():
+    from s2l_trl.miniature.codistill_cost import PAPER, eta_for_saving, flops_per_step, time_ratio
+
+    rho = PAPER["small_params"] / PAPER["large_params"]
+    # In FLOPs CoDistill costs more than GRPO on the large model: (8 + 10 rho) / 8 at equal generation efficiency
+    # (the small model's sampling 2 rho, both models' scoring 2 + 2 rho, both updates 6 + 6 rho; GRPO: 2 + 6).
+    assert time_ratio(rho, 1.0) == pytest.approx((8 + 10 * rho) / 8)
+    flops = flops_per_step(7.0, 1.0, rows=2, tokens_per_row=3.0)
+    assert sum(flops["codistill"].values()) / sum(flops["grpo_large"].values()) == pytest.approx((8 + 10 / 7) / 8)
+    # Slow generation (memory-bound decoding) is what makes the small model's rollouts pay: the paper's 18%.
+    eta = eta_for_saving(rho, 0.18)
+    assert 0.2 < eta < 0.3 and time_ratio(rho, eta) == pytest.approx(0.82)
+    assert time_ratio(rho, eta / 2) < 0.82 < time_ratio(rho, 2 * eta)
+
+
+def test_lora_on_both_models_with_gradient_checkpointing_trains_only_the_adapters(tiny, tmp_path):
+    from peft import LoraConfig
+
+    lora = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    kwargs = tiny_training_kwargs(
+        output_dir=str(tmp_path / "out"), max_steps=2, gradient_checkpointing=True, learning_rate=1e-3, **FAST
+    )
+    trainer = CoDistillTrainer(
+        str(tiny["learner"]),
+        [digit_reward],
+        args=CoDistillConfig(small_model=str(tiny["explorer"]), **kwargs),
+        train_dataset=tiny_dataset(tiny),
+        peft_config=LoraConfig(**lora),
+        small_peft_config=LoraConfig(**lora),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.large_model.is_gradient_checkpointing and trainer.small_model.is_gradient_checkpointing
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
+    for role in ("large", "small"):
+        assert any(n.startswith(f"{role}.") and "lora_" in n for n in changed), f"the {role} adapter did not train"
+    assert all("lora_" in n for n in changed), sorted(n for n in changed if "lora_" not in n)[:3]
+    trainer.save_model()
+    for sub in ("large_model", "small_model"):
+        assert (tmp_path / "out" / sub / "adapter_model.safetensors").exists(), sub

@@ -197,6 +197,9 @@ class CoDistillTrainer(S2LTrainer):
             small.to(self.args.device)
         if self.args.disable_dropout:
             disable_dropout_in_model(small)
+        if is_peft_model(small) and self.args.gradient_checkpointing:
+            # As TRL does for its learner: checkpointed PEFT layers need inputs that require gradients.
+            small.enable_input_require_grads()
         # TRL's loss reads log-probs and entropies from a fused LM head (no full logits); the small model goes
         # through the same loss, so it gets the same head.
         add_fused_lm_head(

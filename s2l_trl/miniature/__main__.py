@@ -1,5 +1,5 @@
-"""``python -m s2l_trl.miniature {family,passk,rl,demo,codistill,race,curves}``: one command per experiment (see
-results/miniature)."""
+"""``python -m s2l_trl.miniature {family,passk,rl,demo,codistill,codistill_cost,race,curves}``: one command per
+experiment (see results/miniature)."""
 
 from __future__ import annotations
 
@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", nargs="+", default=list(CODISTILL_RUNS), choices=list(CODISTILL_RUNS))
     _settings_args(p, CoDistillSettings, seeds=[0, 1, 2])
 
+    from .codistill_cost import CostSettings
+
+    p = sub.add_parser("codistill_cost", help="CoDistill vs GRPO: the large model's step time and FLOPs, long rollouts")
+    _family_args(p)
+    p.add_argument("--output_dir", default="results/miniature/codistill/cost")
+    _settings_args(p, CostSettings)
+
     p = sub.add_parser("race", help="the explorer-thread race: kernel-level, run-level and outcome-level experiments")
     _family_args(p)
     p.add_argument("--output_dir", default="results/miniature/race")
@@ -171,6 +178,11 @@ def main(argv: list[str] | None = None) -> None:
 
         settings = _settings(a, CoDistillSettings)
         print(render_markdown(run_codistill_experiment(family, settings, a.output_dir, a.runs)))
+    elif a.command == "codistill_cost":
+        from .codistill_cost import render_markdown as render_cost
+        from .codistill_cost import run_cost_experiment
+
+        print(render_cost(run_cost_experiment(family, _settings(a, CostSettings), a.output_dir)))
     elif a.command == "race":
         from . import race
 

@@ -67,7 +67,7 @@ def run_codistill(family: Family, settings: CoDistillSettings, method: str, seed
     eval_rows = heldout_rows(family.spec, settings.eval_problems)
     rows = train_rows_for_rl(family, settings.grpo("small"))
     dataset = Dataset.from_list([{"prompt": r["prompt"], "solution": r["solution"]} for r in rows])
-    args = CoDistillConfig(
+    config = dict(
         **trainer_kwargs(
             run_dir,
             seed,
@@ -82,8 +82,9 @@ def run_codistill(family: Family, settings: CoDistillSettings, method: str, seed
         # CoDistill's defaults otherwise: the small model samples every row of every step (alpha = 1, whole run).
         small_learning_rate=settings.small_learning_rate,
         kd_coef=settings.kd_coef,
-        **dict(CODISTILL_METHODS[method].overrides),
     )
+    config.update(CODISTILL_METHODS[method].overrides)  # a method's own kd_coef / IS policy wins
+    args = CoDistillConfig(**config)
     large = AutoModelForCausalLM.from_pretrained(large_path, dtype="float32")
     small = AutoModelForCausalLM.from_pretrained(small_path, dtype="float32")
     checksums = {"small": weights_checksum(small), "large": weights_checksum(large)}

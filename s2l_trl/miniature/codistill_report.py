@@ -17,6 +17,7 @@ TIMING_METRICS = {
     "large_rollout_s": "codistill/large/rollout_time_s",
     "small_rollout_s": "codistill/small/rollout_time_s",
     "large_logp_s": "codistill/large/logp_time_s",
+    "small_logp_s": "codistill/small/logp_time_s",
     "large_update_s": "codistill/large/update_time_s",
     "small_update_s": "codistill/small/update_time_s",
 }

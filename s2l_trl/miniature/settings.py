@@ -111,6 +111,21 @@ CODISTILL_METHODS: dict[str, Method] = {
     for m in (
         Method("codistill", "CoDistill-GRPO (token-level KD)", overrides=(("kd_mode", "token"),)),
         Method("codistill_sequence", "CoDistill-GRPO (sequence-level KD)", overrides=(("kd_mode", "sequence"),)),
+        # The kd_coef sweep (the token-level KD reward with its mean baseline, CoDistill's default update).
+        Method("codistill_kd0.3", "CoDistill-GRPO, kd_coef 0.3", overrides=(("kd_mode", "token"), ("kd_coef", 0.3))),
+        Method("codistill_kd1", "CoDistill-GRPO, kd_coef 1.0", overrides=(("kd_mode", "token"), ("kd_coef", 1.0))),
+        # The large model learns only from the small model's tokens whose weight pi_large / pi_small is at most 2
+        # (the others are masked, not truncated to 2): kept from learning hard on tokens the small model rarely picks.
+        Method(
+            "codistill_mask_kd0.3",
+            "CoDistill-GRPO, kd_coef 0.3, IS token_mask <= 2",
+            overrides=(
+                ("kd_mode", "token"),
+                ("kd_coef", 0.3),
+                ("explorer_importance_sampling", "token_mask"),
+                ("explorer_importance_sampling_clip_max", 2.0),
+            ),
+        ),
     )
 }
 GRPO_RUNS = ("grpo_small", "grpo_large")
