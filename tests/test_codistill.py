@@ -158,6 +158,28 @@ def test_kd_sign_and_scale_on_a_hand_computed_two_token_example(tiny, tmp_path, 
     assert logged_now(trainer, "codistill/kd_reward") == pytest.approx(-math.log(2.0) / 2)
 
 
+def test_large_row_weight_bounds_keep_the_large_model_off_implausible_rows(tiny, tmp_path, monkeypatch):
+    """Rows 0-1: the large model prefers each token 2:1 (geometric-mean weight 2); rows 2-3: 1:10 (0.1). With bounds
+    [0.5, inf] the large model's advantages vanish on rows 2-3 only; the small model's are untouched."""
+    with pytest.raises(ValueError, match=r"large_row_weight_bounds.*\[2.0, 1.0\]"):
+        CoDistillConfig(output_dir=str(tmp_path), use_cpu=True, large_row_weight_bounds=[2.0, 1.0])
+    trainer = codistill(
+        tiny, tmp_path, large_row_weight_bounds=[0.5, float("inf")], explorer_importance_sampling="none"
+    )
+    large = torch.log(torch.tensor([[0.4, 0.4]] * 2 + [[0.02, 0.02]] * 2))
+    small = torch.log(torch.tensor([[0.2, 0.2]] * 2 + [[0.2, 0.2]] * 2))
+    monkeypatch.setattr(trainer, "_learner_logps", lambda output: large.clone())
+    monkeypatch.setattr(trainer, "_small_logps", lambda output: small.clone())
+    verifiable = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    output = {"completion_mask": torch.ones(4, 2, dtype=torch.long), "advantages": verifiable.clone()}
+    rnd = SimpleNamespace(explorer=None, rewards_per_func=torch.tensor([[1.0], [0.0], [0.75], [0.25]]))
+    trainer._explorer_off_policy_terms(output, rnd, torch.ones(4, dtype=torch.bool))
+    kept = output["advantages"].expand(4, 2)  # (B, 1) without IS weights: TRL broadcasts it over the tokens
+    torch.testing.assert_close(kept, torch.tensor([[1.0, 1.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 0.0]]))
+    assert logged_now(trainer, "codistill/large_rows_kept") == 0.5
+    assert (output["codistill_small_advantages"][2:] != 0).all()
+
+
 def logged_now(trainer, key: str) -> float:
     return trainer._metrics["train"][key][-1]
 

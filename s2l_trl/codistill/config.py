@@ -199,6 +199,17 @@ class CoDistillConfig(S2LConfig):
         ),
     )
 
+    large_row_weight_bounds: list[float] | None = field(
+        default=None,
+        metadata=field_help(
+            """`[low, high]`: bounds on each small-model row's geometric-mean importance weight `exp(mean_t log
+            pi_large(y_t) / pi_small(y_t))`. Rows outside them do not train the large model (they still train the
+            small one); `codistill/large_rows_kept` logs the share kept. `None` (default): every row trains the large
+            model, its tokens weighted by `explorer_importance_sampling`. Keeps the large model from learning on rows
+            it finds implausible, such as a weak small model's wrong answers (*assumption*, measured in
+            results/miniature/codistill)."""
+        ),
+    )
     # S2L-PO's explorer sampling fields: the small model samples with TRL's settings, so CoDistill leaves them unset.
     explorer_temperature: float | None = field(
         default=None,
@@ -268,6 +279,11 @@ class CoDistillConfig(S2LConfig):
             raise ValueError(f"kd_baseline must be one of {KD_BASELINES}, got {self.kd_baseline!r}.")
         if not math.isfinite(self.kd_coef) or self.kd_coef < 0:
             raise ValueError(f"kd_coef must be a finite number >= 0, got {self.kd_coef!r}.")
+        bounds = self.large_row_weight_bounds
+        if bounds is not None and (len(bounds) != 2 or not math.isfinite(bounds[0]) or not 0 <= bounds[0] < bounds[1]):
+            raise ValueError(
+                f"large_row_weight_bounds must be [low, high] with 0 <= low < high (high may be inf), got {bounds!r}."
+            )
         if self.kd_clip is not None and not self.kd_clip > 0:
             raise ValueError(f"kd_clip must be > 0 or None, got {self.kd_clip!r}.")
         if self.small_learning_rate is not None and not self.small_learning_rate > 0:

@@ -331,6 +331,8 @@ class CoDistillTrainer(S2LTrainer):
             )
             adv = verifiable.unsqueeze(1) if verifiable.dim() == 1 else verifiable
             output["advantages"] = adv * weight
+        if a.large_row_weight_bounds is not None:
+            self._keep_plausible_rows(output, large_logps, small_logps, known, is_small)
         for name, values in (("is_weight_raw", raw), ("is_weight", after)):
             stats = self._reduce_min_mean_max(values)
             if stats is not None:
@@ -374,6 +376,24 @@ class CoDistillTrainer(S2LTrainer):
         # TRL's rule for old log-probs: needed when a round is used by more than one optimizer step.
         if a.gradient_accumulation_steps % (a.steps_per_generation * self.num_iterations) != 0:
             output["codistill_small_old_logps"] = torch.nan_to_num(small_logps, nan=0.0)
+
+    def _keep_plausible_rows(self, output, large_logps, small_logps, known, is_small) -> None:
+        """The large model learns only from small-model rows whose geometric-mean weight pi_large / pi_small lies in
+        `large_row_weight_bounds` (its advantages are zeroed on the others)."""
+        low, high = self.args.large_row_weight_bounds
+        count = known.sum(dim=1)
+        mean_log_ratio = torch.where(known, large_logps - small_logps, torch.zeros_like(large_logps)).sum(dim=1)
+        row_weight = torch.exp(mean_log_ratio / count.clamp(min=1))
+        inside = (row_weight >= low) & (row_weight <= high) & (count > 0)
+        keep = ~is_small | inside
+        advantages = output["advantages"]
+        advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+        output["advantages"] = advantages * keep.unsqueeze(1).to(advantages.dtype)
+        kept = self.accelerator.reduce(
+            torch.stack([(inside & is_small).sum(), is_small.sum()]).float(), reduction="sum"
+        )
+        if kept[1] > 0:
+            self._metrics["train"]["codistill/large_rows_kept"].append((kept[0] / kept[1]).item())
 
     def _log_vllm_gap(self, rnd, small_logps: torch.Tensor, known: torch.Tensor) -> None:
         """Mean |vLLM's sampling log-prob - the small model's own| over the round's tokens (`small_use_vllm`)."""

@@ -126,6 +126,12 @@ CODISTILL_METHODS: dict[str, Method] = {
                 ("explorer_importance_sampling_clip_max", 2.0),
             ),
         ),
+        # The large model learns only from rows it finds plausible: geometric-mean weight pi_large / pi_small >= 0.5.
+        Method(
+            "codistill_rows_kd0.3",
+            "CoDistill-GRPO, kd_coef 0.3, large model on rows with weight >= 0.5",
+            overrides=(("kd_mode", "token"), ("kd_coef", 0.3), ("large_row_weight_bounds", [0.5, float("inf")])),
+        ),
     )
 }
 GRPO_RUNS = ("grpo_small", "grpo_large")
