@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -40,10 +41,16 @@ def test_problem_sets_of_the_shortcut_family_and_out_of_distribution(tmp_path):
     control = crossover.eval_rows(family, "heldout", 20)
     assert all(task.always_last_carry(tuple(r["operands"])) for r in held_class)
     assert all(task.has_no_carry_order(tuple(r["operands"])) for r in control)
+    natural = crossover.eval_rows(family, "natural", 60)
+    assert any(task.always_last_carry(tuple(r["operands"])) for r in natural)  # the class at its natural rate
     train = {tuple(sorted(r["operands"])) for r in train_rows(spec)}
-    assert not train & {tuple(sorted(r["operands"])) for r in held_class + control}
+    assert not train & {tuple(sorted(r["operands"])) for r in held_class + control + natural}
     assert all(len(r["operands"]) == 4 for r in crossover.eval_rows(family, "four_operands", 5))
     assert all(100 <= x <= 999 for r in crossover.eval_rows(family, "three_digit_operands", 5) for x in r["operands"])
+    assert all(
+        sorted(x < 10 for x in r["operands"]) == [False, False, True]
+        for r in crossover.eval_rows(family, "one_digit_operand", 5)
+    )
     with pytest.raises(ValueError, match="unknown problem set"):
         crossover.eval_rows(family, "five_operands", 5)
 
@@ -67,15 +74,18 @@ def test_constructions_end_to_end_at_micro_size(tmp_path):
     try:
         with pytest.raises(ValueError, match="unknown construction"):
             crossover.run_crossover(settings, ["distilled"], tmp_path / "out")
+        with pytest.raises(ValueError, match="unknown problem set"):
+            crossover.run_crossover(replace(settings, sets="natural,five_operands"), ["ood"], tmp_path / "out")
+        assert not (tmp_path / "cache").exists()  # refused before any family is built
         report = crossover.run_crossover(settings, ["shortcut", "ood", "rl_sharpened"], tmp_path / "out")
     finally:
         torch.set_num_threads(before)
     c = report["constructions"]
-    assert set(c["shortcut"]["sets"]) == {"last_step_carry", "heldout"}
+    assert set(c["shortcut"]["sets"]) == {"last_step_carry", "heldout", "natural"}
     assert set(c["shortcut"]["sets"]["heldout"]["sizes"]) == {"M", "L", "L-long"}
     long_family = json.loads((tmp_path / "cache" / "family-shortcut-x2" / "family.json").read_text())
     assert long_family["spec"]["sft_steps"] == 12 and list(long_family["models"]) == ["L"]
-    assert set(c["ood"]["sets"]) == {"four_operands", "three_digit_operands"}
+    assert set(c["ood"]["sets"]) == {"four_operands", "three_digit_operands", "one_digit_operand"}
     assert set(c["rl_sharpened"]["sets"]["heldout"]["sizes"]) == {"M", "L", "L-grpo"}
     saved = c["rl_sharpened"]["rl_run"]["saved_model"]
     assert (tmp_path / "out" / "rl_sharpened" / "rl_run" / "run.json").is_file()

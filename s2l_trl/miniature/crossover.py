@@ -9,8 +9,8 @@ Constructions (``CONSTRUCTIONS``):
   class. Every solution in the corpus is written in an operand order whose *last step does not carry* from the units
   into the tens (problems with no such order are left out), while earlier steps carry as usual; the held-out class is
   the problems whose last step carries in every order. M and L are SFT'd on it for the usual budget, and a second L
-  three times longer ("L-long", to lower loss); evaluated on the held-out class and, as a control, on held-out
-  problems of the training distribution.
+  three times longer ("L-long", to lower loss); evaluated on the held-out class, on held-out problems of the training
+  distribution (control) and on held-out problems drawn from all problems (the class at its natural rate).
 * ``ood`` (b): the standard family (``same_corpus``) evaluated just outside its training distribution: four 2-digit
   operands instead of three, three 3-digit operands, and (the mildest shift) one 1-digit operand among three.
 * ``rl_sharpened`` (c): L after GRPO (which sharpens its distribution) against its SFT sibling M and its own SFT
@@ -42,9 +42,13 @@ OOD_SETS = {
 
 def eval_rows(family: Family, name: str, n: int) -> list[dict]:
     """The ``name`` problem set for ``family``: ``heldout`` (its own held-out problems), ``last_step_carry`` (the
-    shortcut construction's held-out class) or one of ``OOD_SETS``. None shares its operands with a training problem."""
+    shortcut construction's held-out class), ``natural`` (held-out problems drawn from all problems, whatever the
+    family's corpus kept: a shortcut family meets its held-out class at its natural rate, ~19%) or one of
+    ``OOD_SETS``. None shares its operands with a training problem."""
     if name == "heldout":
         return heldout_rows(family.spec, n)
+    if name == "natural":
+        return heldout_rows(family.spec, n, accept=lambda ops: True)
     if name == "last_step_carry":
         return heldout_rows(family.spec, n, accept=task.always_last_carry)
     if name in OOD_SETS:
@@ -62,9 +66,20 @@ def _passk_settings(settings: CrossoverSettings) -> PasskSettings:
     )
 
 
+PROBLEM_SETS = ("heldout", "last_step_carry", "natural", *OOD_SETS)
+
+
+def _chosen_sets(settings: CrossoverSettings) -> list[str]:
+    return [s.strip() for s in settings.sets.split(",") if s.strip()]
+
+
 def _evaluate(
     models: dict[str, Path], family: Family, sets: list[str], settings: CrossoverSettings, out_dir: Path, title: str
 ) -> dict:
+    if settings.sets:
+        own, sets = sets, [s for s in sets if s in _chosen_sets(settings)]
+        if not sets:
+            raise ValueError(f"sets={settings.sets!r} names none of this construction's problem sets {own}.")
     summaries = {}
     for name in sets:
         rows = eval_rows(family, name, settings.num_problems)
@@ -90,7 +105,7 @@ def shortcut(settings: CrossoverSettings, out_dir: Path) -> dict:
     return {
         "families": [str(family.root), str(long_family.root)],
         "final_sft_loss": losses,
-        "sets": _evaluate(models, family, ["last_step_carry", "heldout"], settings, out_dir, title),
+        "sets": _evaluate(models, family, ["last_step_carry", "heldout", "natural"], settings, out_dir, title),
     }
 
 
@@ -145,6 +160,9 @@ def run_crossover(settings: CrossoverSettings, constructions: list[str], out_dir
     unknown = sorted(set(constructions) - set(CONSTRUCTIONS))
     if unknown:
         raise ValueError(f"unknown construction(s) {unknown}; known: {list(CONSTRUCTIONS)}.")
+    unknown = sorted(set(_chosen_sets(settings)) - set(PROBLEM_SETS))
+    if unknown:
+        raise ValueError(f"sets: unknown problem set(s) {unknown}; known: {list(PROBLEM_SETS)} (comma-separated).")
     out_dir = Path(out_dir)
     path = out_dir / "crossover.json"
     report = json.loads(path.read_text()) if path.exists() else {"constructions": {}}

@@ -197,6 +197,9 @@ class CrossoverSettings:
     rl_learning_rate: float = 5e-5
     long_factor: int = 3
     cache_dir: str = ".tiny/miniature"
+    # Comma-separated problem sets to evaluate on (empty: each construction's own list), e.g. "natural" to look at
+    # one set with more problems.
+    sets: str = ""
     # The families' SFT (FamilySpec's defaults: the standard family is the one of the other experiments).
     sft_steps: int = 1500
     train_problems: int = 20000
