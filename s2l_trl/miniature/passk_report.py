@@ -1,12 +1,11 @@
 """Tables and plots of pass@k experiments (:mod:`.passk_experiment`): the crossover point of each smaller / larger
-pair, ``passk.json``, ``passk.md`` and ``passk.png`` (drawn by `s2l-eval plot`'s :func:`plot_passk`)."""
+pair, ``passk.json``, ``passk.md`` and ``passk.png`` (correct answers and coherent derivations)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
 
-from ..evaluation.plot import plot_passk
 from ..jsonl import write_json_atomic
 from .settings import PasskSettings
 
@@ -76,9 +75,32 @@ def write_report(summary: dict, results: dict[str, dict], output_dir: str | Path
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / "passk.json", summary)
     (output_dir / "passk.md").write_text(render_markdown(summary))
-    by_params = sorted(results, key=lambda m: results[m]["parameters"])
-    plot_passk(
-        [output_dir / m for m in by_params],
-        output_dir / "passk.png",
-        labels=[f"{m} ({results[m]['parameters'] / 1e3:.0f}k)" for m in by_params],
-    )
+    plot(summary, output_dir / "passk.png")
+
+
+def plot(summary: dict, output: Path) -> Path:
+    """pass@k against k (log2 axis) of every model: correct answers, and fully coherent derivations. (The per-model
+    folders are `s2l-eval` results too: ``s2l-eval plot <folders>`` draws the first panel.)"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = summary["sizes"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, title in zip(axes, ("pass@k", "coherent_pass@k"), ("correct answer", "coherent derivation")):
+        for m in sorted(sizes, key=lambda m: sizes[m]["parameters"]):
+            ks = sorted(int(k) for k in sizes[m][key])
+            marks = [i for i, k in enumerate(ks) if k & (k - 1) == 0]  # markers at powers of two
+            label = f"{m} ({sizes[m]['parameters'] / 1e3:.0f}k)"
+            ax.plot(ks, [100 * sizes[m][key][str(k)] for k in ks], marker="o", ms=3, markevery=marks, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k (samples)")
+        ax.set_ylabel(f"pass@k (%), {title}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.suptitle(summary["title"], fontsize="small")
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
