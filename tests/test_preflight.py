@@ -352,3 +352,12 @@ def test_colocated_tensor_parallel_learner_needs_whole_groups_per_process(tmp_pa
     with pytest.raises(ValueError, match=r"whole groups.*got 6 \* 1 and 4"):
         S2LConfig(per_device_train_batch_size=6, num_generations=4, **common)
     S2LConfig(per_device_train_batch_size=8, num_generations=4, **common)
+
+
+def test_s2l_codistill_prints_one_line_on_a_missing_small_model(tiny, tmp_path):
+    argv = ["--config", str(REPO / "recipes/tiny/codistill/config_cpu.yaml"), "--small_model", "./no/small"]
+    argv += ["--model_name_or_path", str(tiny["learner"]), "--dataset_name", str(tiny["dataset"])]
+    done = _command(argv, tmp_path / "out", module="s2l_trl.cli.codistill")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "s2l-codistill: error:" in done.stderr and "./no/small" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from ..callbacks import MixProgressCallback
 from ..codistill import CoDistillConfig
 from ..data import PromptDataArguments
+from .errors import run_cli
 from .train import _config_flag_apart, prepare_run
 
 logger = logging.getLogger(__name__)
@@ -93,5 +94,11 @@ def cli(argv: list[str] | None = None) -> None:
     main(*parse_args(argv))
 
 
+def command() -> None:
+    """The `s2l-codistill` console command: bad input ends with one line on stderr and exit status 2 (`--debug` or
+    `S2L_DEBUG=1` for the traceback); `cli` raises instead, for Python callers."""
+    run_cli("s2l-codistill", cli)
+
+
 if __name__ == "__main__":
-    cli()
+    command()
