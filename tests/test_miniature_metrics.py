@@ -97,3 +97,21 @@ def test_source_diversity_groups_by_source_at_equal_size():
     assert out["explorer"]["groups"] == 1 and out["learner"]["groups"] == 1
     assert out["explorer"]["distinct_correct_paths"] == 2.0 and out["learner"]["distinct_correct_paths"] == 1.0
     assert out["learner"]["coherent_share"] == 0.25 and len(out["learner"]["prefix_agreement"]) == 10
+
+
+def test_paired_pass_at_k_difference_over_problems():
+    from s2l_trl.miniature.passk_report import paired_difference
+
+    a = {
+        "math_verify": {"num_samples": 4, "correct_counts": [4, 0, 2]},
+        "coherent": {"num_samples": 4, "correct_counts": [0, 0, 1]},
+    }
+    b = {
+        "math_verify": {"num_samples": 4, "correct_counts": [2, 0, 2]},
+        "coherent": {"num_samples": 4, "correct_counts": [1, 0, 1]},
+    }
+    d1 = paired_difference(a, b, 1)
+    assert d1["mean"] == pytest.approx(0.5 / 3) and d1["n"] == 3  # 1 - 0.5 on the first problem only
+    assert d1["low"] < d1["mean"] < d1["high"]
+    assert paired_difference(a, b, 4)["mean"] == 0.0  # both solve problems 1 and 3 within 4 samples
+    assert paired_difference(a, b, 4, "coherent")["mean"] == pytest.approx(-1 / 3)  # b derives problem 1, a does not

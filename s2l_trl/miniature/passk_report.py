@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from ..evaluation.passk import pass_at_k
 from ..jsonl import write_json_atomic
 from .settings import PasskSettings
+from .stats import mean_ci
 
 SHOWN_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -23,13 +25,37 @@ def crossover_k(curves: dict[str, dict[str, float]], small: str, large: str) -> 
     return None
 
 
+def paired_difference(a: dict, b: dict, k: int, judge: str = "math_verify") -> dict[str, float]:
+    """pass@k of model ``a`` minus model ``b`` on the same problems: mean of the per-problem differences of the
+    unbiased pass@k estimates, with a 95% Student-t interval over problems (problems are the unit that varies).
+    ``judge``: ``math_verify`` (correct answer) or ``coherent`` (correct derivation)."""
+    n = a[judge]["num_samples"]
+    diffs = [
+        pass_at_k(n, ca, k) - pass_at_k(n, cb, k)
+        for ca, cb in zip(a[judge]["correct_counts"], b[judge]["correct_counts"])
+    ]
+    return mean_ci(diffs)
+
+
 def summarize_models(results: dict[str, dict], settings: PasskSettings, title: str, extra: dict) -> dict:
     """``passk.json``: per model its parameter count and pass@k curve (answers and coherent derivations), and the
     crossover k of every (smaller, larger) pair."""
     labels = list(results)
     curves = {m: results[m]["math_verify"]["pass@k"] for m in labels}
     by_params = sorted(labels, key=lambda m: results[m]["parameters"])
-    cross = {f"{a}<{b}": crossover_k(curves, a, b) for i, a in enumerate(by_params) for b in by_params[i + 1 :]}
+    pairs = [(a, b) for i, a in enumerate(by_params) for b in by_params[i + 1 :]]
+    cross = {f"{a}<{b}": crossover_k(curves, a, b) for a, b in pairs}
+    # The larger model minus the smaller at k = 1 and k = n, per problem: is a crossover more than a few problems?
+    n = settings.n
+    ks = sorted({1, min(16, n), n})
+    differences = {
+        f"{b}-{a}": {
+            f"{label}pass@{k}": paired_difference(results[b], results[a], k, judge)
+            for judge, label in (("math_verify", ""), ("coherent", "coherent "))
+            for k in ks
+        }
+        for a, b in pairs
+    }
     return {
         **extra,
         "title": title,
@@ -43,6 +69,7 @@ def summarize_models(results: dict[str, dict], settings: PasskSettings, title: s
             for m in labels
         },
         "crossover_k": cross,
+        "larger_minus_smaller": differences,
     }
 
 
@@ -61,6 +88,15 @@ def render_markdown(summary: dict) -> str:
         vals = " | ".join(f"{100 * sizes[m]['pass@k'][str(k)]:.1f}" for k in show)
         lines.append(f"| {m} | {sizes[m]['parameters']:,} | {vals} |")
     lines += [
+        "",
+        "Larger minus smaller, mean over problems of the per-problem difference (points) and 95% interval: "
+        + "; ".join(
+            f"{pair}: "
+            + ", ".join(
+                f"{key} {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" for key, d in v.items()
+            )
+            for pair, v in summary.get("larger_minus_smaller", {}).items()
+        ),
         "",
         "Crossover (smallest k where the smaller model's pass@k exceeds the larger's, given the larger wins "
         "pass@1; `none` = no crossover): "
