@@ -21,6 +21,20 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: 0 if item.get_closest_marker("own_vllm_engine") else 1)
 
 
+@pytest.fixture(autouse=True)
+def _one_vllm_engine_at_a_time(request):
+    """A test marked `own_vllm_engine` skips when the session's explorer server is already up: two vLLM engines at
+    once would overload this 2-core CPU (such tests are ordered first, so this happens only in unusual selections)."""
+    if request.node.get_closest_marker("own_vllm_engine") is None:
+        return
+    definitions = request._fixturemanager.getfixturedefs("explorer_server", request.node) or []
+    if any(d.cached_result is not None for d in definitions):
+        pytest.skip(
+            "the session's explorer server is already up; another vLLM engine would overload this CPU (run this file "
+            "on its own, e.g. `pytest tests/<file>.py`)"
+        )
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """Tokenizer, learner (width 64), explorer (width 32) and an addition data set, all built locally."""

