@@ -62,11 +62,25 @@ def test_rl_pipeline(family, tmp_path):
         num_generations=4,
         prompts_per_step=2,
         max_completion_length=24,
+        final_passk_n=4,
         seeds=[0],
     )
     report = run_experiment(family, settings, tmp_path, ["grpo", "grpo_high_temp", "s2l_po"], ablation_seeds=[0])
-    for name in ("rl.json", "rl.md", "rl.png"):
+    for name in ("rl.json", "rl.md", "rl.png", "rl_passk.png", "passk_start/passk.json"):
         assert (tmp_path / name).is_file(), name
+    # pass@k after training: per problem, 0..n correct answers, and coherent derivations are a subset of them; the
+    # reference curves hold the starting learner and the explorer on the same problems.
+    for m in ("grpo", "s2l_po"):
+        final = json.loads((tmp_path / "runs" / f"{m}-seed0" / "run.json").read_text())["final_passk"]
+        correct, coherent = final["math_verify"]["correct_counts"], final["coherent"]["correct_counts"]
+        assert len(correct) == 4 and all(0 <= h <= c <= 4 for h, c in zip(coherent, correct))
+        curve = [final["math_verify"]["pass@k"][str(k)] for k in range(1, 5)]
+        assert all(b >= a - 1e-12 for a, b in zip(curve, curve[1:]))
+        assert curve[0] == pytest.approx(sum(correct) / 16)
+    assert set(report["start_passk"]["sizes"]) == {"M (start)", "S"}
+    md = (tmp_path / "rl.md").read_text()
+    assert "pass@k (%) after training" in md and "| M (start) |" in md
+    assert "local `LocalExplorer` in a thread beside the learner, seeded with the run's seed" in md
     runs = {m: json.loads((tmp_path / "runs" / f"{m}-seed0" / "run.json").read_text()) for m in report["methods"]}
     # The three methods start from identical weights.
     assert len({r["initial_weights_sha256"] for r in runs.values()}) == 1
@@ -147,3 +161,55 @@ def test_codistill_pipeline(family, tmp_path):
     mtime = (tmp_path / "runs" / "codistill-seed0" / "run.json").stat().st_mtime
     run_codistill_experiment(family, settings, tmp_path, ["codistill"])
     assert (tmp_path / "runs" / "codistill-seed0" / "run.json").stat().st_mtime == mtime
+
+
+def _fake_run(method: str, seed: int, accuracies: list[float], passk1: float) -> dict:
+    """A run.json as the report reads it: evaluations at steps 0, 10, 20, and pass@k after training (n = 2)."""
+    zero = dict.fromkeys(
+        ["learner_tokens", "explorer_tokens", "learner_rows", "explorer_gen_s", "learner_gen_s", "scoring_s"], 0
+    )
+    per_step = [{**zero, "training_s": 0.0, "generation_wall_s": 0.0, "step_wall_s": 0.0}]
+    evals = [
+        {"step": 10 * i, "greedy_accuracy": a, "pass@1": a / 2, "greedy_coherent": 0.0}
+        for i, a in enumerate(accuracies)
+    ]
+    curve = {"pass@k": {"1": passk1, "2": min(1.0, 2 * passk1)}, "correct_counts": [1]}
+    return {
+        "method": method,
+        "seed": seed,
+        "evals": evals,
+        "per_step": per_step,
+        "initial_weights_sha256": "x",
+        "final_passk": {"n": 2, "math_verify": curve, "coherent": curve},
+    }
+
+
+def test_paired_differences_against_grpo_and_ablations_against_s2l_po():
+    from s2l_trl.miniature import rl_report
+
+    runs = []
+    for seed, base in enumerate([0.30, 0.40, 0.35]):
+        runs.append(_fake_run("grpo", seed, [0.2, base - 0.1, base], 0.30))
+        # S2L-PO: +5 points at the end and +10 at step 10 on every seed; pass@1 after training +0.1 / +0.2 / +0.3.
+        runs.append(_fake_run("s2l_po", seed, [0.2, base, base + 0.05], 0.40 + 0.1 * seed))
+        runs.append(_fake_run("s2l_po_per_source", seed, [0.2, base - 0.1, base - 0.02 * seed], 0.30))
+    summary = rl_report.summarize_runs(runs, threshold=0.5)
+    paired = rl_report.paired_against(summary, "grpo")
+    assert set(paired) == {"s2l_po", "s2l_po_per_source"}
+    s2l = paired["s2l_po"]
+    assert s2l["final_greedy"]["differences"] == pytest.approx([0.05, 0.05, 0.05])
+    assert s2l["final_greedy"]["mean"] == pytest.approx(0.05) and s2l["final_greedy"]["low"] == pytest.approx(0.05)
+    # Mean over the evaluations after step 0: ((base) + (base + 0.05)) / 2 - ((base - 0.1) + base) / 2 = 0.075.
+    assert s2l["mean_greedy"]["mean"] == pytest.approx(0.075)
+    ablation = rl_report.paired_against(summary, "s2l_po")["s2l_po_per_source"]["final_greedy"]
+    assert ablation["differences"] == pytest.approx([-0.05, -0.07, -0.09])
+    assert ablation["mean"] == pytest.approx(-0.07) and ablation["low"] < -0.07 < ablation["high"] < 0
+    passk = rl_report.paired_passk_against(summary)["s2l_po"]["math_verify"]["1"]
+    assert passk["differences"] == pytest.approx([0.1, 0.2, 0.3]) and passk["mean"] == pytest.approx(0.2)
+
+
+def test_rl_settings_refuse_bad_values_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="final_passk_n must be >= 0"):
+        RLSettings(final_passk_n=-1)
+    with pytest.raises(ValueError, match=r"learner_path='.*nowhere' is not a saved model"):
+        RLSettings(learner_path=str(tmp_path / "nowhere"))

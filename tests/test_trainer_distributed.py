@@ -86,3 +86,21 @@ def test_s2l_under_a_sharded_engine_shards_the_learner_across_two_cpu_processes(
     assert ranks[0]["explorer_rows"] == [2.0, 2.0] and ranks[0]["learner_rows"] == [4.0, 4.0]
     assert ranks[0]["after"] != ranks[0]["before"], "the learner did not train"
     assert ranks[0]["loss"] == ranks[1]["loss"]
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_sharded_learner_rows_of_unequal_length_on_two_processes_do_not_hang(tmp_path, engine):
+    """One process's learner rows stop after 2 tokens (as when they all hit EOS), the other's after 8. With the learner
+    sharded every forward all-gathers parameters, so the early process must keep stepping (synced decoding) or the
+    other waits forever. Transformers turns it on for ZeRO-3 and for FSDP2 (torch's `fully_shard` marks the modules
+    `_is_fsdp_managed_module`); TRL's generation inherits it and S2L-PO must keep it."""
+    if engine == "zero3":
+        pytest.importorskip("deepspeed")
+    proc = launch_two_cpu_processes(str(SHARDED_SCRIPT), str(tmp_path), engine, "uneven", timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    # Logged globally: the mean over both processes' learner rows, 2 and 8 tokens long (no EOS from the tiny model).
+    assert all(2 < length < 8 for length in ranks[0]["learner_length"]), ranks[0]["learner_length"]
+    # Synced: the early process ran as many forwards as the late one (8 per step, 2 steps), not 2 per step.
+    assert ranks[0]["forwards_without_grad"] == ranks[1]["forwards_without_grad"] == 16

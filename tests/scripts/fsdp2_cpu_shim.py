@@ -35,6 +35,7 @@ def install() -> None:
 
 def sharding_report(model) -> dict:
     """Per parameter kind: this rank's local elements and the full tensor's, so a test can assert real sharding."""
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
     local = full = sharded = 0
@@ -50,4 +51,7 @@ def sharding_report(model) -> dict:
         "full_numel": full,
         "dtensor_params": sharded,
         "params": len(list(model.parameters())),
+        # Each unit all-gathers its parameters in its own forward (and reshards after it): more than the root means
+        # every decoding step is a collective.
+        "fsdp_units": sum(isinstance(m, FSDPModule) for m in model.modules()),
     }

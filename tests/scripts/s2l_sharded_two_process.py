@@ -1,7 +1,7 @@
 """Run by tests/test_trainer_distributed.py under `accelerate launch` with 2 CPU processes: S2LTrainer under FSDP2 or
 DeepSpeed ZeRO-3.
 
-    s2l_sharded_two_process.py WORKDIR fsdp2|zero3
+    s2l_sharded_two_process.py WORKDIR fsdp2|zero3 [uneven]
 
 With a test-only CPU shim (fsdp2_cpu_shim.py / deepspeed_cpu_shim.py) accelerate's own FSDP2 / DeepSpeed path shards
 the learner across the two processes over gloo. Each rank trains S2L-PO for two steps at alpha 0.5 (learner rows
@@ -19,6 +19,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 ENGINE = sys.argv[2] if len(sys.argv) > 2 else "fsdp2"
+UNEVEN = len(sys.argv) > 3 and sys.argv[3] == "uneven"
 if ENGINE == "fsdp2":
     from fsdp2_cpu_shim import install
 else:
@@ -70,6 +71,13 @@ def main(workdir: str) -> None:
         **ENGINES[ENGINE],
     )
     trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
+    if UNEVEN and state.is_main_process:
+        # This process's learner rows stop after 2 tokens, the other's after 8: as when one process's rows all hit
+        # EOS early. A sharded learner all-gathers its parameters in every forward, so both must keep decoding until
+        # both are done (synced decoding), or the other waits forever.
+        trainer.generation_config.max_new_tokens = 2
+    forwards = []
+    trainer.model.register_forward_pre_hook(lambda module, args: forwards.append(torch.is_grad_enabled()))
     before = fingerprint(trainer.model.state_dict())
     trainer.train()
     # Gathers the shards onto the main process (FULL_STATE_DICT / ZeRO-3 16-bit state dict).
@@ -88,6 +96,8 @@ def main(workdir: str) -> None:
             h["s2l/explorer_rows_per_group"] for h in trainer.state.log_history if "s2l/explorer_rows_per_group" in h
         ],
         "loss": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "forwards_without_grad": forwards.count(False),
+        "learner_length": [h[key] for h in trainer.state.log_history if (key := "s2l/completion_length/learner") in h],
     }
     assert torch.distributed.is_initialized()
     (work / f"rank{state.process_index}.json").write_text(json.dumps(out))
