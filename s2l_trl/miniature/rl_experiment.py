@@ -34,7 +34,7 @@ from .runs import (
     trainer_kwargs,
     weights_checksum,
 )
-from .settings import MAIN_METHODS, RLSettings, method
+from .settings import MAIN_METHODS, PasskSettings, RLSettings, method
 
 
 def run_one(
@@ -63,7 +63,7 @@ def run_one(
     if (run_dir / "run.json").exists():
         return json.loads((run_dir / "run.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
-    learner_path = family.path(settings.learner, settings.learner_sft_step)
+    learner_path = settings.learner_model(family)
     tokenizer = AutoTokenizer.from_pretrained(learner_path)
     eval_rows = heldout_rows(family.spec, settings.eval_problems)
     rows = train_rows_for_rl(family, settings)
@@ -211,9 +211,63 @@ def run_one(
         trainer.model.save_pretrained(save_model_to)
         tokenizer.save_pretrained(save_model_to)
         result["saved_model"] = {"path": str(save_model_to), "weights_sha256": weights_checksum(trainer.model)}
+    if settings.final_passk_n:
+        result["final_passk"] = _final_passk(trainer.model, tokenizer, eval_rows, settings, seed, run_dir)
     write_json_atomic(run_dir / "trainer_state.json", {"log_history": trainer.state.log_history})
     write_json_atomic(run_dir / "run.json", result)
     return result
+
+
+def _passk_settings(settings: RLSettings, seed: int) -> PasskSettings:
+    return PasskSettings(
+        n=settings.final_passk_n,
+        num_problems=settings.eval_problems,
+        temperature=settings.temperature,
+        max_tokens=settings.max_completion_length,
+        seed=seed,
+    )
+
+
+def _final_passk(model, tokenizer, rows: list[dict], settings: RLSettings, seed: int, run_dir: Path) -> dict:
+    """pass@k (answers and coherent derivations, k = 1..n) of the trained learner on the held-out problems, sampled
+    by the same engine as the reference models' (:func:`start_passk`); the full result goes to ``passk_final.json``,
+    run.json keeps the curves and the per-problem counts (what paired differences need)."""
+    import tempfile
+
+    from .passk_experiment import score_model
+
+    with tempfile.TemporaryDirectory(prefix="mini-final-") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        scored = score_model(
+            Path(tmp), rows, _passk_settings(settings, seed), sum(p.numel() for p in model.parameters())
+        )
+    scored["model"] = "trained learner"
+    write_json_atomic(run_dir / "passk_final.json", scored)
+    return {
+        "n": settings.final_passk_n,
+        "seed": seed,
+        "sampling_seconds": scored["sampling_seconds"],
+        **{judge: {k: scored[judge][k] for k in ("pass@k", "correct_counts")} for judge in ("math_verify", "coherent")},
+    }
+
+
+def start_passk(family: Family, settings: RLSettings, out_dir: Path) -> dict:
+    """pass@k of the starting learner and of the explorer on the runs' held-out problems (the reference curves of the
+    trained learners'), under ``out_dir/passk_start`` (cached like every pass@k result)."""
+    from .passk_experiment import passk_of_models
+
+    models = {
+        f"{settings.learner} (start)": settings.learner_model(family),
+        settings.explorer: family.path(settings.explorer),
+    }
+    return passk_of_models(
+        models,
+        heldout_rows(family.spec, settings.eval_problems),
+        _passk_settings(settings, 0),
+        Path(out_dir) / "passk_start",
+        title="starting learner and explorer on the RL runs' held-out problems",
+    )
 
 
 def _alpha(args, step: int) -> float:
@@ -223,7 +277,8 @@ def _alpha(args, step: int) -> float:
 def run_experiment(
     family: Family, settings: RLSettings, out_dir: str | Path, methods: list[str], ablation_seeds: list[int]
 ) -> dict:
-    """Runs every (method, seed), then writes ``rl.json``, ``rl.md`` and ``rl.png`` under ``out_dir``."""
+    """Runs every (method, seed), then writes ``rl.json``, ``rl.md``, ``rl.png`` (and ``rl_paired.png``, and with
+    ``final_passk_n`` ``rl_passk.png`` and the reference ``passk_start/``) under ``out_dir``."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -232,7 +287,9 @@ def run_experiment(
     runs = []
     for name, seed in tqdm(jobs, desc="runs"):
         runs.append(run_one(family, settings, name, seed, out_dir))
-    report = rl_report.build_report(runs, settings, out_dir)
+    # The reference curves (starting learner, explorer) only where the trained learners' pass@k is measured.
+    start = start_passk(family, settings, out_dir) if settings.final_passk_n else None
+    report = rl_report.build_report(runs, settings, out_dir, start_passk=start)
     rl_report.write_report(report, out_dir)
     return report
 

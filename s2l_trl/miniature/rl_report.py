@@ -45,8 +45,9 @@ def summarize_runs(runs: list[dict], threshold: float) -> dict:
             per_step = [[r["evals"][i][key] for r in rs] for i in range(len(steps))]
             curve[key] = {"mean": [_mean_sd(v)[0] for v in per_step], "sd": [_mean_sd(v)[1] for v in per_step]}
         reach = [steps_to(r["evals"], "greedy_accuracy", threshold) for r in rs]
-        finals = [r["evals"][-1]["greedy_accuracy"] for r in rs]
-        final_p1 = [r["evals"][-1]["pass@1"] for r in rs]
+        per_seed = {key: [metric(r) for r in rs] for key, (_, metric) in PAIRED_METRICS.items()}
+        finals = per_seed["final_greedy"]
+        final_p1 = per_seed["final_pass@1"]
         bests = [max(e["greedy_accuracy"] for e in r["evals"]) for r in rs]
         compute = {
             key: _mean_sd([sum(s[key] for s in r["per_step"]) for r in rs])[0]
@@ -69,10 +70,48 @@ def summarize_runs(runs: list[dict], threshold: float) -> dict:
             "steps_to_threshold": reach,
             "final_greedy_accuracy": _mean_sd(finals),
             "final_greedy_accuracy_per_seed": finals,
+            "per_seed": per_seed,
             "final_pass@1": _mean_sd(final_p1),
             "best_greedy_accuracy": _mean_sd(bests),
             "compute_totals_mean": compute,
             "initial_weights_sha256": sorted({r["initial_weights_sha256"] for r in rs}),
+        }
+        if all("final_passk" in r for r in rs):
+            out[method]["final_passk"] = _passk_over_seeds([r["final_passk"] for r in rs])
+    return out
+
+
+def _after_start(r: dict) -> list[dict]:
+    return [e for e in r["evals"] if e["step"] > 0]
+
+
+# The per-seed quantities compared seed by seed (name -> (how tables say it, its value in one run.json)). "Mean
+# greedy over evaluations" averages the evaluations after step 0 (every eval_every steps): the area under the
+# accuracy curve, which rewards reaching an accuracy early (claim b) as well as ending high.
+PAIRED_METRICS = {
+    "final_greedy": ("final greedy accuracy", lambda r: r["evals"][-1]["greedy_accuracy"]),
+    "mean_greedy": (
+        "greedy accuracy averaged over the evaluations after step 0",
+        lambda r: statistics.fmean(e["greedy_accuracy"] for e in _after_start(r)),
+    ),
+    "final_pass@1": ("final pass@1", lambda r: r["evals"][-1]["pass@1"]),
+}
+PASSK_SHOWN = (1, 4, 16, 64, 256)
+
+
+def _passk_over_seeds(results: list[dict]) -> dict:
+    """Mean and sd over seeds of the trained learners' pass@k curves (answers and coherent derivations), and each
+    seed's pass@k at the shown k (for paired differences)."""
+    n = results[0]["n"]
+    ks = [k for k in PASSK_SHOWN if k <= n]
+    out: dict = {"n": n, "ks": ks}
+    for judge in ("math_verify", "coherent"):
+        curves = [r[judge]["pass@k"] for r in results]
+        all_ks = sorted(int(k) for k in curves[0])
+        out[judge] = {
+            "mean": {str(k): statistics.fmean(c[str(k)] for c in curves) for k in all_ks},
+            "sd": {str(k): _mean_sd([c[str(k)] for c in curves])[1] for k in all_ks},
+            "per_seed": {str(k): [c[str(k)] for c in curves] for k in ks},
         }
     return out
 
@@ -120,6 +159,81 @@ def plot_curves(summary: dict, output: Path, threshold: float) -> Path:
     return output
 
 
+def plot_paired(report: dict, output: Path) -> Path:
+    """The seed-paired differences (points) with their 95% intervals, one panel per quantity, each method against
+    GRPO (and the ablations against S2L-PO, hollow markers); the dots are the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{_label(m)} - GRPO", p) for m, p in report["paired"]["grpo"].items()]
+    rows += [(f"{_label(m)} - S2L-PO", p) for m, p in report["paired"].get("s2l_po", {}).items()]
+    fig, axes = plt.subplots(1, len(PAIRED_METRICS), figsize=(4 * len(PAIRED_METRICS), 0.45 * len(rows) + 1.4))
+    for ax, key in zip(axes, PAIRED_METRICS):
+        for y, (label, per) in enumerate(rows):
+            p = per[key]
+            hollow = label.endswith("S2L-PO")
+            ax.errorbar(
+                100 * p["mean"],
+                y,
+                xerr=[[100 * (p["mean"] - p["low"])], [100 * (p["high"] - p["mean"])]],
+                fmt="o",
+                mfc="white" if hollow else None,
+                color="C1" if hollow else "C0",
+                capsize=3,
+            )
+            ax.scatter([100 * d for d in p["differences"]], [y] * len(p["differences"]), s=8, color="grey", zorder=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([r[0] for r in rows] if key == next(iter(PAIRED_METRICS)) else [], fontsize="x-small")
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{PAIRED_METRICS[key][0]}\n(points; mean, 95% interval, seeds)", fontsize="small")
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def plot_passk(report: dict, output: Path) -> Path:
+    """pass@k after training against k (mean over seeds, sd band), correct answers and coherent derivations, with the
+    starting learner and the explorer dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    start = (report.get("start_passk") or {}).get("sizes", {})
+    for ax, judge, key, title in zip(
+        axes, ("math_verify", "coherent"), ("pass@k", "coherent_pass@k"), ("correct answer", "coherent derivation")
+    ):
+        for label, model in start.items():
+            ks = sorted(int(k) for k in model[key])
+            ax.plot(ks, [100 * model[key][str(k)] for k in ks], ls="--", lw=1, label=label)
+        for m, r in report["methods"].items():
+            if "final_passk" not in r:
+                continue
+            curve = r["final_passk"][judge]
+            ks = sorted(int(k) for k in curve["mean"])
+            mean = [100 * curve["mean"][str(k)] for k in ks]
+            sd = [100 * curve["sd"][str(k)] for k in ks]
+            ax.plot(ks, mean, label=f"{_label(m)} (n={len(r['seeds'])})")
+            ax.fill_between(ks, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)], alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k (samples)")
+        ax.set_ylabel(f"pass@k (%), {title}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
 def _fmt(pair: tuple[float, float], scale: float = 100.0) -> str:
     m, s = pair
     return "-" if math.isnan(m) else f"{scale * m:.1f} ± {scale * s:.1f}"
@@ -131,12 +245,16 @@ def _label(name: str) -> str:
 
 def render_markdown(report: dict) -> str:
     s = report["settings"]
+    learner = f"`{s['learner_path']}`" if s.get("learner_path") else f"SFT step {s['learner_sft_step'] or 'final'}"
+    modes = sorted({_sampling_mode(m) for m in report.get("explorer_sampling", {}).values() if m})
     lines = [
-        f"Learner {s['learner']} (SFT step {s['learner_sft_step'] or 'final'}), explorer {s['explorer']}, "
+        f"Learner {s['learner']} ({learner}), explorer {s['explorer']}, "
         f"{s['steps']} steps, G = {s['num_generations']}, {s['prompts_per_step']} prompts/step, lr "
         f"{s['learning_rate']}, T_mix = {s['mix_steps']}, temperature {s['temperature']} (high: "
         f"{s['high_temperature']}). Held-out greedy accuracy at step 0: {100 * report['start_greedy_accuracy']:.1f}%; "
         f"threshold {100 * report['threshold_greedy_accuracy']:.1f}%. Mean ± sd over seeds.",
+        "",
+        "Explorer sampling (run.json `explorer_sampling`): " + ("; ".join(modes) or "no explorer") + ".",
         "",
         "| method | seeds | steps to threshold (per seed) | final greedy acc (%) | best greedy acc (%) "
         "| final pass@1 (%) | learner tokens | explorer tokens "
@@ -152,22 +270,8 @@ def render_markdown(report: dict) -> str:
             f"{c['explorer_tokens']:.0f} | {c['learner_gen_s']:.1f} | {c['explorer_gen_s']:.1f} | "
             f"{c['scoring_s']:.1f} | {c['training_s']:.1f} |"
         )
-    paired = report.get("paired_final_greedy_minus_grpo", {})
-    if paired:
-        lines += [
-            "",
-            "Final greedy accuracy, method minus GRPO seed by seed (same seed: same starting weights and prompts), "
-            "mean and 95% Student-t interval:",
-            "",
-            "| method | seeds | per-seed difference (points) | mean (points) | 95% interval (points) |",
-            "|---|---|---|---|---|",
-        ]
-        for m, p in paired.items():
-            per_seed = ", ".join(f"{100 * d:+.1f}" for d in p["differences"])
-            lines.append(
-                f"| {_label(m)} | {len(p['seeds'])} | {per_seed} | {100 * p['mean']:+.1f} | "
-                f"[{100 * p['low']:+.1f}, {100 * p['high']:+.1f}] |"
-            )
+    lines += _paired_lines(report)
+    lines += _passk_lines(report)
     lines += [
         "",
         f"Rollout diversity per source (groups of {report['diversity_group_size']} rows, steps "
@@ -187,23 +291,131 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_against(summary: dict, baseline: str = "grpo", key: str = "final_greedy_accuracy_per_seed") -> dict:
-    """Per method: ``method - baseline`` of ``key`` seed by seed (same seed: same starting weights and prompt order),
-    with the mean difference and its 95% Student-t interval; methods sharing fewer than 2 seeds with the baseline are
-    left out."""
+def _sampling_mode(mode: dict) -> str:
+    where = "in a thread beside the learner" if mode.get("in_background") else "in the foreground"
+    seeded = "seeded with the run's seed" if (mode.get("random_state") or {}).get("seed") is not None else "unseeded"
+    return f"{mode.get('backend')} `{mode.get('explorer_class')}` {where}, {seeded}"
+
+
+def _interval(p: dict) -> str:
+    return f"{100 * p['mean']:+.1f} [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}]"
+
+
+def _paired_lines(report: dict) -> list[str]:
+    lines = []
+    for baseline, paired in report.get("paired", {}).items():
+        if not paired:
+            continue
+        lines += [
+            "",
+            f"Method minus {_label(baseline)}, seed by seed (same seed: same starting weights and prompt order): "
+            "per-seed differences of final greedy accuracy (points), and mean difference with its 95% Student-t "
+            "interval for each quantity:",
+            "",
+            "| method | seeds | final greedy, per seed | "
+            + " | ".join(PAIRED_METRICS[k][0] for k in PAIRED_METRICS)
+            + " |",
+            "|---|---|---|" + "---|" * len(PAIRED_METRICS),
+        ]
+        for m, per_metric in paired.items():
+            first = per_metric["final_greedy"]
+            per_seed = ", ".join(f"{100 * d:+.1f}" for d in first["differences"])
+            cells = " | ".join(_interval(per_metric[k]) for k in PAIRED_METRICS)
+            lines.append(f"| {_label(m)} | {len(first['seeds'])} | {per_seed} | {cells} |")
+    return lines
+
+
+def _passk_lines(report: dict) -> list[str]:
+    methods = {m: r["final_passk"] for m, r in report["methods"].items() if "final_passk" in r}
+    if not methods:
+        return []
+    any_m = next(iter(methods.values()))
+    ks = any_m["ks"]
+    lines = [
+        "",
+        f"pass@k (%) after training, n = {any_m['n']} samples per held-out problem at the learner's temperature "
+        "(mean ± sd over seeds), correct answers | coherent derivations; the starting learner and the explorer on the "
+        "same problems for reference:",
+        "",
+        "| model | " + " | ".join(f"pass@{k}" for k in ks) + " | " + " | ".join(f"coherent @{k}" for k in ks) + " |",
+        "|---|" + "---|" * (2 * len(ks)),
+    ]
+    for label, model in (report.get("start_passk") or {}).get("sizes", {}).items():
+        cells = [f"{100 * model[key][str(k)]:.1f}" for key in ("pass@k", "coherent_pass@k") for k in ks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for m, p in methods.items():
+        cells = [
+            f"{100 * p[judge]['mean'][str(k)]:.1f} ± {100 * p[judge]['sd'][str(k)]:.1f}"
+            for judge in ("math_verify", "coherent")
+            for k in ks
+        ]
+        lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+    paired = report.get("paired_passk_minus_grpo", {})
+    if paired:
+        lines += [
+            "",
+            "pass@k after training, method minus GRPO seed by seed (points; mean and 95% interval over seeds):",
+            "",
+            "| method | "
+            + " | ".join(f"pass@{k}" for k in ks)
+            + " | "
+            + " | ".join(f"coherent @{k}" for k in ks)
+            + " |",
+            "|---|" + "---|" * (2 * len(ks)),
+        ]
+        for m, per in paired.items():
+            cells = [_interval(per[judge][str(k)]) for judge in ("math_verify", "coherent") for k in ks]
+            lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_against(summary: dict, baseline: str = "grpo", metrics: tuple[str, ...] | None = None) -> dict:
+    """Per method (other than ``baseline``): for each per-seed quantity of :data:`PAIRED_METRICS`, ``method -
+    baseline`` seed by seed (same seed: same starting weights and prompt order), with the mean difference and its 95%
+    Student-t interval. Methods sharing fewer than 2 seeds with the baseline are left out."""
     if baseline not in summary:
         return {}
-    base = dict(zip(summary[baseline]["seeds"], summary[baseline][key]))
     out = {}
     for name, s in summary.items():
-        mine = dict(zip(s["seeds"], s[key]))
-        if name != baseline and len(set(mine) & set(base)) >= 2:
-            out[name] = paired_differences(mine, base)
+        if name == baseline or len(set(s["seeds"]) & set(summary[baseline]["seeds"])) < 2:
+            continue
+        out[name] = {
+            key: paired_differences(
+                dict(zip(s["seeds"], s["per_seed"][key])),
+                dict(zip(summary[baseline]["seeds"], summary[baseline]["per_seed"][key])),
+            )
+            for key in (metrics or tuple(PAIRED_METRICS))
+        }
     return out
 
 
-def build_report(runs: list[dict], settings: RLSettings, out_dir: Path) -> dict:
-    """The experiment's report (``rl.json``) from its runs' ``run.json`` and their rollouts under ``out_dir``."""
+def paired_passk_against(summary: dict, baseline: str = "grpo") -> dict:
+    """Per method: its trained learner's pass@k (answers and coherent derivations, at the shown k) minus the
+    baseline's, seed by seed, with the mean and 95% interval (methods without pass@k, or sharing < 2 seeds, left
+    out)."""
+    if "final_passk" not in summary.get(baseline, {}):
+        return {}
+    base = summary[baseline]
+    out = {}
+    for name, s in summary.items():
+        if name == baseline or "final_passk" not in s or len(set(s["seeds"]) & set(base["seeds"])) < 2:
+            continue
+        out[name] = {
+            judge: {
+                k: paired_differences(
+                    dict(zip(s["seeds"], s["final_passk"][judge]["per_seed"][k])),
+                    dict(zip(base["seeds"], base["final_passk"][judge]["per_seed"][k])),
+                )
+                for k in s["final_passk"][judge]["per_seed"]
+            }
+            for judge in ("math_verify", "coherent")
+        }
+    return out
+
+
+def build_report(runs: list[dict], settings: RLSettings, out_dir: Path, start_passk: dict | None = None) -> dict:
+    """The experiment's report (``rl.json``) from its runs' ``run.json`` and their rollouts under ``out_dir``;
+    ``start_passk``: the reference pass@k summary of the starting learner and the explorer, when measured."""
     start_acc = runs[0]["evals"][0]["greedy_accuracy"]
     # A fixed share of the headroom above the common start, set before any run: an absolute gain would be unreachable
     # for a learner that starts near 100%.
@@ -220,7 +432,15 @@ def build_report(runs: list[dict], settings: RLSettings, out_dir: Path) -> dict:
         "threshold_greedy_accuracy": threshold,
         "start_greedy_accuracy": start_acc,
         "methods": summary,
-        "paired_final_greedy_minus_grpo": paired_against(summary),
+        # Every method against GRPO, and the ablations against the S2L-PO they change.
+        "paired": {
+            "grpo": paired_against(summary, "grpo"),
+            "s2l_po": {
+                m: p for m, p in paired_against(summary, "s2l_po").items() if m in METHODS and METHODS[m].explorer
+            },
+        },
+        "paired_passk_minus_grpo": paired_passk_against(summary),
+        "start_passk": start_passk,
         "explorer_sampling": {r["method"]: r.get("explorer_sampling") for r in runs},
         "diversity_group_size": size,
         "diversity_steps": f"1..{settings.mix_steps}",
@@ -235,6 +455,10 @@ def write_report(report: dict, out_dir: str | Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "rl.json", report)
     plot_curves(report["methods"], out_dir / "rl.png", report["threshold_greedy_accuracy"])
+    if report["paired"].get("grpo"):
+        plot_paired(report, out_dir / "rl_paired.png")
+    if any("final_passk" in m for m in report["methods"].values()):
+        plot_passk(report, out_dir / "rl_passk.png")
     (out_dir / "rl.md").write_text(render_markdown(report))
 
 

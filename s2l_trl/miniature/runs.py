@@ -156,7 +156,7 @@ def evaluate(model, tokenizer, rows: list[dict], samples: int, seed: int) -> dic
 def train_rows_for_rl(family: Family, settings: RLSettings) -> list[dict]:
     exclude = {tuple(sorted(r["operands"])) for r in heldout_rows(family.spec, settings.eval_problems)}
     n = settings.steps * settings.prompts_per_step
-    return task.make_rows(n, seed=777, num_operands=family.spec.num_operands, exclude=exclude)
+    return task.make_rows(n, seed=settings.train_prompts_seed, num_operands=family.spec.num_operands, exclude=exclude)
 
 
 def trainer_kwargs(

@@ -5,10 +5,11 @@ one settings dataclass per experiment, recorded in every run.json and turned int
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .family import FamilySpec
+    from .family import Family, FamilySpec
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,16 @@ class RLSettings:
 
     learner: str = "L"
     learner_sft_step: int | None = None
+    # A saved model to train instead of a family member (e.g. L after GRPO, the crossover family's learner); ``learner``
+    # then only names it in tables.
+    learner_path: str = ""
     explorer: str = "M"
     steps: int = 120
     num_generations: int = 8
     prompts_per_step: int = 4
+    # The training prompts' draw (every method and seed sees the same prompts in the same order); another value gives
+    # prompts a learner already trained by this harness (e.g. the crossover family's L after GRPO) has not seen.
+    train_prompts_seed: int = 777
     learning_rate: float = 5e-5
     temperature: float = 1.0
     high_temperature: float = 1.5
@@ -98,11 +105,30 @@ class RLSettings:
     eval_problems: int = 128
     eval_samples: int = 4
     threshold_gain: float = 0.10  # share of the headroom (1 - start accuracy) defining the threshold
+    # pass@k of the trained learner on the held-out problems, n samples each at ``temperature`` (0: not measured), and
+    # of the starting learner and the explorer on the same problems for reference.
+    final_passk_n: int = 0
     # "local": the explorer in-process (experiments); "server": a `trl vllm-serve` of it at explorer_server_base_url
     # (the README's main job).
     explorer_backend: str = "local"
     explorer_server_base_url: str = "http://127.0.0.1:8001"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def __post_init__(self) -> None:
+        # Checked here, before any run starts: a bad value would otherwise fail after the first run has trained.
+        if self.final_passk_n < 0:
+            raise ValueError(f"final_passk_n must be >= 0 (0: no pass@k after training), got {self.final_passk_n}.")
+        if self.learner_path and not (Path(self.learner_path) / "config.json").is_file():
+            raise ValueError(
+                f"learner_path={self.learner_path!r} is not a saved model (no config.json there); give the folder of "
+                "a save_pretrained model, or leave it empty to train the family member named by learner."
+            )
+
+    def learner_model(self, family: Family) -> Path:
+        """The folder of the learner's starting weights."""
+        if self.learner_path:
+            return Path(self.learner_path)
+        return family.path(self.learner, self.learner_sft_step)
 
 
 # CoDistill-GRPO's runs: the two KD rewards it is run with, and plain GRPO on each of its two models.
