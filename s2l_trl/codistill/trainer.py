@@ -414,20 +414,11 @@ class CoDistillTrainer(S2LTrainer):
         module, so that sharded engines gather its parameters; every process scores the same number of rows)."""
         from trl.models.utils import disable_gradient_checkpointing
 
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         with (
             self.codistill.routed(SMALL),
             disable_gradient_checkpointing(self.codistill, self.args.gradient_checkpointing_kwargs),
         ):
-            logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                input_ids,
-                attention_mask,
-                output["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size,
-            )
-        return logps
+            return self._learner_logps(output)
 
     def _reduce_min_mean_max(self, values: torch.Tensor) -> tuple[float, float, float] | None:
         s = objectives.min_mean_max(values.to(self.accelerator.device))

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from .http_stub import serve_in_thread
 from .vllm_server import free_port, wait_for_health
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
@@ -136,25 +137,7 @@ class FakeServer:
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> FakeServer:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
-
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                fake._handle(self, "GET")
-
-            def do_POST(self):  # noqa: N802
-                fake._handle(self, "POST")
-
-            def log_message(self, *args):  # quiet
-                pass
-
-        self._server = _Listener((self.host, self.port), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-server", daemon=True
-        )
-        self._thread.start()
+        self._server, self._thread = serve_in_thread(self._handle, self.host, self.port, "fake-server", keep_alive=True)
         return self
 
     def stop(self) -> None:
@@ -320,14 +303,6 @@ class FakeServer:
             "prompt_logprobs": None,
         }
         return json.dumps(fields, separators=(",", ":"))[1:-1].encode(), len(ids)
-
-
-class _Listener(ThreadingHTTPServer):
-    """A threading HTTP server with a listen backlog like uvicorn's (Python's default of 5 resets connections when
-    an explorer opens one per prompt, a hundred at once)."""
-
-    request_queue_size = 2048
-    daemon_threads = True
 
 
 def _reply(handler: BaseHTTPRequestHandler, status: int, body: Any, content_type: str = "application/json") -> None:

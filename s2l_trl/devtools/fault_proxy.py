@@ -27,6 +27,7 @@ from typing import Any
 
 import requests
 
+from .http_stub import serve_in_thread
 from .vllm_server import free_port
 
 GENERATION_PATH = "/v1/completions"
@@ -96,24 +97,7 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> FaultProxy:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                proxy._handle(self, "GET")
-
-            def do_POST(self):  # noqa: N802
-                proxy._handle(self, "POST")
-
-            def log_message(self, *args):  # quiet
-                pass
-
-        self._server = _Listener((self.host, self.port), Handler)
-        # A short poll interval: die() stops accepting within 50 ms (until then a connection is reset, not refused).
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fault-proxy", daemon=True
-        )
-        self._thread.start()
+        self._server, self._thread = serve_in_thread(self._handle, self.host, self.port, "fault-proxy")
         return self
 
     def die(self) -> None:
@@ -198,14 +182,6 @@ class FaultProxy:
         if not _reply(handler, upstream.status_code, upstream.content, upstream.headers.get("Content-Type")):
             if record is not None:
                 record.delivered = False
-
-
-class _Listener(ThreadingHTTPServer):
-    """A threading HTTP server with a listen backlog like uvicorn's (Python's default of 5 resets connections when
-    an explorer opens one per prompt, a hundred at once)."""
-
-    request_queue_size = 2048
-    daemon_threads = True
 
 
 def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str | None = None) -> bool:
