@@ -10,6 +10,7 @@ from trl import GRPOConfig
 from .explorers.factory import resolve_backend
 from .explorers.server import parse_server_urls
 from .mixing import EXPLORER_IS_MODES
+from .preflight import check_deepspeed_installed
 from .schedule import SCHEDULES, validate_schedule
 
 # Training draws explorer rows from a server, stored rollouts, or an in-process model (transformers or vLLM).
@@ -268,6 +269,7 @@ class S2LConfig(GRPOConfig):
 
     def __post_init__(self):
         # Checked before GRPOConfig's own checks so that every error names the offending field.
+        check_deepspeed_installed(self.deepspeed)
         validate_schedule(
             self.mix_schedule, self.mix_steps, self.mix_alpha_start, self.mix_alpha_end, self.num_generations
         )

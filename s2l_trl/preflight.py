@@ -76,6 +76,25 @@ def check_model_path(name: Any, option: str = "model_path") -> None:
             )
 
 
+# ---------------------------------------------------------------------- distributed engines
+def check_deepspeed_installed(deepspeed: Any) -> None:
+    """DeepSpeed asked for (the `deepspeed` option or `accelerate launch`'s ACCELERATE_USE_DEEPSPEED) but not
+    installed: refused here, because TrainingArguments would otherwise fail inside transformers with `TypeError:
+    object.__init__() takes exactly one argument`."""
+    from_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+    if not (deepspeed or from_env):
+        return
+    from accelerate.utils import is_deepspeed_available
+
+    if is_deepspeed_available():
+        return
+    asked = f"deepspeed={deepspeed!r}" if deepspeed else "ACCELERATE_USE_DEEPSPEED=true (accelerate DeepSpeed config)"
+    raise InputError(
+        f"{asked} asks for DeepSpeed, which is not installed: `pip install deepspeed`, or launch without DeepSpeed "
+        "(another accelerate config, or FSDP)."
+    )
+
+
 # ---------------------------------------------------------------------- output folder
 def check_output_dir(path: str | os.PathLike, option: str = "output_dir") -> None:
     """Refuse an `output_dir` the run cannot write to: a file, a read-only folder, or one under a read-only parent."""

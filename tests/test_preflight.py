@@ -362,3 +362,40 @@ def test_s2l_codistill_prints_one_line_on_a_missing_small_model(tiny, tmp_path):
     assert done.returncode == 2, done.stderr[-3000:]
     assert "s2l-codistill: error:" in done.stderr and "./no/small" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_deepspeed_asked_for_but_not_installed_is_one_clear_error(tmp_path, monkeypatch, how):
+    import accelerate.utils
+
+    from s2l_trl import CoDistillConfig, S2LConfig
+
+    monkeypatch.setattr(accelerate.utils, "is_deepspeed_available", lambda: False)
+    kwargs = {"output_dir": str(tmp_path / "out"), "report_to": []}
+    if how == "env":
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    else:
+        kwargs["deepspeed"] = {"zero_optimization": {"stage": 3}}
+    for config in (S2LConfig, CoDistillConfig):
+        with pytest.raises(InputError, match=r"asks for DeepSpeed, which is not installed: `pip install deepspeed`"):
+            config(**kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_s2l_train_without_deepspeed_under_an_accelerate_deepspeed_launch_prints_one_line(tiny, tmp_path):
+    hide = (
+        "import sys, accelerate.utils; accelerate.utils.is_deepspeed_available = lambda: False; "
+        "from s2l_trl.cli.train import command; sys.argv[0] = 's2l-train'; command()"
+    )
+    argv = ["--config", str(REPO / "recipes/tiny/grpo/config_cpu.yaml"), "--model_name_or_path", str(tiny["learner"])]
+    argv += ["--dataset_name", str(tiny["dataset"]), "--output_dir", str(tmp_path / "out")]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_DEEPSPEED": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", hide, *argv], capture_output=True, text=True, timeout=300, env=env, cwd=REPO
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert [line for line in done.stderr.splitlines() if "error:" in line] == [
+        "s2l-train: error: ACCELERATE_USE_DEEPSPEED=true (accelerate DeepSpeed config) asks for DeepSpeed, which is "
+        "not installed: `pip install deepspeed`, or launch without DeepSpeed (another accelerate config, or FSDP)."
+    ]
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

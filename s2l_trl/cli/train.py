@@ -17,7 +17,7 @@ from ..callbacks import MixProgressCallback
 from ..checkpoints import last_complete_checkpoint
 from ..config import S2LConfig
 from ..data import PromptDataArguments, load_train_dataset
-from ..preflight import check_model_path, check_output_dir, reads_argument
+from ..preflight import check_deepspeed_installed, check_model_path, check_output_dir, reads_argument
 from ..rewards import get_reward_funcs
 from .errors import run_cli
 
@@ -159,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[S2LScriptArguments, S2LCo
     # for a prefix of a script flag).
     script_parser = TrlParser(S2LScriptArguments, add_help=False, allow_abbrev=False)
     script_args, _ = script_parser.parse_args_and_config(args=argv, return_remaining_strings=True)
+    # Before GRPOConfig's own __post_init__ (trainer "grpo" too), which fails inside transformers without DeepSpeed.
+    check_deepspeed_installed(None)
     return make_parser(script_args.trainer).parse_args_and_config(args=argv)
 
 
