@@ -42,6 +42,7 @@ from trl import GRPOTrainer
 from .. import mixing, preflight
 from ..checkpoints import load_saved_weights
 from ..model_card import codistill_card_section, codistill_small_model_card
+from ..preflight import InputError
 from ..trainer import S2LTrainer
 from . import objectives
 from .config import CoDistillConfig
@@ -69,6 +70,31 @@ class _Replay:
                 f"{tuple(kwargs['input_ids'].shape)}: the installed TRL builds its loss inputs differently."
             )
         return self.output
+
+
+def _check_same_tokenizer(model: Any, small_model: Any, processing_class: Any = None) -> None:
+    """Refuse a small model with another tokenizer before anything is loaded or written (the KD reward and the
+    importance weights compare the two models token by token). Models passed as objects are checked later, once
+    TRL has built the large model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    def tokenizer_of(m: Any) -> Any:
+        name = m if isinstance(m, str) else getattr(getattr(m, "config", None), "_name_or_path", None)
+        try:
+            return AutoTokenizer.from_pretrained(name) if name else None
+        except Exception:  # not loadable here: the check after TRL's set-up decides
+            return None
+
+    large = processing_class if processing_class is not None else tokenizer_of(model)
+    large, small = getattr(large, "tokenizer", large), tokenizer_of(small_model)
+    if large is None or small is None:
+        return
+    if large.get_vocab() != small.get_vocab() or large.eos_token_id != small.eos_token_id:
+        raise InputError(
+            f"small_model={small_model!r} does not share the tokenizer of model={model!r} (vocabularies of "
+            f"{len(small)} and {len(large)} tokens): the KD reward and the importance weights compare the two models "
+            "token by token; use a small model of the same family."
+        )
 
 
 class CoDistillTrainer(S2LTrainer):
@@ -138,6 +164,9 @@ class CoDistillTrainer(S2LTrainer):
         preflight.check_output_dir(args.output_dir)
         preflight.check_model_path(model, "model")
         preflight.check_model_path(small_model, "small_model")
+        _check_same_tokenizer(model, small_model, kwargs.get("processing_class"))
+        # TRL creates output_dir while it builds; an error in the checks after it must not leave it behind.
+        cleanup = preflight.removing_created_folder(args.output_dir)
         # Loading the small model must not consume the torch RNG (kd_coef=0 must reproduce plain GRPO on it).
         with torch.random.fork_rng(devices=[]):
             small = _load_small_model(small_model, args, small_peft_config)
@@ -150,20 +179,8 @@ class CoDistillTrainer(S2LTrainer):
         super().__init__(
             model, reward_funcs, args, *pargs, explorer=self._small_explorer, mix_schedule=mix_schedule, **kwargs
         )
-        if not self.explorer_tokenizer_matches:
-            raise ValueError(
-                f"small_model={args.small_model!r} does not share the large model's tokenizer: the KD reward and the "
-                "importance weights compare the two models token by token."
-            )
-        embeddings = small.get_input_embeddings().weight
-        rows = getattr(embeddings, "ds_shape", embeddings.shape)[0]  # ZeRO-3 loads parameters partitioned
-        if len(self._tokenizer) > rows:
-            raise ValueError(
-                f"The small model has {rows} embedding rows, fewer than the tokenizer's {len(self._tokenizer)} "
-                "tokens: it cannot be the large model's sibling."
-            )
-        if getattr(self, "_is_vlm", False):
-            raise ValueError("CoDistillTrainer supports text models only (the processing class is a processor).")
+        with cleanup:
+            self._check_small_model(small, args)
         self._prepare_small(small)
         # One module, one optimizer: from here on `self.model` is the pair, as TRL's PPO trainer wraps policy + value.
         self.codistill = CoDistillModule(self.model, small)
@@ -187,6 +204,23 @@ class CoDistillTrainer(S2LTrainer):
     @property
     def small_model(self):
         return self.codistill.small
+
+    def _check_small_model(self, small: torch.nn.Module, args: CoDistillConfig) -> None:
+        """What can only be checked once TRL has built the large model's side (its tokenizer, its processing class)."""
+        if not self.explorer_tokenizer_matches:  # a small model passed as an object, whose tokenizer was not known
+            raise InputError(
+                f"small_model={args.small_model!r} does not share the large model's tokenizer: the KD reward and the "
+                "importance weights compare the two models token by token; use a small model of the same family."
+            )
+        embeddings = small.get_input_embeddings().weight
+        rows = getattr(embeddings, "ds_shape", embeddings.shape)[0]  # ZeRO-3 loads parameters partitioned
+        if len(self._tokenizer) > rows:
+            raise InputError(
+                f"The small model has {rows} embedding rows, fewer than the tokenizer's {len(self._tokenizer)} "
+                "tokens: it cannot be the large model's sibling."
+            )
+        if getattr(self, "_is_vlm", False):
+            raise ValueError("CoDistillTrainer supports text models only (the processing class is a processor).")
 
     def _prepare_small(self, small) -> None:
         """What TRL does to its learner at start-up, done to the small model: device, dropout, fused LM head."""
