@@ -170,7 +170,7 @@ class S2LTrainer(GRPOTrainer):
             context = getattr(self.explorer, "max_model_len", None) or getattr(
                 getattr(getattr(self.explorer, "model", None), "config", None), "max_position_embeddings", None
             )
-            option = "the explorer's max_model_len / max_position_embeddings"
+            option = "the explorer server's --max-model-len, explorer_vllm_max_model_length or max_position_embeddings"
             limits.append(("explorer", context, option, self.args.explorer_max_tokens))
         return limits
 

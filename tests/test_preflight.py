@@ -199,8 +199,20 @@ def test_prompts_longer_than_the_explorers_context_are_refused(tiny, tmp_path):
     short = tmp_path / "short_explorer"
     build_model(short, Path(tiny["explorer"]), hidden_size=32, num_layers=1, seed=3, max_position_embeddings=40)
     args = s2l_args(tmp_path, explorer_mode="local", explorer_model=str(short))
-    with pytest.raises(InputError, match=r"explorer's context of 40 tokens.*explorer's max_model_len"):
+    with pytest.raises(InputError, match=r"explorer's context of 40 tokens.*max_position_embeddings"):
         _trainer(tiny, args)
+
+
+def test_prompts_longer_than_the_explorer_servers_context_are_refused_at_start(tiny, tmp_path):
+    """vLLM's /v1/models says the served context; a prompt that does not fit it would fail the round with HTTP 400."""
+    from s2l_trl.devtools.fake_server import FakeServer
+
+    with FakeServer(tiny["tokenizer"], mean_tokens=12, server_info=True, max_model_len=40) as server:
+        args = s2l_args(tmp_path, explorer_mode="server", explorer_server_base_url=server.base_url)
+        with pytest.raises(InputError, match=r"explorer's context of 40 tokens \(the explorer server's --max-model"):
+            _trainer(tiny, args)
+        assert server.generation_requests == 0
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- schedules and explorer objects

@@ -71,6 +71,7 @@ class FakeServer:
         logprobs_mode: what the log-probs are (see the module docstring).
         server_info: answer ``GET /server_info`` as vLLM's dev mode does (with ``logprobs_mode``); else 404.
         latency_s: seconds every generation request waits before its answer (0: at once).
+        max_model_len: the context length ``/v1/models`` reports (vLLM's ``max_model_len``).
         vocab_size / eos_token_id: used without a tokenizer.
         host / port: where to listen (default a free port on 127.0.0.1).
     """
@@ -86,6 +87,7 @@ class FakeServer:
         logprobs_mode: str = "processed_logprobs",
         server_info: bool = False,
         latency_s: float = 0.0,
+        max_model_len: int = 1 << 20,
         vocab_size: int = 32000,
         eos_token_id: int = 2,
         host: str = "127.0.0.1",
@@ -112,6 +114,7 @@ class FakeServer:
         self.logprobs_mode = logprobs_mode
         self.server_info = server_info
         self.latency_s = latency_s
+        self.max_model_len = max_model_len
         self.host = host
         self.port = port or free_port(host)
         self.generation_requests = 0
@@ -168,7 +171,7 @@ class FakeServer:
         if method == "GET" and path == "/health":
             return _reply(handler, 200, b"")
         if method == "GET" and path == "/v1/models":
-            card = {"id": self.model, "object": "model", "root": self.model, "max_model_len": 1 << 20}
+            card = {"id": self.model, "object": "model", "root": self.model, "max_model_len": self.max_model_len}
             return _reply(handler, 200, {"object": "list", "data": [card]})
         if method == "GET" and path == "/metrics":
             text = (
@@ -179,7 +182,7 @@ class FakeServer:
             return _reply(handler, 200, {"vllm_config": {"model_config": {"logprobs_mode": self.logprobs_mode}}})
         if method == "POST" and path == "/tokenize":
             ids = self._tokenize(str(payload.get("prompt", "")), bool(payload.get("add_special_tokens", True)))
-            return _reply(handler, 200, {"count": len(ids), "max_model_len": 1 << 20, "tokens": ids})
+            return _reply(handler, 200, {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids})
         if method == "POST" and path == "/v1/completions":
             try:
                 answer = self._complete(payload)

@@ -254,6 +254,7 @@ class _Server:
     url: str
     model: str = ""  # the served model id (`/v1/models`), sent with every request
     root: str = ""  # the path or id the server loaded the model from
+    max_model_len: int | None = None  # its context length (`/v1/models`), where it says
     logprobs_mode: str = ""  # what its log-probs are (vLLM's --logprobs-mode), as found at start-up
     logprobs_mode_source: str = ""  # how that was found
     in_flight: int = 0  # requests (chunks) in flight
@@ -458,6 +459,13 @@ class ServerExplorer:
     def base_urls(self) -> list[str]:
         return [s.url for s in self.servers]
 
+    @property
+    def max_model_len(self) -> int | None:
+        """The smallest context length of the live servers (prompt plus completion must fit it; a request that does
+        not fails with HTTP 400), or None when none says."""
+        lengths = [s.max_model_len for s in self._alive() if s.max_model_len]
+        return min(lengths) if lengths else None
+
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state of the draws: the base seed and how many calls were made."""
@@ -631,6 +639,8 @@ class ServerExplorer:
             )
         server.model = str(data["id"])
         server.root = str(data.get("root") or data["id"])
+        length = data.get("max_model_len")
+        server.max_model_len = int(length) if isinstance(length, int) and length > 0 else None
 
     @staticmethod
     def _served(server: _Server) -> str:
