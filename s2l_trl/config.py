@@ -8,6 +8,7 @@ from typing import Any
 from trl import GRPOConfig
 
 from .explorers.factory import resolve_backend
+from .explorers.rollout_store import RolloutSource
 from .explorers.server import parse_server_urls
 from .mixing import EXPLORER_IS_MODES
 from .preflight import check_deepspeed_installed
@@ -296,6 +297,9 @@ class S2LConfig(GRPOConfig):
             )
         if self.explorer_mode == "offline" and not self.explorer_rollouts:
             raise ValueError("explorer_rollouts is required when explorer_mode='offline' (a JSONL/parquet path).")
+        if self.explorer_mode == "offline":
+            # Only that the path names something rollouts can be read from; the rows are validated when loaded.
+            RolloutSource.open(self.explorer_rollouts)
         if self.explorer_importance_sampling not in EXPLORER_IS_MODES:
             raise ValueError(
                 f"explorer_importance_sampling must be one of {EXPLORER_IS_MODES}, got "

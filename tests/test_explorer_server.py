@@ -122,7 +122,8 @@ def test_the_config_checks_the_urls(tmp_path):
         S2LConfig(**base, explorer_server_base_url="127.0.0.1:8001")
     S2LConfig(**base, explorer_server_base_url="http://node1:8001,http://node2:8001")
     # Only server mode reads it.
-    S2LConfig(**base, explorer_mode="offline", explorer_rollouts="r.jsonl", explorer_server_base_url="")
+    (tmp_path / "r.jsonl").touch()
+    S2LConfig(**base, explorer_mode="offline", explorer_rollouts=str(tmp_path / "r.jsonl"), explorer_server_base_url="")
 
 
 # ---------------------------------------------------------------------------------------------------- start-up

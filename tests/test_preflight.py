@@ -15,9 +15,10 @@ from trainer_utils import s2l_args, tiny_dataset, write_oracle_rollouts
 
 from s2l_trl import S2LTrainer
 from s2l_trl.cli.errors import run_cli
-from s2l_trl.explorers import ExplorerOutput
+from s2l_trl.explorers import ExplorerError, ExplorerOutput
 from s2l_trl.preflight import (
     InputError,
+    MissingPathError,
     check_alpha_fn,
     check_output_dir,
     check_prompt,
@@ -212,6 +213,21 @@ def test_prompts_longer_than_the_explorer_servers_context_are_refused_at_start(t
         with pytest.raises(InputError, match=r"explorer's context of 40 tokens \(the explorer server's --max-model"):
             _trainer(tiny, args)
         assert server.generation_requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_explorer_rollouts_that_cannot_be_read_are_refused_by_the_config(tmp_path):
+    """Before TRL loads the learner or creates output_dir (the rows themselves are validated when they load)."""
+    from s2l_trl import S2LConfig
+
+    base = {"output_dir": str(tmp_path / "out"), "report_to": [], "use_cpu": True, "bf16": False}
+    base["explorer_mode"] = "offline"
+    with pytest.raises(MissingPathError, match=r"explorer_rollouts '.*missing\.jsonl' does not exist; expected"):
+        S2LConfig(**base, explorer_rollouts=str(tmp_path / "missing.jsonl"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "rollouts.jsonl").touch()
+    with pytest.raises(ExplorerError, match=r"is a folder that .* did not write \(it holds rollouts\.jsonl: pass that"):
+        S2LConfig(**base, explorer_rollouts=str(tmp_path / "folder"))
     assert not (tmp_path / "out").exists()
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..jsonl import loads_jsonl_line, loads_jsonl_line_fast
+from ..preflight import MissingPathError
 from .base import ExplorerError
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,10 @@ class RolloutSource:
         """Check ``path`` names something rollouts can be read from; one message naming the option otherwise."""
         path = Path(path)
         if not path.exists():
-            raise ExplorerError(f"explorer_rollouts path {str(path)!r} does not exist.")
+            raise MissingPathError(
+                f"explorer_rollouts {str(path)!r} does not exist; expected a JSONL file (as `s2l-sample` writes), a "
+                ".parquet file or a folder written by `datasets.Dataset.save_to_disk`."
+            )
         if not path.is_dir():
             return cls(path, "parquet" if path.suffix == ".parquet" else "jsonl", path)
         if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
