@@ -313,3 +313,23 @@ def test_hub_ids_are_not_taken_for_local_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert not any(looks_like_local_path(n) for n in ("Qwen/Qwen3-1.7B", "gpt2", "org/model-v1.5_x"))
     assert all(looks_like_local_path(n) for n in ("./m", "/m", "~/m", "a/b/c", "m/", "..", "bad name/x"))
+
+
+@pytest.mark.parametrize("second", ["malformed", "missing"])
+def test_a_bad_second_benchmark_is_found_before_anything_is_sampled_or_written(tiny, tmp_path, monkeypatch, second):
+    """Every benchmark file is read before sampling starts: a bad later one costs nothing and leaves no config.txt."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "aime24.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    if second == "malformed":
+        (data / "math500.jsonl").write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n{not json\n")
+    sampled = []
+    monkeypatch.setattr(SamplingEngine, "generate", lambda self, *a, **k: sampled.append(a) or None)
+    root = tmp_path / "root"
+    expected = r"math500\.jsonl:2: malformed JSON line" if second == "malformed" else r"math500\.jsonl"
+    with pytest.raises((ValueError, FileNotFoundError), match=expected):
+        eval_main(
+            ["--model_path", str(tiny["explorer"]), "--backend", "transformers", "--benchmarks", "aime24", "math500"]
+            + ["--data_dir", str(data), "--output_root", str(root), "--max_tokens", "4", "--k", "1"]
+        )
+    assert sampled == [] and not root.exists()
