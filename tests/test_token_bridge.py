@@ -92,7 +92,7 @@ def test_coverage_names_every_missing_prompt_and_passes_the_row_count(tiny):
     b.check_coverage(type("Old", (), {"missing": lambda self, examples: []})(), examples, lambda p: [[1]], 16)
 
 
-def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tiny):
+def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tiny, foreign):
     b, tok = bridge(tiny)
     text = "Add 2 and 3."
     built = tok(text, add_special_tokens=False)["input_ids"]
@@ -111,3 +111,21 @@ def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tin
     assert per_char != built
     with pytest.raises(ExplorerError, match="same text was tokenized differently"):
         check(per_char)
+    # Another tokenizer whose ids all lie inside the learner's vocabulary: read with the learner's, they spell
+    # other text (here "What is 22+45+ 45? ...").
+    sum_text = "What is 23+45+17? Give the answer in a box."
+    foreign_ids = AutoTokenizer.from_pretrained(foreign)(sum_text, add_special_tokens=False)["input_ids"]
+    assert max(foreign_ids) < len(tok) and tok.decode(foreign_ids) != sum_text
+    sum_built = tok(sum_text, add_special_tokens=False)["input_ids"]
+    with pytest.raises(ExplorerError, match="do not spell this prompt.*another tokenizer"):
+        b.check_coverage(
+            CoverageExplorer({"s": foreign_ids}),
+            [{"prompt_id": "s", "prompt": sum_text}],
+            lambda prompts: [sum_built],
+            rows_per_prompt=4,
+        )
+    # Chat messages: a system prompt added around the user's words is a template difference.
+    chat = [{"prompt_id": "a", "prompt": [{"role": "user", "content": text}]}]
+    system = tok("System: be brief. User: " + text, add_special_tokens=False)["input_ids"]
+    with pytest.raises(ExplorerError, match="another chat template"):
+        b.check_coverage(CoverageExplorer({"a": system}), chat, lambda prompts: [built], rows_per_prompt=4)

@@ -151,11 +151,11 @@ class TokenBridge:
             labels = ", ".join(str(e.get("prompt_id", e["prompt"]))[:80] for e, _, _ in mismatched[:5])
             raise ExplorerError(
                 f"{len(mismatched)} of the {len(examples)} training prompts were sampled on other prompt token ids "
-                f"than this run builds (e.g. {labels}): {self._explain(*mismatched[0][1:])} Re-run s2l-sample with "
+                f"than this run builds (e.g. {labels}): {self._explain(*mismatched[0])} Re-run s2l-sample with "
                 "this run's model and data arguments."
             )
 
-    def _explain(self, stored: list[int], built: list[int]) -> str:
+    def _explain(self, example: dict[str, Any], stored: list[int], built: list[int]) -> str:
         """Why stored prompt ids differ from the ones this run builds: another tokenizer, or another rendering."""
         vocab = len(self.learner_tokenizer)
         if any(t < 0 or t >= vocab for t in stored):
@@ -169,10 +169,32 @@ class TokenBridge:
                 "the same text was tokenized differently, so the rollouts were tokenized by another tokenizer (set "
                 "explorer_model to the model that sampled them)."
             )
+        # Another template or system prompt still holds the prompt's own words; another tokenizer's ids, read
+        # with the learner's, do not.
+        words = "".join(_prompt_text(example["prompt"]).split())
+        if words and words not in "".join(decode(stored, skip_special_tokens=True).split()):
+            return (
+                "read with the learner's tokenizer, the stored ids do not spell this prompt, so the rollouts were "
+                "tokenized by another tokenizer (set explorer_model to the model that sampled them)."
+            )
         return (
             "the prompt text differs, so the rollouts were made with another chat template, system prompt or "
             "chat_template_kwargs."
         )
+
+
+def _prompt_text(prompt: Any) -> str:
+    """The words of a prompt: the text itself, or its messages' text contents (string or text parts)."""
+    if isinstance(prompt, str):
+        return prompt
+    parts = []
+    for message in prompt if isinstance(prompt, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return " ".join(parts)
 
 
 def _call_missing(missing_fn: Callable[..., list[str]], examples: list[dict[str, Any]], n: int) -> list[str]:
