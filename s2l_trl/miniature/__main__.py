@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     _family_args(p)
     p.add_argument("--output_dir", default="results/miniature/rl")
     p.add_argument("--methods", nargs="+", default=[m.name for m in MAIN_METHODS + ABLATIONS], choices=sorted(METHODS))
-    p.add_argument("--ablation_seeds", type=int, nargs="*", default=[0])
-    _settings_args(p, RLSettings, seeds=[0, 1, 2])
+    # Five seeds for every method: what the committed tables use (paired differences need them all).
+    p.add_argument("--ablation_seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    _settings_args(p, RLSettings, seeds=[0, 1, 2, 3, 4])
 
     p = sub.add_parser("demo", help="README main job: a short S2L-PO run next to GRPO from the same start")
     _family_args(p)
