@@ -43,13 +43,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .http_stub import serve_in_thread
+from .http_stub import ThreadedStub
 from .vllm_server import free_port, wait_for_health
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
@@ -57,7 +57,7 @@ LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw
 _TOP_LOGITS = np.array([4.0, 3.1, 2.5, 2.2, 1.6, 1.1, 0.7, 0.2, -0.4, -1.0] + [-3.0] * 54, dtype=np.float64)
 
 
-class FakeServer:
+class FakeServer(ThreadedStub):
     """An OpenAI-compatible stand-in for a vLLM server, answering at once with synthetic completions.
 
     Args:
@@ -75,6 +75,9 @@ class FakeServer:
         vocab_size / eos_token_id: used without a tokenizer.
         host / port: where to listen (default a free port on 127.0.0.1).
     """
+
+    thread_name = "fake-server"
+    keep_alive = True  # HTTP/1.1, as uvicorn
 
     def __init__(
         self,
@@ -122,8 +125,6 @@ class FakeServer:
         self.generated_tokens = 0
         self._lock = threading.Lock()
         self._rng = random.Random(f"fake-server-requests:{seed}")
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         # The pool: token ids (ordinary tokens only, so that EOS appears only where a completion stops) and log-probs.
         rng = np.random.default_rng(seed)
         ordinary = np.array([i for i in range(vocab_size) if i not in special], dtype=np.int64)
@@ -137,25 +138,6 @@ class FakeServer:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    # ------------------------------------------------------------------ life cycle
-    def start(self) -> FakeServer:
-        self._server, self._thread = serve_in_thread(self._handle, self.host, self.port, "fake-server", keep_alive=True)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None and self._thread.is_alive():
-            self._server.shutdown()
-        if self._server is not None:
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> FakeServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ handling
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:

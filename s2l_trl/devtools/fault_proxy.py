@@ -22,12 +22,12 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import requests
 
-from .http_stub import serve_in_thread
+from .http_stub import ThreadedStub
 from .vllm_server import free_port
 
 GENERATION_PATH = "/v1/completions"
@@ -47,7 +47,7 @@ class Record:
     answered_at: float | None = None  # time.monotonic() when the answer was written
 
 
-class FaultProxy:
+class FaultProxy(ThreadedStub):
     """HTTP proxy to ``upstream`` injecting faults into generation requests.
 
     Args:
@@ -60,6 +60,8 @@ class FaultProxy:
         answers: path -> ``(status, body)`` answered for any method instead of forwarding.
         host / port: where to listen (default: a free port on 127.0.0.1).
     """
+
+    thread_name = "fault-proxy"
 
     def __init__(
         self,
@@ -84,8 +86,6 @@ class FaultProxy:
         self.requests_seen: list[str] = []  # "METHOD /path" of every request, in order
         self.dead = False
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -96,10 +96,6 @@ class FaultProxy:
         return len(self.records)
 
     # ------------------------------------------------------------------ life cycle
-    def start(self) -> FaultProxy:
-        self._server, self._thread = serve_in_thread(self._handle, self.host, self.port, "fault-proxy")
-        return self
-
     def die(self) -> None:
         """Stop listening now (new connections are refused); requests in flight are dropped when they return."""
         with self._lock:
@@ -115,18 +111,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         self.dead = True
-        if self._server is not None and self._thread is not None and self._thread.is_alive():
-            self._server.shutdown()
-        if self._server is not None:
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().stop()
 
     # ------------------------------------------------------------------ handling
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:

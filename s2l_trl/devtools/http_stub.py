@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 class _Listener(ThreadingHTTPServer):
@@ -39,3 +40,38 @@ def serve_in_thread(
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
     thread.start()
     return server, thread
+
+
+class ThreadedStub:
+    """Life cycle of a local HTTP stand-in served in a thread: ``start()`` / ``stop()`` or ``with``. Subclasses set
+    ``host``, ``port``, ``thread_name`` and ``keep_alive`` and implement ``_handle(request_handler, method)``."""
+
+    host: str
+    port: int
+    thread_name = "http-stub"
+    keep_alive = False
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        self._server, self._thread = serve_in_thread(
+            self._handle, self.host, self.port, self.thread_name, keep_alive=self.keep_alive
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None and self._thread.is_alive():
+            self._server.shutdown()
+        if self._server is not None:
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
