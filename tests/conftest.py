@@ -45,6 +45,18 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def foreign_explorer(tmp_path_factory) -> Path:
+    """A tiny explorer with its own tokenizer (another BPE vocabulary, 400 ids: inside the learner's 512): its ids
+    cannot be shared with the learner."""
+    from s2l_trl.devtools.tiny import build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("foreign")
+    build_tokenizer(root / "tok", vocab_size=400, seed=7)
+    build_model(root / "explorer", root / "tok", hidden_size=32, num_layers=1, seed=3)
+    return root / "explorer"
+
+
+@pytest.fixture(scope="session")
 def explorer_server(tiny, tmp_path_factory):
     """A real `trl vllm-serve` serving the tiny explorer on 127.0.0.1, started once and stopped by PID."""
     from s2l_trl.devtools.vllm_server import VLLMServerProcess

@@ -133,15 +133,14 @@ def test_mix_schedule_help_lists_exactly_the_schedules_that_run(tmp_path):
 
 
 @pytest.mark.parametrize("explorer_is", ["token_truncate", "none"])
-def test_a_small_model_with_another_tokenizer_is_refused_first_and_leaves_no_output_dir(tiny, tmp_path, explorer_is):
+def test_a_small_model_with_another_tokenizer_is_refused_first_and_leaves_no_output_dir(
+    tiny, tmp_path, foreign_explorer, explorer_is
+):
     """The real cause comes first (not the IS advice), before the small model loads or TRL creates output_dir."""
-    from s2l_trl.devtools.tiny import build_model, build_tokenizer
     from s2l_trl.preflight import InputError
 
-    build_tokenizer(tmp_path / "other_tok", vocab_size=400, seed=7)
-    build_model(tmp_path / "foreign", tmp_path / "other_tok", hidden_size=32, num_layers=1, seed=3)
-    with pytest.raises(InputError, match=r"small_model='.*foreign' does not share the tokenizer of model="):
-        codistill(tiny, tmp_path, small=tmp_path / "foreign", explorer_importance_sampling=explorer_is)
+    with pytest.raises(InputError, match=r"small_model='.*explorer' does not share the tokenizer of model="):
+        codistill(tiny, tmp_path, small=foreign_explorer, explorer_importance_sampling=explorer_is)
     assert not (tmp_path / "out").exists()
 
 

@@ -9,17 +9,6 @@ from s2l_trl.explorers import ExplorerError
 from s2l_trl.explorers.token_bridge import TokenBridge, lookup_fields
 
 
-@pytest.fixture(scope="module")
-def foreign(tiny, tmp_path_factory):
-    """A model folder with another tokenizer (a different BPE vocabulary) and a generation config with two EOS ids."""
-    from s2l_trl.devtools.tiny import build_model, build_tokenizer
-
-    root = tmp_path_factory.mktemp("foreign_bridge")
-    build_tokenizer(root / "tok", vocab_size=400, seed=7)
-    build_model(root / "explorer", root / "tok", hidden_size=32, num_layers=1, seed=3)
-    return root / "explorer"
-
-
 def bridge(tiny, explorer_model=None, max_len=8, **kw):
     tok = AutoTokenizer.from_pretrained(tiny["learner"])
     return TokenBridge(tok, explorer_model, [tok.eos_token_id], max_len, **kw), tok
@@ -46,9 +35,9 @@ def test_ids_outside_the_learner_vocabulary_name_the_fix(tiny):
         named.to_learner([-1], None)
 
 
-def test_another_tokenizer_is_re_rendered_and_re_tokenized(tiny, foreign):
-    b, tok = bridge(tiny, str(foreign), max_len=64)
-    ftok = AutoTokenizer.from_pretrained(foreign)
+def test_another_tokenizer_is_re_rendered_and_re_tokenized(tiny, foreign_explorer):
+    b, tok = bridge(tiny, str(foreign_explorer), max_len=64)
+    ftok = AutoTokenizer.from_pretrained(foreign_explorer)
     assert not b.matches and b.explorer_vocab_size == len(ftok) and ftok.eos_token_id in b.explorer_eos_ids
     prompt = [{"role": "user", "content": "What is 2 + 3?"}]
     rendered = ftok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
@@ -61,7 +50,7 @@ def test_another_tokenizer_is_re_rendered_and_re_tokenized(tiny, foreign):
     unfinished, _ = b.to_learner(finished[:-1], None)
     assert unfinished[-1] != tok.eos_token_id
     # A backend that re-tokenizes itself (offline rollouts) hands over learner ids already.
-    itself, _ = bridge(tiny, str(foreign), max_len=64, retokenizes_itself=True)
+    itself, _ = bridge(tiny, str(foreign_explorer), max_len=64, retokenizes_itself=True)
     assert itself.to_learner([4, 5], None) == ([4, 5], None)
 
 
@@ -92,7 +81,7 @@ def test_coverage_names_every_missing_prompt_and_passes_the_row_count(tiny):
     b.check_coverage(type("Old", (), {"missing": lambda self, examples: []})(), examples, lambda p: [[1]], 16)
 
 
-def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tiny, foreign):
+def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tiny, foreign_explorer):
     b, tok = bridge(tiny)
     text = "Add 2 and 3."
     built = tok(text, add_special_tokens=False)["input_ids"]
@@ -114,7 +103,7 @@ def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tin
     # Another tokenizer whose ids all lie inside the learner's vocabulary: read with the learner's, they spell
     # other text (here "What is 22+45+ 45? ...").
     sum_text = "What is 23+45+17? Give the answer in a box."
-    foreign_ids = AutoTokenizer.from_pretrained(foreign)(sum_text, add_special_tokens=False)["input_ids"]
+    foreign_ids = AutoTokenizer.from_pretrained(foreign_explorer)(sum_text, add_special_tokens=False)["input_ids"]
     assert max(foreign_ids) < len(tok) and tok.decode(foreign_ids) != sum_text
     sum_built = tok(sum_text, add_special_tokens=False)["input_ids"]
     with pytest.raises(ExplorerError, match="do not spell this prompt.*another tokenizer"):

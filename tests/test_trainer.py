@@ -367,17 +367,6 @@ def test_offline_draws_without_replacement_then_with_warning(tiny, tmp_path, cap
     assert len(explorer.generate([[1]], 2, inputs=[row]).completion_ids) == 2
 
 
-@pytest.fixture(scope="module")
-def foreign_explorer(tiny, tmp_path_factory):
-    """An explorer with its own tokenizer (a different BPE vocabulary): ids cannot be shared with the learner."""
-    from s2l_trl.devtools.tiny import build_model, build_tokenizer
-
-    root = tmp_path_factory.mktemp("foreign")
-    build_tokenizer(root / "tok", vocab_size=400, seed=7)
-    build_model(root / "explorer", root / "tok", hidden_size=32, num_layers=1, seed=3)
-    return root / "explorer"
-
-
 def test_mismatched_explorer_tokenizer_is_retokenized(tiny, tmp_path, foreign_explorer):
     from transformers import AutoTokenizer
 
