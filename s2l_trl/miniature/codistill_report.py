@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonl import write_json_atomic
+from . import figures
 from .settings import CODISTILL_METHODS, CODISTILL_RUNS, GRPO_RUNS, CoDistillSettings
 
 # CoDistill's per-step timings as the trainer logs them (seconds, mean over the step's micro-steps or rounds).
@@ -102,12 +103,7 @@ def step_time_ratios(summary: dict) -> dict[str, float]:
 
 
 def plot(summary: dict, output: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = figures.subplots(1, 3, figsize=(14, 3.8))
     for ax, role in zip(axes[:2], ("small", "large")):
         for name, s in summary.items():
             m = s["models"].get(role)
@@ -130,11 +126,7 @@ def plot(summary: dict, output: Path) -> Path:
     ax.tick_params(axis="x", labelrotation=20)
     ax.legend(fontsize="x-small")
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return figures.save(fig, output)
 
 
 def _pct(pair: list[float]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import figures
+
 
 def load_log_history(path: str | Path) -> list[dict]:
     """``log_history`` of a ``trainer_state.json`` (a file, a run folder, or a checkpoint folder holding one)."""
@@ -29,15 +31,10 @@ def series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_run_curves(run_paths: list[str | Path], output: str | Path, labels: list[str] | None = None) -> Path:
     """One PNG, three panels: reward per source (explorer, learner, all rows), alpha, held-out accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if labels is not None and len(labels) != len(run_paths):
         raise ValueError(f"got {len(labels)} labels for {len(run_paths)} runs.")
     labels = labels or [Path(p).name for p in run_paths]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = figures.subplots(1, 3, figsize=(14, 3.8))
     for label, path in zip(labels, run_paths):
         history = load_log_history(path)
         for key, style in (("s2l/reward/learner", "-"), ("s2l/reward/explorer", "--"), ("reward", ":")):
@@ -65,9 +62,4 @@ def plot_run_curves(run_paths: list[str | Path], output: str | Path, labels: lis
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return figures.save(fig, output)

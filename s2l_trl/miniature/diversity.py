@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from itertools import combinations
 
-from . import task
+from . import figures, task
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
@@ -138,12 +138,7 @@ def source_diversity(records: Sequence[dict], size: int, max_len: int = 40) -> d
 def plot_source_diversity(panels: dict[str, dict[str, dict]], output) -> None:
     """One row of three panels per entry of ``panels`` (e.g. per regime): coherent share and distinct correct paths
     per source (bars), and the prefix-agreement curves per source."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(panels), 3, figsize=(14, 3.6 * len(panels)), squeeze=False)
+    fig, axes = figures.subplots(len(panels), 3, figsize=(14, 3.6 * len(panels)), squeeze=False)
     for row, (title, per_source) in zip(axes, panels.items()):
         sources = list(per_source)
         row[0].bar(sources, [100 * per_source[s]["coherent_share"] for s in sources], color="tab:green", alpha=0.7)
@@ -164,6 +159,4 @@ def plot_source_diversity(panels: dict[str, dict[str, dict]], output) -> None:
             ax.tick_params(axis="x", labelrotation=15, labelsize="small")
         for ax in row:
             ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    figures.save(fig, output)

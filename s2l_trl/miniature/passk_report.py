@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..evaluation.passk import pass_at_k
 from ..jsonl import write_json_atomic
+from . import figures
 from .settings import PasskSettings
 from .stats import mean_ci
 
@@ -117,13 +118,8 @@ def write_report(summary: dict, results: dict[str, dict], output_dir: str | Path
 def plot(summary: dict, output: Path) -> Path:
     """pass@k against k (log2 axis) of every model: correct answers, and fully coherent derivations. (The per-model
     folders are `s2l-eval` results too: ``s2l-eval plot <folders>`` draws the first panel.)"""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = summary["sizes"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = figures.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, title in zip(axes, ("pass@k", "coherent_pass@k"), ("correct answer", "coherent derivation")):
         for m in sorted(sizes, key=lambda m: sizes[m]["parameters"]):
             ks = sorted(int(k) for k in sizes[m][key])
@@ -136,7 +132,4 @@ def plot(summary: dict, output: Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small")
     fig.suptitle(summary["title"], fontsize="small")
-    fig.tight_layout()
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return figures.save(fig, output)

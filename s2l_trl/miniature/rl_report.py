@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..jsonl import write_json_atomic
 from ..schedule import mix_alpha, split_group
-from . import diversity
+from . import diversity, figures
 from .curves import plot_run_curves
 from .settings import METHODS, RLSettings
 from .stats import paired_differences
@@ -130,12 +130,7 @@ def rollout_diversity(run_dirs: list[Path], size: int, max_step: int | None = No
 
 
 def plot_curves(summary: dict, output: Path, threshold: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = figures.subplots(1, 2, figsize=(10, 3.8))
     for ax, key in zip(axes, ("greedy_accuracy", "pass@1")):
         for method, s in summary.items():
             mean, sd = s["curve"][key]["mean"], s["curve"][key]["sd"]
@@ -152,24 +147,15 @@ def plot_curves(summary: dict, output: Path, threshold: float) -> Path:
         ax.set_ylabel(f"held-out {key} (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return figures.save(fig, output)
 
 
 def plot_paired(report: dict, output: Path) -> Path:
     """The seed-paired differences (points) with their 95% intervals, one panel per quantity, each method against
     GRPO (and the ablations against S2L-PO, hollow markers); the dots are the seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [(f"{_label(m)} - GRPO", p) for m, p in report["paired"]["grpo"].items()]
     rows += [(f"{_label(m)} - S2L-PO", p) for m, p in report["paired"].get("s2l_po", {}).items()]
-    fig, axes = plt.subplots(1, len(PAIRED_METRICS), figsize=(4 * len(PAIRED_METRICS), 0.45 * len(rows) + 1.4))
+    fig, axes = figures.subplots(1, len(PAIRED_METRICS), figsize=(4 * len(PAIRED_METRICS), 0.45 * len(rows) + 1.4))
     for ax, key in zip(axes, PAIRED_METRICS):
         for y, (label, per) in enumerate(rows):
             p = per[key]
@@ -190,22 +176,13 @@ def plot_paired(report: dict, output: Path) -> Path:
         ax.invert_yaxis()
         ax.set_xlabel(f"{PAIRED_METRICS[key][0]}\n(points; mean, 95% interval, seeds)", fontsize="small")
         ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return figures.save(fig, output)
 
 
 def plot_passk(report: dict, output: Path) -> Path:
     """pass@k after training against k (mean over seeds, sd band), correct answers and coherent derivations, with the
     starting learner and the explorer dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = figures.subplots(1, 2, figsize=(10, 3.8))
     start = (report.get("start_passk") or {}).get("sizes", {})
     for ax, judge, key, title in zip(
         axes, ("math_verify", "coherent"), ("pass@k", "coherent_pass@k"), ("correct answer", "coherent derivation")
@@ -227,11 +204,7 @@ def plot_passk(report: dict, output: Path) -> Path:
         ax.set_ylabel(f"pass@k (%), {title}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return figures.save(fig, output)
 
 
 def _fmt(pair: tuple[float, float], scale: float = 100.0) -> str:
