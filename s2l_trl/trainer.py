@@ -517,30 +517,45 @@ class S2LTrainer(GRPOTrainer):
         learner_logps = output.get("old_per_token_logps")
         if learner_logps is None and mode != "none":
             learner_logps = self._learner_logps(output)
+        flat = self._weigh_explorer_tokens(output, learner_logps, explorer_logps, is_explorer)
+        if flat is not None:
+            mean = flat.mean() if flat.numel() else torch.tensor(float("nan"), device=device)
+            self._metrics["train"]["s2l/explorer_is_weight/mean"].append(torch.nanmean(gather(mean.reshape(1))).item())
+
+    def _weigh_explorer_tokens(
+        self,
+        output: dict[str, Any],
+        learner_logps: torch.Tensor | None,
+        explorer_logps: torch.Tensor,
+        is_explorer: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """Log `s2l/logp_gap` (when learner log-probs are at hand) and, unless `explorer_importance_sampling='none'`,
+        weight the explorer tokens' advantages by `pi_learner / pi_explorer`; returns the weights' values after
+        truncation or masking (None without IS)."""
+        mask = output["completion_mask"]
         if learner_logps is not None:
             stats = self.accelerator.reduce(
-                torch.stack(mixing.mean_logp_gap(learner_logps, explorer_logps, completion_mask, is_explorer)),
-                reduction="sum",
+                torch.stack(mixing.mean_logp_gap(learner_logps, explorer_logps, mask, is_explorer)), reduction="sum"
             )
             if stats[1] > 0:
                 self._metrics["train"]["s2l/logp_gap"].append((stats[0] / stats[1]).item())
+        mode = self.args.explorer_importance_sampling
         if mode == "none":
-            return
+            return None
         weight, flat = mixing.explorer_is_weights(
             learner_logps,
             explorer_logps,
-            completion_mask,
+            mask,
             is_explorer,
             mode,
             self.args.explorer_importance_sampling_clip_min,
             self.args.explorer_importance_sampling_clip_max,
         )
-        mean = flat.mean() if flat.numel() else torch.tensor(float("nan"), device=device)
-        self._metrics["train"]["s2l/explorer_is_weight/mean"].append(torch.nanmean(gather(mean.reshape(1))).item())
         # A non-negative per-token weight on the advantage equals a weight on the per-token policy loss for every
         # TRL loss type, so TRL's `_compute_loss` needs no change: advantages simply become (B, T).
         advantages = output["advantages"]
         output["advantages"] = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * weight
+        return flat
 
     @torch.no_grad()
     def _learner_logps(self, output: dict[str, Any]) -> torch.Tensor:

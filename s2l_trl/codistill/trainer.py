@@ -346,25 +346,9 @@ class CoDistillTrainer(S2LTrainer):
         self._log_vllm_gap(rnd, small_logps, known)
 
         # S2L-PO's explorer-vs-learner log-prob gap, and its importance weights on the large model's advantages.
-        gap = self.accelerator.reduce(
-            torch.stack(mixing.mean_logp_gap(large_logps, small_logps, mask, is_small)), reduction="sum"
-        )
-        if gap[1] > 0:
-            metrics["s2l/logp_gap"].append((gap[0] / gap[1]).item())
         raw = objectives.ratio_values(large_logps, small_logps, mask, is_small)
-        after = torch.ones_like(raw)
-        if a.explorer_importance_sampling != "none":
-            weight, after = mixing.explorer_is_weights(
-                large_logps,
-                small_logps,
-                mask,
-                is_small,
-                a.explorer_importance_sampling,
-                a.explorer_importance_sampling_clip_min,
-                a.explorer_importance_sampling_clip_max,
-            )
-            adv = verifiable.unsqueeze(1) if verifiable.dim() == 1 else verifiable
-            output["advantages"] = adv * weight
+        after = self._weigh_explorer_tokens(output, large_logps, small_logps, is_small)
+        after = torch.ones_like(raw) if after is None else after
         if a.large_row_weight_bounds is not None:
             self._keep_plausible_rows(output, large_logps, small_logps, known, is_small)
         for name, values in (("is_weight_raw", raw), ("is_weight", after)):
