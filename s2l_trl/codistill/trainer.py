@@ -41,6 +41,7 @@ from trl import GRPOTrainer
 
 from .. import mixing, preflight
 from ..checkpoints import load_saved_weights
+from ..explorers.token_bridge import tokenizers_match
 from ..model_card import codistill_card_section, codistill_small_model_card
 from ..preflight import InputError
 from ..trainer import S2LTrainer
@@ -89,7 +90,7 @@ def _check_same_tokenizer(model: Any, small_model: Any, processing_class: Any = 
     large, small = getattr(large, "tokenizer", large), tokenizer_of(small_model)
     if large is None or small is None:
         return
-    if large.get_vocab() != small.get_vocab() or large.eos_token_id != small.eos_token_id:
+    if not tokenizers_match(large, small):
         raise InputError(
             f"small_model={small_model!r} does not share the tokenizer of model={model!r} (vocabularies of "
             f"{len(small)} and {len(large)} tokens): the KD reward and the importance weights compare the two models "

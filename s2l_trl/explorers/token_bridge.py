@@ -53,10 +53,7 @@ class TokenBridge:
         self.chat_template_kwargs = chat_template_kwargs or {}
         self.retokenizes_itself = retokenizes_itself
         self.explorer_tokenizer, self.explorer_eos_ids = _load_explorer_tokenizer(explorer_model)
-        self.matches = self.explorer_tokenizer is None or (
-            self.explorer_tokenizer.get_vocab() == learner_tokenizer.get_vocab()
-            and self.explorer_tokenizer.eos_token_id == learner_tokenizer.eos_token_id
-        )
+        self.matches = self.explorer_tokenizer is None or tokenizers_match(self.explorer_tokenizer, learner_tokenizer)
         if not self.matches:
             logger.warning(
                 "The explorer tokenizer (%s) differs from the learner's: explorer completions are decoded and "
@@ -181,6 +178,11 @@ class TokenBridge:
             "the prompt text differs, so the rollouts were made with another chat template, system prompt or "
             "chat_template_kwargs."
         )
+
+
+def tokenizers_match(a: Any, b: Any) -> bool:
+    """Whether token ids of one tokenizer mean the same to the other: the same vocabulary and EOS."""
+    return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
 
 
 def _prompt_text(prompt: Any) -> str:
