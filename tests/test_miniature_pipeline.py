@@ -12,6 +12,10 @@ from s2l_trl.miniature.rl_experiment import run_experiment
 from s2l_trl.miniature.settings import CoDistillSettings, PasskSettings, RLSettings
 from s2l_trl.schedule import mix_alpha, split_group
 
+# The test process runs with this machine's own kernel settings (family builds are pinned by default); a few
+# held-out problems per checkpoint suffice here.
+MICRO = {"numerics": "native", "heldout_problems": 16}
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -27,14 +31,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory, one_thread):
-    spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10])
+    spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10], **MICRO)
     root = tmp_path_factory.mktemp("mini") / "family"
     built = build_family(root, spec)
     manifest = (root / "family.json").stat().st_mtime
     assert build_family(root, spec).manifest == built.manifest  # cached: a rerun reuses it...
     assert (root / "family.json").stat().st_mtime == manifest  # ...without rebuilding
     with pytest.raises(ValueError, match="other settings"):
-        build_family(root, FamilySpec(sizes=["S", "M"], sft_steps=21, train_problems=300, checkpoints=[10]))
+        build_family(root, FamilySpec(sizes=["S", "M"], sft_steps=21, train_problems=300, checkpoints=[10], **MICRO))
     return built
 
 

@@ -21,8 +21,9 @@ from ..explorers.base import SamplingSettings
 from ..explorers.factory import build_explorer
 from ..jsonl import write_json_atomic
 from ..schedule import mix_alpha, split_group
-from . import rl_report, task
+from . import regime, rl_report, task
 from .family import Family, heldout_rows
+from .numerics import environment_record
 from .runs import (
     RecordingExplorer,
     RolloutRecorder,
@@ -196,6 +197,12 @@ def run_one(
         "settings": asdict(settings),
         "learner": str(learner_path),
         "explorer": str(family.path(settings.explorer)) if spec.explorer else None,
+        # Which family build, which checkpoints (step, held-out accuracy measured at build time, checksum) and which
+        # machine: what a result is conditional on.
+        "family": family_record(family),
+        "learner_start": regime.selection_of(learner_path, family, settings.learner),
+        "explorer_start": regime.selection_of(family.path(settings.explorer), family, settings.explorer),
+        "environment": environment_record(),
         "temperature": temperature,
         # Which sampling mode produced this run's numbers (README: only a foreground / seeded explorer repeats).
         "explorer_sampling": explorer_sampling(explorer, settings.explorer_backend),
@@ -216,6 +223,17 @@ def run_one(
     write_json_atomic(run_dir / "trainer_state.json", {"log_history": trainer.state.log_history})
     write_json_atomic(run_dir / "run.json", result)
     return result
+
+
+def family_record(family: Family) -> dict:
+    """The family build a run used: folder, family seed, numerics, its largest size's final checksum."""
+    return {
+        "root": str(family.root),
+        "family_seed": family.spec.family_seed,
+        "numerics": family.spec.numerics,
+        "label": family.label,
+        "built_on": family.manifest.get("environment", {}).get("processor"),
+    }
 
 
 def _passk_settings(settings: RLSettings, seed: int) -> PasskSettings:
@@ -309,3 +327,23 @@ def demo(family: Family, settings: RLSettings, out_dir: str | Path) -> str:
     text = rl_report.demo_table(runs, settings, out_dir / "curves.png")
     (out_dir / "demo.md").write_text(text)
     return text
+
+
+def run_over_families(
+    families: Callable[[int], Family],
+    family_seeds: list[int],
+    settings: RLSettings,
+    out_dir: str | Path,
+    methods: list[str],
+    title: str = "",
+) -> str:
+    """The RL experiment on several family builds (``families(k)`` builds or reuses build ``k``): per build the usual
+    report under ``out_dir/family<k>``, then the comparison over builds (:mod:`.families_report`) under ``out_dir``.
+    Every run is cached, so an interrupted experiment resumes where it stopped."""
+    from . import families_report
+
+    out_dir = Path(out_dir)
+    for k in family_seeds:
+        run_experiment(families(k), settings, out_dir / f"family{k}", methods, [])
+    report = families_report.build_report(families_report.load_runs(out_dir, family_seeds, methods, settings.seeds))
+    return families_report.write_report(report, out_dir, title)
