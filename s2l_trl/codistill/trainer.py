@@ -128,6 +128,7 @@ class CoDistillTrainer(S2LTrainer):
 
     _tag_names = ["trl", "grpo", "s2l-po", "codistill"]
     _name = "CoDistill-GRPO"
+    _weighs_explorer_logprobs = False  # the small model's log-probs are scored by the trainer (`_small_logps`)
 
     def __init__(
         self,
