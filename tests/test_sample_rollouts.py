@@ -214,7 +214,7 @@ def test_sampled_rollouts_train_s2l_trainer_offline(tiny, tmp_path):
             "--max_prompts",
             "4",
             "--max_tokens",
-            "8",
+            "16",  # the learner's max_completion_length: both sources truncated alike
         ]
     )
     stored = {(r["prompt_id"], tuple(r["response_ids"])) for r in read_rollouts(path)}
