@@ -278,6 +278,11 @@ def test_a_rerun_resumes_only_with_the_same_settings(tiny, tmp_path):
     (out / "sample_config.json").unlink()
     with pytest.raises(InputError, match=r"holds rollouts .* but no sample_config\.json"):
         run(data)
+    # Once the rollouts are removed (the fix the message gives), other settings start afresh.
+    for file in out.iterdir():
+        file.unlink()
+    run(data, sampling=SamplingSettings(max_tokens=8, seed=7))
+    assert engine.explorer.prompts == 8 and json.loads((out / "sample_config.json").read_text())["seed"] == 7
 
 
 def test_max_prompts_must_be_positive(tiny, tmp_path):

@@ -144,7 +144,7 @@ def _check_settings(output_dir: Path, settings: dict[str, Any], existing: list[P
     path = output_dir / CONFIG_NAME
     files = ", ".join(str(p) for p in existing)
     fix = f"Give another --output_dir, or remove {files or 'its rollout files'} (and {path}) to sample them again."
-    if not path.exists():
+    if not path.exists() or not existing:  # no rollouts yet (or none kept): nothing to keep or mix, record these
         if existing:
             raise InputError(
                 f"{output_dir} holds rollouts ({files}) but no {CONFIG_NAME}: the settings they were sampled with are "
@@ -286,9 +286,10 @@ def sample_rollouts(
 
     model_name = model_path or getattr(getattr(engine, "explorer", None), "model", None)
     path = _shard_path(output_dir, shard_index, num_shards)
-    existing = (
-        [p for p in sorted(output_dir.glob("rollouts*.jsonl")) if p.stat().st_size] if output_dir.is_dir() else []
-    )
+    # Rollout files (a started shard's may still be empty) and finished-shard markers: what a re-run would build on.
+    existing = []
+    if output_dir.is_dir():
+        existing = sorted([*output_dir.glob("rollouts*.jsonl"), *output_dir.glob("rollouts*.done")])
     _check_settings(
         output_dir,
         {
