@@ -274,15 +274,15 @@ def test_a_rerun_resumes_only_with_the_same_settings(tiny, tmp_path):
         assert shown in message and "holds rollouts sampled with other settings" in message, message
         assert "another --output_dir, or remove" in message and str(path) in message
     assert path.read_bytes() == before and engine.explorer.prompts == 4  # nothing sampled, nothing appended
+    # Once the rollouts are removed (the fix the message gives), other settings start afresh.
+    for file in out.glob("rollouts*"):
+        file.unlink()
+    run(data, sampling=SamplingSettings(max_tokens=8, seed=7))
+    assert engine.explorer.prompts == 8 and json.loads((out / "sample_config.json").read_text())["seed"] == 7
     # Rollouts without the settings they were sampled with: not resumed blindly.
     (out / "sample_config.json").unlink()
     with pytest.raises(InputError, match=r"holds rollouts .* but no sample_config\.json"):
         run(data)
-    # Once the rollouts are removed (the fix the message gives), other settings start afresh.
-    for file in out.iterdir():
-        file.unlink()
-    run(data, sampling=SamplingSettings(max_tokens=8, seed=7))
-    assert engine.explorer.prompts == 8 and json.loads((out / "sample_config.json").read_text())["seed"] == 7
 
 
 def test_max_prompts_must_be_positive(tiny, tmp_path):
