@@ -33,6 +33,7 @@ from trl import GRPOTrainer
 from . import mixing, preflight
 from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, build_training_explorer
+from .explorers.factory import logprobs_needed_by
 from .explorers.rounds import CollectedRows, ExplorerRequest, ExplorerRounds
 from .explorers.token_bridge import TokenBridge, lookup_fields
 from .model_card import S2L_PAPER, create_s2l_model_card
@@ -83,6 +84,9 @@ class S2LTrainer(GRPOTrainer):
     _tag_names = ["trl", "grpo", "s2l-po"]
     _name = "S2L-PO"
     _paper = S2L_PAPER
+    # Explorer importance sampling / the explorer off-policy mask read the explorer's own sampling log-probs (a
+    # subclass that scores the explorer's rows itself sets this to False).
+    _weighs_explorer_logprobs = True
 
     def __init__(
         self,
@@ -134,10 +138,11 @@ class S2LTrainer(GRPOTrainer):
             self.chat_template_kwargs,
             retokenizes_itself=args.explorer_mode == "offline",
         )
-        if args.explorer_importance_sampling != "none" and not self.token_bridge.matches:
+        needs_logprobs = logprobs_needed_by(args) if self._weighs_explorer_logprobs else None
+        if needs_logprobs and not self.token_bridge.matches:
             raise ValueError(
-                f"explorer_importance_sampling={args.explorer_importance_sampling!r} needs explorer log-probs, which "
-                "are unusable when the explorer tokenizer differs from the learner's; use 'none'."
+                f"{needs_logprobs} needs explorer log-probs, which are unusable when the explorer tokenizer differs "
+                "from the learner's; set explorer_importance_sampling='none' and explorer_off_policy_mask=False."
             )
         self.explorer: Explorer | None = None
         self.explorer_rounds: ExplorerRounds | None = None
@@ -153,6 +158,7 @@ class S2LTrainer(GRPOTrainer):
                 # The next round's batch is known one round ahead only when a round spans whole optimizer steps.
                 prefetch=args.explorer_prefetch and args.steps_per_generation >= args.gradient_accumulation_steps,
                 foreground=self._explorer_rng,
+                logprobs_needed_by=needs_logprobs,
             )
 
     def _context_limits(self) -> list[tuple[str, int | None, str, int]]:

@@ -144,6 +144,30 @@ def test_a_small_model_with_another_tokenizer_is_refused_first_and_leaves_no_out
     assert not (tmp_path / "out").exists()
 
 
+def test_a_small_model_larger_than_the_large_one_is_refused_from_the_configs(tiny, tmp_path, caplog, monkeypatch):
+    """Swapped arguments: refused before either model's weights are read, naming both parameter counts; the same
+    size is warned about (a legitimate ablation, but nothing saved)."""
+    from s2l_trl.codistill import config as codistill_config
+    from s2l_trl.preflight import InputError
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the size check")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_weights)
+        with pytest.raises(InputError) as info:
+            codistill(tiny, tmp_path, large=tiny["explorer"], small=tiny["learner"])
+    large = codistill_config.parameter_count(str(tiny["explorer"]))
+    small = codistill_config.parameter_count(str(tiny["learner"]))
+    assert 0 < large < small
+    message = str(info.value)
+    assert f"has {small:,} parameters, more than model=" in message and f"({large:,})" in message
+    assert "Swap the two" in message and not (tmp_path / "out").exists()
+    with caplog.at_level("WARNING", logger="s2l_trl.codistill.config"):
+        codistill_config.check_model_sizes(str(tiny["learner"]), str(tiny["learner"]))
+    assert "has as many parameters as model=" in caplog.text
+
+
 # ---------------------------------------------------------------- case 2: the KD sign, by hand
 def test_kd_sign_and_scale_on_a_hand_computed_two_token_example(tiny, tmp_path, monkeypatch):
     """One group of 4 small-model rows with two tokens each. Token 0: pi_large 0.5, pi_small 0.25 (the large model
