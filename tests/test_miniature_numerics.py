@@ -10,9 +10,10 @@ import pytest
 
 from s2l_trl.miniature import numerics
 
-# The pinned fingerprint below, measured when this test was written (S, 20 SFT steps of the family's recipe) on an
+# The pinned fingerprint below, measured when this test was written (S, 20 SFT steps of the family's recipe on its
+# first 500 problems) on an
 # "Intel(R) Xeon(R) Processor @ 2.80GHz" with AVX-512 and, capped at AVX2, as an emulated AVX2 processor.
-RECORDED_PINNED = {"weights_sha256": None, "processor": "Intel(R) Xeon(R) Processor @ 2.80GHz"}
+RECORDED_PINNED = {"weights_sha256": "ea4e81a151ab58d4", "processor": "Intel(R) Xeon(R) Processor @ 2.80GHz"}
 
 
 def test_mode_follows_the_pinned_variables(monkeypatch):
@@ -41,13 +42,14 @@ def test_pinned_mode_is_refused_on_a_processor_without_avx2(monkeypatch):
 
 
 @pytest.mark.skipif("avx2" not in numerics.cpu_isa_flags(), reason="needs an x86-64 processor with AVX2")
-def test_pinned_kernels_build_what_an_avx2_processor_builds():
+def test_pinned_kernels_build_here_what_they_build_on_an_avx2_processor():
+    # Unpinned, an AVX-512 processor and an AVX2 one build different weights (results/miniature/numerics/); pinned,
+    # the same. The AVX2 processor is this one with every library capped at AVX2.
     variants = {
-        "emulated AVX2 processor": numerics.EMULATED_AVX2,
         "pinned_avx2": numerics.PINNED_AVX2,
         "pinned_avx2 on the emulated AVX2 processor": {**numerics.EMULATED_AVX2, **numerics.PINNED_AVX2},
     }
-    results = numerics.probe("S", 20, variants)
+    results = numerics.probe("S", 20, variants, train_problems=500)
     sums = {name: r["weights_sha256"] for name, r in results.items()}
     assert len(set(sums.values())) == 1, sums
     assert results["pinned_avx2"]["environment"]["numerics"] == "pinned_avx2"

@@ -9,6 +9,7 @@ from dataclasses import fields, replace
 
 from .family import SIZES, FamilySpec, build_family, check_spec
 from .numerics import NUMERICS_MODES, check_mode, reexec_with
+from .regime import RegimeError
 from .settings import (
     ABLATIONS,
     CODISTILL_RUNS,
@@ -104,8 +105,15 @@ def _settings_args(p: argparse.ArgumentParser, settings_cls, seeds: list[int] | 
             p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
 
 
+class SettingsError(ValueError):
+    """A settings dataclass refused a flag's value (its own message names the field, the value and the fix)."""
+
+
 def _settings(a: argparse.Namespace, settings_cls):
-    return settings_cls(**{f.name: getattr(a, f.name) for f in fields(settings_cls)})
+    try:
+        return settings_cls(**{f.name: getattr(a, f.name) for f in fields(settings_cls)})
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,6 +199,13 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))
         if argv is None:  # a command-line run: restart under the numerics' kernel settings if needed
             reexec_with(a.numerics)
+    try:
+        _run(a, parser)
+    except (RegimeError, SettingsError) as exc:  # bad settings, no checkpoint in band: one line, before any run
+        parser.exit(2, f"error: {exc}\n")
+
+
+def _run(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     import torch
 
     # One thread: these models are too small to gain from two, and on a shared 2-core machine a second thread
@@ -258,8 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = _settings(a, CoDistillSettings)
         print(render_markdown(run_codistill_experiment(family, settings, a.output_dir, a.runs)))
     elif a.command == "codistill_cost":
+        from .codistill_cost import CostSettings, run_cost_experiment
         from .codistill_cost import render_markdown as render_cost
-        from .codistill_cost import run_cost_experiment
 
         print(render_cost(run_cost_experiment(family, _settings(a, CostSettings), a.output_dir)))
     elif a.command == "race":
@@ -284,7 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         from .rl_experiment import demo
 
         settings = _settings(a, RLSettings)
-        print(demo(family, settings, a.output_dir))
+        text, verdict = demo(family, settings, a.output_dir)
+        print(text)
+        if not verdict["ok"]:  # what the README promises did not hold: say so in the exit status too
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

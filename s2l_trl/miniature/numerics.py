@@ -130,19 +130,25 @@ PROBE_VARIANTS: dict[str, dict[str, str]] = {
     "native": {},
     "native, again": {},
     "ATen capped at AVX2": {"ATEN_CPU_CAPABILITY": "avx2"},
-    "MKL CNR at AVX2": {"MKL_CBWR": "AVX2,STRICT"},
+    "MKL CNR at AVX2": {"MKL_CBWR": "AVX2"},
+    "MKL CNR at AVX2, strict": {"MKL_CBWR": "AVX2,STRICT"},
     "oneDNN capped at AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
     "emulated AVX2 processor": EMULATED_AVX2,
     "pinned_avx2": PINNED_AVX2,
     "pinned_avx2 on the emulated AVX2 processor": {**EMULATED_AVX2, **PINNED_AVX2},
+    "pinned_avx2 without STRICT": {**PINNED_AVX2, "MKL_CBWR": "AVX2"},
+    "pinned_avx2 without STRICT on the emulated AVX2 processor": {**EMULATED_AVX2, **PINNED_AVX2, "MKL_CBWR": "AVX2"},
     "pinned to the baseline ISA": PINNED_BASELINE,
     "pinned to the baseline ISA on the emulated AVX2 processor": {**EMULATED_AVX2, **PINNED_BASELINE},
 }
 
 
-def sft_fingerprint(size: str, steps: int, schedule_steps: int | None = None) -> dict:
+def sft_fingerprint(
+    size: str, steps: int, schedule_steps: int | None = None, train_problems: int | None = None
+) -> dict:
     """The family recipe's SFT of ``size`` (original build, one thread) stopped after ``steps`` of a
-    ``schedule_steps``-step schedule (default: the family's): its weight checksum and CPU seconds."""
+    ``schedule_steps``-step schedule (default: the family's), on the family's corpus or its first ``train_problems``
+    problems: its weight checksum and CPU seconds."""
     import tempfile
     import time
 
@@ -154,7 +160,7 @@ def sft_fingerprint(size: str, steps: int, schedule_steps: int | None = None) ->
     from .runs import weights_checksum
 
     torch.set_num_threads(1)
-    spec = FamilySpec()
+    spec = FamilySpec(train_problems=train_problems or FamilySpec.train_problems)
     with tempfile.TemporaryDirectory(prefix="s2l-numerics-") as tmp:
         build_tokenizer(Path(tmp) / "tok", seed=spec.seed)
         tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "tok")
@@ -166,6 +172,7 @@ def sft_fingerprint(size: str, steps: int, schedule_steps: int | None = None) ->
         "size": size,
         "steps": steps,
         "schedule_steps": schedule_steps or spec.sft_steps,
+        "train_problems": spec.train_problems,
         "weights_sha256": weights_checksum(model),
         "cpu_seconds": round(time.process_time() - start, 2),
         "environment": environment_record(),
@@ -203,7 +210,9 @@ def _sft_until(model, tokenizer, corpus, spec, steps: int, schedule_steps: int) 
             pass
 
 
-def probe(size: str, steps: int, variants: dict[str, dict[str, str]] | None = None) -> dict:
+def probe(
+    size: str, steps: int, variants: dict[str, dict[str, str]] | None = None, train_problems: int | None = None
+) -> dict:
     """:func:`sft_fingerprint` under every kernel setting of ``variants`` (default :data:`PROBE_VARIANTS`), each in
     a fresh interpreter (the libraries read their settings once per process)."""
     import json
@@ -214,7 +223,7 @@ def probe(size: str, steps: int, variants: dict[str, dict[str, str]] | None = No
         env = {k: v for k, v in os.environ.items() if k not in KERNEL_SETTINGS[:4]} | settings
         code = (
             "import json; from s2l_trl.miniature.numerics import sft_fingerprint; "
-            f"print(json.dumps(sft_fingerprint({size!r}, {steps})))"
+            f"print(json.dumps(sft_fingerprint({size!r}, {steps}, train_problems={train_problems!r})))"
         )
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         results[name] = {"settings": settings, **json.loads(out.stdout.strip().splitlines()[-1])}

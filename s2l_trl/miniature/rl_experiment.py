@@ -299,6 +299,7 @@ def run_experiment(
     ``final_passk_n`` ``rl_passk.png`` and the reference ``passk_start/``) under ``out_dir``."""
     from tqdm import tqdm
 
+    settings.learner_model(family)  # a learner band no checkpoint meets fails here, before any run
     out_dir = Path(out_dir)
     main = {m.name for m in MAIN_METHODS}
     jobs = [(m, s) for m in methods for s in (settings.seeds if m in main else ablation_seeds)]
@@ -312,21 +313,48 @@ def run_experiment(
     return report
 
 
-def demo(family: Family, settings: RLSettings, out_dir: str | Path) -> str:
+def start_line(family: Family, settings: RLSettings) -> str:
+    """Which family build and which checkpoints a run starts from, with their held-out accuracy (measured when the
+    family was built) and checksums: the regime the run is in."""
+    learner = regime.selection_of(settings.learner_model(family), family, settings.learner)
+    explorer = regime.selection_of(family.path(settings.explorer), family, settings.explorer)
+    how = f"first checkpoint with held-out {settings.learner_band}" if settings.learner_band else "as asked"
+    parts = [f"[start] family {family.label} at {family.root}"]
+    if learner:
+        parts.append(
+            f"learner {settings.learner} at SFT step {learner['step']} ({how}: greedy "
+            f"{100 * learner['greedy_accuracy']:.1f}%, pass@1 {100 * learner['pass@1']:.1f}%, weights "
+            f"{learner['weights_sha256']})"
+        )
+    if explorer:
+        parts.append(
+            f"explorer {settings.explorer} at SFT step {explorer['step']} (pass@1 {100 * explorer['pass@1']:.1f}%)"
+        )
+    return "; ".join(parts)
+
+
+def demo(family: Family, settings: RLSettings, out_dir: str | Path) -> tuple[str, dict]:
     """The README's main job: one S2L-PO run and one GRPO run from the same learner weights, a table of held-out
-    greedy accuracy against steps, and a curves PNG. Previous demo runs in ``out_dir`` are replaced (a demo trains)."""
+    greedy accuracy against steps, a curves PNG, and the end-of-run check of what the main job claims
+    (:func:`.rl_report.demo_verdict`). Previous demo runs in ``out_dir`` are replaced (a demo trains). Returns the
+    printed text and the verdict."""
     import shutil
 
     out_dir = Path(out_dir)
+    start = start_line(family, settings)  # a learner band no checkpoint meets fails here, first
+    print(start, flush=True)
     if (out_dir / "runs").exists():
         shutil.rmtree(out_dir / "runs")
     seed = settings.seeds[0]
     runs = {m: run_one(family, settings, m, seed, out_dir, echo=True) for m in ("s2l_po", "grpo")}
     if runs["s2l_po"]["initial_weights_sha256"] != runs["grpo"]["initial_weights_sha256"]:
         raise RuntimeError("the two demo runs did not start from the same weights.")
-    text = rl_report.demo_table(runs, settings, out_dir / "curves.png")
+    text = start + "\n\n" + rl_report.demo_table(runs, settings, out_dir / "curves.png")
+    verdict = rl_report.demo_verdict(runs)
+    text += verdict["line"] + "\n"
     (out_dir / "demo.md").write_text(text)
-    return text
+    write_json_atomic(out_dir / "demo_verdict.json", verdict)
+    return text, verdict
 
 
 def run_over_families(
