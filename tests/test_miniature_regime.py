@@ -113,6 +113,8 @@ def test_the_first_checkpoint_in_band_on_a_learning_curve(tmp_path):
 def test_bad_bands_are_refused_before_any_run(text, message):
     with pytest.raises(ValueError, match=message):
         RLSettings(learner_band=text)
+    with pytest.raises(ValueError, match=message.replace("learner_band", "explorer_band")):
+        RLSettings(explorer_band=text)
     with pytest.raises(ValueError, match=message.replace("learner_band", "small_band")):
         CoDistillSettings(small_band=text)
 
@@ -184,7 +186,7 @@ def test_the_families_report_pairs_seeds_within_each_build(tmp_path):
         }
         for k, gain in ((0, 0.05), (1, -0.01))
     }
-    report = families_report.build_report(runs)
+    report = families_report.build_report(runs, unavailable={2: "no checkpoint of M in the family at x has ..."})
     final = report["paired"]["s2l_po"]["final_greedy"]
     assert final["per_family"][0]["differences"] == pytest.approx([0.05] * 3)
     assert final["per_family"][1]["mean"] == pytest.approx(-0.01)
@@ -193,4 +195,5 @@ def test_the_families_report_pairs_seeds_within_each_build(tmp_path):
     assert ratio["mean"] == pytest.approx(0.72)
     text = families_report.write_report(report, tmp_path, "demo")
     assert "learner tokens, ratio" in text and "| S2L-PO | final greedy accuracy |" in text
+    assert "| family_seed 2 | regime not available in this build: no checkpoint of M" in text
     assert (tmp_path / "families.png").stat().st_size > 1000 and (tmp_path / "families.json").is_file()

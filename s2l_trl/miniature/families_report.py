@@ -35,10 +35,11 @@ def _value(run: dict, key: str) -> float:
     return PAIRED_METRICS[key][1](run)
 
 
-def build_report(runs: dict, baseline: str = "grpo") -> dict:
+def build_report(runs: dict, baseline: str = "grpo", unavailable: dict[int, str] | None = None) -> dict:
     """Per family build: its starting checkpoints and each method's mean over seeds; per method: the paired
     differences against ``baseline`` per build and pooled over builds (two-level interval), for every quantity of
-    :data:`.rl_report.PAIRED_METRICS` and the learner's generated tokens (as a ratio to the baseline's)."""
+    :data:`.rl_report.PAIRED_METRICS` and the learner's generated tokens (as a ratio to the baseline's).
+    ``unavailable``: builds without a checkpoint in a band of the regime (why), listed as such."""
     families = {}
     for k, by_method in sorted(runs.items()):
         any_run = next(iter(next(iter(by_method.values())).values()))
@@ -73,7 +74,7 @@ def build_report(runs: dict, baseline: str = "grpo") -> dict:
                 common = sorted(set(by_method[m]) & set(by_method[baseline]))
                 ratios[k] = [_value(by_method[m][s], TOKENS) / _value(by_method[baseline][s], TOKENS) for s in common]
         paired[m][TOKENS + "_ratio"] = _pooled(ratios)
-    return {"baseline": baseline, "families": families, "paired": paired}
+    return {"baseline": baseline, "families": families, "paired": paired, "unavailable": dict(unavailable or {})}
 
 
 def mean_sd(values: list[float]) -> dict:
@@ -115,6 +116,8 @@ def render_markdown(report: dict, title: str = "") -> str:
         learner += f"{100 * ls.get('pass@1', float('nan')):.1f}%"
         explorer = f"step {es.get('step')}, {100 * es.get('pass@1', float('nan')):.1f}%" if es else "-"
         lines.append(f"| {f['label'] or k} | {learner} | {explorer} | {f['built_on']} |")
+    for k, why in report.get("unavailable", {}).items():
+        lines.append(f"| family_seed {k} | regime not available in this build: {why} | - | - |")
     methods = sorted({m for f in report["families"].values() for m in f["methods"]})
     keys = list(PAIRED_METRICS)
     lines += [

@@ -83,7 +83,7 @@ def run_one(
             temperature=temperature,
         ),
         explorer_mode="local",
-        explorer_model=str(family.path(settings.explorer)),
+        explorer_model=str(settings.explorer_model(family)),
         explorer_temperature=settings.explorer_temperature,
         explorer_top_p=1.0,
         explorer_max_tokens=settings.max_completion_length,
@@ -104,7 +104,7 @@ def run_one(
             max_tokens=settings.max_completion_length,
             seed=seed,
         )
-        explorer_path = str(family.path(settings.explorer))
+        explorer_path = str(settings.explorer_model(family))
         if explorer_factory is not None:
             inner = explorer_factory(explorer_path, tokenizer, sampling)
         else:
@@ -196,12 +196,12 @@ def run_one(
         "seed": seed,
         "settings": asdict(settings),
         "learner": str(learner_path),
-        "explorer": str(family.path(settings.explorer)) if spec.explorer else None,
+        "explorer": str(settings.explorer_model(family)) if spec.explorer else None,
         # Which family build, which checkpoints (step, held-out accuracy measured at build time, checksum) and which
         # machine: what a result is conditional on.
         "family": family_record(family),
         "learner_start": regime.selection_of(learner_path, family, settings.learner),
-        "explorer_start": regime.selection_of(family.path(settings.explorer), family, settings.explorer),
+        "explorer_start": regime.selection_of(settings.explorer_model(family), family, settings.explorer),
         "environment": environment_record(),
         "temperature": temperature,
         # Which sampling mode produced this run's numbers (README: only a foreground / seeded explorer repeats).
@@ -277,7 +277,7 @@ def start_passk(family: Family, settings: RLSettings, out_dir: Path) -> dict:
 
     models = {
         f"{settings.learner} (start)": settings.learner_model(family),
-        settings.explorer: family.path(settings.explorer),
+        settings.explorer: settings.explorer_model(family),
     }
     return passk_of_models(
         models,
@@ -299,7 +299,7 @@ def run_experiment(
     ``final_passk_n`` ``rl_passk.png`` and the reference ``passk_start/``) under ``out_dir``."""
     from tqdm import tqdm
 
-    settings.learner_model(family)  # a learner band no checkpoint meets fails here, before any run
+    settings.learner_model(family), settings.explorer_model(family)  # a band no checkpoint meets fails here, first
     out_dir = Path(out_dir)
     main = {m.name for m in MAIN_METHODS}
     jobs = [(m, s) for m in methods for s in (settings.seeds if m in main else ablation_seeds)]
@@ -317,7 +317,7 @@ def start_line(family: Family, settings: RLSettings) -> str:
     """Which family build and which checkpoints a run starts from, with their held-out accuracy (measured when the
     family was built) and checksums: the regime the run is in."""
     learner = regime.selection_of(settings.learner_model(family), family, settings.learner)
-    explorer = regime.selection_of(family.path(settings.explorer), family, settings.explorer)
+    explorer = regime.selection_of(settings.explorer_model(family), family, settings.explorer)
     how = f"first checkpoint with held-out {settings.learner_band}" if settings.learner_band else "as asked"
     parts = [f"[start] family {family.label} at {family.root}"]
     if learner:
@@ -327,8 +327,10 @@ def start_line(family: Family, settings: RLSettings) -> str:
             f"{learner['weights_sha256']})"
         )
     if explorer:
+        how = f"first checkpoint with held-out {settings.explorer_band}" if settings.explorer_band else "final"
         parts.append(
-            f"explorer {settings.explorer} at SFT step {explorer['step']} (pass@1 {100 * explorer['pass@1']:.1f}%)"
+            f"explorer {settings.explorer} at SFT step {explorer['step']} ({how}: pass@1 "
+            f"{100 * explorer['pass@1']:.1f}%)"
         )
     return "; ".join(parts)
 
@@ -371,7 +373,13 @@ def run_over_families(
     from . import families_report
 
     out_dir = Path(out_dir)
+    unavailable = {}
     for k in family_seeds:
-        run_experiment(families(k), settings, out_dir / f"family{k}", methods, [])
-    report = families_report.build_report(families_report.load_runs(out_dir, family_seeds, methods, settings.seeds))
+        try:
+            run_experiment(families(k), settings, out_dir / f"family{k}", methods, [])
+        except regime.RegimeError as exc:  # this build has no checkpoint in a band: the regime does not exist there
+            unavailable[k] = str(exc)
+    built = [k for k in family_seeds if k not in unavailable]
+    runs = families_report.load_runs(out_dir, built, methods, settings.seeds)
+    report = families_report.build_report(runs, unavailable=unavailable)
     return families_report.write_report(report, out_dir, title)

@@ -93,6 +93,10 @@ class RLSettings:
     # then only names it in tables.
     learner_path: str = ""
     explorer: str = "M"
+    # The explorer picked by measured held-out accuracy too (``regime.Band``, e.g. "pass@1:50,100": the first
+    # checkpoint of ``explorer`` that answers at least half of the held-out problems per sample); empty: its final
+    # SFT checkpoint. A family build whose explorer never gets there cannot hold the regime and is refused.
+    explorer_band: str = ""
     steps: int = 120
     num_generations: int = 8
     prompts_per_step: int = 4
@@ -120,9 +124,11 @@ class RLSettings:
 
     def __post_init__(self) -> None:
         # Checked here, before any run starts: a bad value would otherwise fail after the first run has trained.
-        if self.learner_band:
-            from .regime import Band
+        from .regime import Band
 
+        if self.explorer_band:
+            Band.parse(self.explorer_band, "explorer_band")
+        if self.learner_band:
             Band.parse(self.learner_band, "learner_band")
             if self.learner_path:
                 raise ValueError(
@@ -145,6 +151,14 @@ class RLSettings:
 
             return Path(select(family, self.learner, Band.parse(self.learner_band, "learner_band")).path)
         return family.path(self.learner, self.learner_sft_step)
+
+    def explorer_model(self, family: Family) -> Path:
+        """The folder of the explorer's weights (a band's pick, else the final SFT checkpoint)."""
+        if self.explorer_band:
+            from .regime import Band, select
+
+            return Path(select(family, self.explorer, Band.parse(self.explorer_band, "explorer_band")).path)
+        return family.path(self.explorer)
 
 
 # CoDistill-GRPO's runs: the two KD rewards it is run with, and plain GRPO on each of its two models.
