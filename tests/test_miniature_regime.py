@@ -197,3 +197,17 @@ def test_the_families_report_pairs_seeds_within_each_build(tmp_path):
     assert "learner tokens, ratio" in text and "| S2L-PO | final greedy accuracy |" in text
     assert "| family_seed 2 | regime not available in this build: no checkpoint of M" in text
     assert (tmp_path / "families.png").stat().st_size > 1000 and (tmp_path / "families.json").is_file()
+
+
+def test_boolean_settings_parse_true_and_false_on_the_command_line():
+    import argparse
+
+    from s2l_trl.miniature.__main__ import _settings_args
+
+    parser = argparse.ArgumentParser()
+    _settings_args(parser, RLSettings)
+    assert parser.parse_args(["--pass_at_1_at_ends_only", "false"]).pass_at_1_at_ends_only is False
+    assert parser.parse_args(["--pass_at_1_at_ends_only", "true"]).pass_at_1_at_ends_only is True
+    assert parser.parse_args([]).pass_at_1_at_ends_only is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--pass_at_1_at_ends_only", "maybe"])

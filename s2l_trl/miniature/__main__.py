@@ -94,6 +94,14 @@ def _sft_step(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"an SFT step must be an integer or 'final', got {value!r}") from None
 
 
+def _flag(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def _settings_args(p: argparse.ArgumentParser, settings_cls, seeds: list[int] | None = None) -> None:
     """One flag per field of an experiment's settings dataclass (its defaults; SFT steps take an integer or 'final')."""
     for f in fields(settings_cls):
@@ -101,6 +109,8 @@ def _settings_args(p: argparse.ArgumentParser, settings_cls, seeds: list[int] | 
             p.add_argument("--seeds", type=int, nargs="+", default=seeds)
         elif f.name.endswith("_sft_step"):
             p.add_argument(f"--{f.name}", type=_sft_step, default=f.default)
+        elif isinstance(f.default, bool):
+            p.add_argument(f"--{f.name}", type=_flag, default=f.default, metavar="{true,false}")
         else:
             p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
 

@@ -173,9 +173,9 @@ def run_one(
             trainer.mini_stats = fresh_stats()
             recorder.flush(step)
             if step % settings.eval_every == 0 or step == settings.steps:
-                evals.append(
-                    {"step": step, **evaluate(trainer.model, tokenizer, eval_rows, settings.eval_samples, seed)}
-                )
+                ends_only = settings.pass_at_1_at_ends_only and step != settings.steps
+                samples = 0 if ends_only else settings.eval_samples
+                evals.append({"step": step, **evaluate(trainer.model, tokenizer, eval_rows, samples, seed)})
                 if echo:
                     alpha = _alpha(args, step)
                     print(

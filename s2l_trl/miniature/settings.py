@@ -112,6 +112,9 @@ class RLSettings:
     eval_every: int = 20
     eval_problems: int = 128
     eval_samples: int = 4
+    # pass@1 (the sampled half of an evaluation, most of its cost) at the start and the end only; the evaluations in
+    # between measure greedy accuracy (what steps-to-threshold and the mean over evaluations read).
+    pass_at_1_at_ends_only: bool = False
     threshold_gain: float = 0.10  # share of the headroom (1 - start accuracy) defining the threshold
     # pass@k of the trained learner on the held-out problems, n samples each at ``temperature`` (0: not measured), and
     # of the starting learner and the explorer on the same problems for reference.
