@@ -38,7 +38,7 @@ from .explorers.rounds import CollectedRows, ExplorerRequest, ExplorerRounds
 from .explorers.token_bridge import TokenBridge, lookup_fields
 from .model_card import S2L_PAPER, create_s2l_model_card
 from .schedule import make_alpha_fn, split_group
-from .trl_compat import generate_unequal_rows_vllm_server, realign_micro_step, warn_if_untested_trl
+from .trl_compat import generate_unequal_rows_vllm_server, realign_micro_step, relog_advantages, warn_if_untested_trl
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class S2LTrainer(GRPOTrainer):
     # Explorer importance sampling / the explorer off-policy mask read the explorer's own sampling log-probs (a
     # subclass that scores the explorer's rows itself sets this to False).
     _weighs_explorer_logprobs = True
+    # The completions table's `source` of learner rows and of explorer rows.
+    _source_names = ("learner", "explorer")
 
     def __init__(
         self,
@@ -297,6 +299,7 @@ class S2LTrainer(GRPOTrainer):
         S2L: in train mode a `MixedRound` is planned first; TRL then generates (see `_generate_single_turn`) and
         scores as usual; the round's per-source metrics, `per_source` advantages and explorer off-policy terms are
         added to TRL's output, and the next round's explorer rows are requested. Evaluation is TRL's, learner only.
+        TRL's completions table (`log_completions`) gets each row's `source` and the advantages the loss uses.
         """
         train = self.model.training
         if train and self.mixing_enabled:
@@ -305,6 +308,9 @@ class S2LTrainer(GRPOTrainer):
             alpha, g_w, g_s = self.current_mix(step)
             placement = mixing.place_rows(self.accelerator.process_index, len(inputs), self.num_generations, g_w)
             self._round = MixedRound(index, step, alpha, g_w, g_s, placement, inputs)
+        # The completions table's `source` column: TRL gathers and logs it with its own columns.
+        is_explorer = self._round.placement.is_explorer if self._round is not None else [False] * len(inputs)
+        self._log_completion_extra("source", [self._source_names[e] for e in is_explorer])
         try:
             output = super()._generate_and_score_completions(inputs)
             if train and self._round is not None:
@@ -312,6 +318,7 @@ class S2LTrainer(GRPOTrainer):
                 self._prefetch_next_round(self._round)
         finally:
             self._round = None
+            self._pending_extra_logs.pop("source", None)  # left over only when TRL failed before logging the batch
         return output
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -503,6 +510,8 @@ class S2LTrainer(GRPOTrainer):
             ]
         if rnd.g_w > 0:
             self._explorer_off_policy_terms(output, rnd, is_explorer)
+            # The completions table shows the advantages the loss uses, not TRL's from before S2L changed them.
+            relog_advantages(self, mixing.row_advantages(output["advantages"], output["completion_mask"]))
 
     def _explorer_off_policy_terms(self, output: dict[str, Any], rnd: MixedRound, is_explorer: torch.Tensor) -> None:
         """The explorer log-prob gap metric and, unless `explorer_importance_sampling='none'`, explorer IS weights.

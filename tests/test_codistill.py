@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from trainer_utils import digit_reward, logged, tiny_dataset
@@ -293,7 +294,7 @@ def test_kd_coef_zero_small_model_matches_plain_grpo(tiny, tmp_path):
 
 
 def test_a_step_trains_both_models_and_the_large_model_generates_nothing(tiny, tmp_path):
-    trainer = codistill(tiny, tmp_path)
+    trainer = codistill(tiny, tmp_path, log_completions=True)
     calls = {"large": 0, "small": 0}
     for name, model in (("large", trainer.large_model), ("small", trainer.small_model)):
         original = model.generate
@@ -316,6 +317,10 @@ def test_a_step_trains_both_models_and_the_large_model_generates_nothing(tiny, t
     for key in ("codistill/kd_reward", "codistill/reward/small", "codistill/is_weight/max", "small/loss"):
         assert len(logged(trainer, key)) == 1, key
     assert logged(trainer, "codistill/is_weight/max")[0] <= 2.0
+    # TRL's completions table names the rows by the model that sampled them.
+    assert (
+        list(pd.read_parquet(tmp_path / "out" / "completions" / "completions_00001.parquet")["source"]) == ["small"] * 8
+    )
     trainer.save_model()
     out = tmp_path / "out"
     for sub in ("large_model", "small_model"):

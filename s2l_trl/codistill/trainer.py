@@ -129,6 +129,7 @@ class CoDistillTrainer(S2LTrainer):
     _tag_names = ["trl", "grpo", "s2l-po", "codistill"]
     _name = "CoDistill-GRPO"
     _weighs_explorer_logprobs = False  # the small model's log-probs are scored by the trainer (`_small_logps`)
+    _source_names = ("large", "small")  # the completions table's `source` of large-model and small-model rows
 
     def __init__(
         self,
