@@ -87,7 +87,7 @@ class TokenBridge:
         """Apply the learner's rules to an explorer completion: same tokenizer, EOS cut, length cap."""
         if not self.matches and not self.retokenizes_itself:
             ended = bool(ids) and ids[-1] in self.explorer_eos_ids
-            text = self.explorer_tokenizer.decode(ids, skip_special_tokens=True)
+            text = completion_text(self.explorer_tokenizer, ids, ended)
             ids = self.learner_tokenizer(text, add_special_tokens=False)["input_ids"] + (
                 [self.eos_token_ids[0]] if ended else []
             )
@@ -178,6 +178,17 @@ class TokenBridge:
             "the prompt text differs, so the rollouts were made with another chat template, system prompt or "
             "chat_template_kwargs."
         )
+
+
+def completion_text(tokenizer: Any, ids: list[int], ended: bool) -> str:
+    """The text of a completion (special tokens left out), as the explorer wrote it.
+
+    A completion cut by its length cap (not `ended`) can stop inside a multi-byte character, whose first bytes
+    decode to U+FFFD: that partial character is dropped, as vLLM's own detokenizer does, rather than handed on as a
+    replacement character the explorer never wrote (re-tokenized, it would be a real token for another model).
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return text if ended else text.rstrip("\ufffd")
 
 
 def tokenizers_match(a: Any, b: Any) -> bool:
