@@ -152,3 +152,8 @@ def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tin
     system = tok("System: be brief. User: " + text, add_special_tokens=False)["input_ids"]
     with pytest.raises(ExplorerError, match="another chat template"):
         b.check_coverage(CoverageExplorer({"a": system}), chat, lambda prompts: [built], rows_per_prompt=4)
+    # The run's own system message differs from the one the rollouts were sampled with: a system prompt difference,
+    # not another tokenizer (the run's system words are missing from the stored ids, the user's are there).
+    own = [{"prompt_id": "a", "prompt": [{"role": "system", "content": "Think hard."}, *chat[0]["prompt"]]}]
+    with pytest.raises(ExplorerError, match="another chat template, system prompt"):
+        b.check_coverage(CoverageExplorer({"a": system}), own, lambda prompts: [built], rows_per_prompt=4)

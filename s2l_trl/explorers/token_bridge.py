@@ -166,8 +166,8 @@ class TokenBridge:
                 "the same text was tokenized differently, so the rollouts were tokenized by another tokenizer (set "
                 "explorer_model to the model that sampled them)."
             )
-        # Another template or system prompt still holds the prompt's own words; another tokenizer's ids, read
-        # with the learner's, do not.
+        # Another template or system prompt still holds the user's own words; another tokenizer's ids, read with
+        # the learner's, do not. Only the user's turns count: the system prompt may be what differs.
         words = "".join(_prompt_text(example["prompt"]).split())
         if words and words not in "".join(decode(stored, skip_special_tokens=True).split()):
             return (
@@ -197,12 +197,14 @@ def tokenizers_match(a: Any, b: Any) -> bool:
 
 
 def _prompt_text(prompt: Any) -> str:
-    """The words of a prompt: the text itself, or its messages' text contents (string or text parts)."""
+    """The user's words of a prompt: the text itself, or its user messages' text contents (string or text parts)."""
     if isinstance(prompt, str):
         return prompt
     parts = []
     for message in prompt if isinstance(prompt, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or message.get("role", "user") != "user":
+            continue
+        content = message.get("content")
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):
