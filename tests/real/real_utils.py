@@ -35,6 +35,11 @@ def math500_subset(shared_eval_data: Path, path: Path, n: int) -> Path:
     return path
 
 
+def read_rollouts(path: Path) -> list[dict[str, Any]]:
+    """The lines of a rollout file written by `s2l-sample`."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
 def train_dataset(path: Path, **data_overrides):
     """The data set exactly as `s2l-train` builds it from ``path`` (`s2l_trl.data.load_train_dataset`)."""
     from s2l_trl.data import PromptDataArguments, load_train_dataset
