@@ -140,7 +140,7 @@ def test_im_end_ends_a_completion_on_both_sides(real_models, smollm2_trl_server,
             explorer_temperature=ru.TEMPERATURE,
             num_generations=4,
             per_device_train_batch_size=4,
-            max_completion_length=48,
+            max_completion_length=24,
             mix_alpha_start=0.5,
         )
     )

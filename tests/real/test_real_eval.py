@@ -115,7 +115,7 @@ def test_s2l_eval_on_smollm2_math500(real_models, smollm2_trl_server, shared_eva
 @pytest.mark.parametrize("mode", ["nothink", "think"])
 def test_s2l_eval_on_smollm2_math500_full(real_models, smollm2_trl_server, shared_eval_data, tmp_path, mode):
     _, records, result = run_eval(
-        real_models, smollm2_trl_server().base_url, shared_eval_data, tmp_path, 40, 8, mode, 384
+        real_models, smollm2_trl_server().base_url, shared_eval_data, tmp_path, 24, 8, mode, 256
     )
-    figures = check_and_count(records, result, 8, 40)
-    _report(tmp_path, f"{mode}-40x8", figures, result)
+    figures = check_and_count(records, result, 8, 24)
+    _report(tmp_path, f"{mode}-24x8", figures, result)
