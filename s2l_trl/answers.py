@@ -103,6 +103,31 @@ def extract_choice(text: str, labels: list[str] | tuple[str, ...] = ("A", "B", "
     return match.group(1) if match else None
 
 
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def unboxed_answer(text: str) -> str:
+    """The answer of a completion with no ``\\boxed{}`` and no ``Answer:`` line: an expression math_verify finds after
+    an answer phrase ("the final answer is $\\frac12$"), else the last number of the text, else ``""``.
+
+    Never the last expression wherever it stands: weak models restate the question, and math_verify evaluates what
+    they restate (``$\\binom{31}{28}$`` is 4495, ``$\\log_2 64$`` is 6), which judged every echo of a "Compute ..."
+    problem correct (all three "correct" SmolLM2-135M answers of a real MATH500 run were such echoes; TRL's
+    ``accuracy_reward``, the training reward, gave them 0).
+    """
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    anchored = [
+        LatexExtractionConfig(try_extract_without_anchor=False),
+        ExprExtractionConfig(try_extract_without_anchor=False),
+    ]
+    parsed = parse(text, extraction_config=anchored)
+    if len(parsed) > 1:
+        return str(parsed[1])
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else ""
+
+
 def _normalize_compat(answer: str) -> str:
     answer = answer.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("$", "")
     answer = re.sub(r"\\text\{\s*([^{}]*)\}", r"\1", answer)
@@ -152,12 +177,7 @@ class MathJudge:
         """Extract the final answer of ``completion`` and judge it with both rules."""
         predicted = extract_math_answer(completion)
         if predicted is None:
-            # No box and no "Answer:" line: let math_verify find the last expression of the text, and record
-            # what it read so that the predicted answer shown in the outputs is the one that was judged.
-            from math_verify import parse
-
-            parsed = parse(completion)
-            predicted = str(parsed[1]) if len(parsed) > 1 else ""
+            predicted = unboxed_answer(completion)
         return self.judge_predicted(predicted)
 
     def judge_predicted(self, predicted: str) -> Judgement:

@@ -152,7 +152,8 @@ def explorer_is_weights(
     else:
         weight = torch.exp(diff)
     if mode.endswith("truncate"):
-        weight = weight.clamp(min=clip_min, max=clip_max)
+        if clip_min is not None or clip_max is not None:  # torch.clamp refuses two missing bounds
+            weight = weight.clamp(min=clip_min, max=clip_max)
     else:
         lo = -math.inf if clip_min is None else clip_min
         hi = math.inf if clip_max is None else clip_max

@@ -122,6 +122,14 @@ class S2LTrainer(GRPOTrainer):
             preflight.check_prompts_fit(
                 self.train_dataset, lambda prompts: self._tokenize_prompts(prompts)[0], self._context_limits()
             )
+            explorer_limit = None if self.explorer is None else self._explorer_context_limit()
+            if explorer_limit is not None and explorer_limit[1] is not None and not self.token_bridge.matches:
+                # Another tokenizer: the explorer's prompts are its own template's rendering, counted in its tokens.
+                preflight.check_prompts_fit(
+                    self.train_dataset,
+                    lambda prompts: [self.token_bridge.prompt_ids([], {"prompt": p}) for p in prompts],
+                    [explorer_limit],
+                )
 
     def _set_up_mixing(self, args: S2LConfig, explorer: Explorer | None) -> None:
         self._round: MixedRound | None = None
@@ -175,12 +183,16 @@ class S2LTrainer(GRPOTrainer):
         ]
         limits = [(*limit, self.max_completion_length) for limit in limits]
         if self.explorer is not None and self.token_bridge.matches:  # explorer prompts are then the same ids
-            context = getattr(self.explorer, "max_model_len", None) or getattr(
-                getattr(getattr(self.explorer, "model", None), "config", None), "max_position_embeddings", None
-            )
-            option = "the explorer server's --max-model-len, explorer_vllm_max_model_length or max_position_embeddings"
-            limits.append(("explorer", context, option, self.args.explorer_max_tokens))
+            limits.append(self._explorer_context_limit())
         return limits
+
+    def _explorer_context_limit(self) -> tuple[str, int | None, str, int]:
+        """The explorer's context (a server's, an engine's or a local model's; None for stored rollouts)."""
+        context = getattr(self.explorer, "max_model_len", None) or getattr(
+            getattr(getattr(self.explorer, "model", None), "config", None), "max_position_embeddings", None
+        )
+        option = "the explorer server's --max-model-len, explorer_vllm_max_model_length or max_position_embeddings"
+        return ("explorer", context, option, self.args.explorer_max_tokens)
 
     @property
     def explorer_tokenizer_matches(self) -> bool:

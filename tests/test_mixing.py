@@ -80,6 +80,18 @@ def test_explorer_is_weights_token_and_sequence_modes():
         mixing.explorer_is_weights(learner, explorer, mask, is_explorer, "none", None, 3.0)
 
 
+def test_explorer_is_weights_without_bounds_are_the_plain_ratios():
+    """Both bounds None (allowed by S2LConfig: "unbounded on that side") is the unclipped ratio, not a torch error."""
+    learner = torch.tensor([[-1.0, -1.0]])
+    explorer = torch.tensor([[-3.0, -0.5]])
+    mask, is_explorer = torch.tensor([[1, 1]]), torch.tensor([True])
+    for mode in ("token_truncate", "token_mask"):
+        w, _ = mixing.explorer_is_weights(learner, explorer, mask, is_explorer, mode, None, None)
+        assert w[0].tolist() == pytest.approx([math.exp(2.0), math.exp(-0.5)])
+    w, _ = mixing.explorer_is_weights(learner, explorer, mask, is_explorer, "sequence_truncate", None, None)
+    assert w[0].tolist() == pytest.approx([math.exp(1.5)] * 2)
+
+
 def test_mean_logp_gap_counts_known_explorer_tokens_only():
     learner = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
     explorer = torch.tensor([[-3.0, float("nan"), -5.0], [-9.0, -9.0, -9.0]])

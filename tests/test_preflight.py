@@ -204,6 +204,20 @@ def test_prompts_longer_than_the_explorers_context_are_refused(tiny, tmp_path):
         _trainer(tiny, args)
 
 
+def test_prompts_longer_than_the_context_of_an_explorer_with_another_tokenizer_are_refused(tiny, tmp_path):
+    """Another tokenizer: the explorer's prompts are its own rendering, counted in its own tokens."""
+    from s2l_trl.devtools.tiny import build_model, build_tokenizer
+
+    build_tokenizer(tmp_path / "tok", vocab_size=400, seed=7)
+    build_model(
+        tmp_path / "foreign", tmp_path / "tok", hidden_size=32, num_layers=1, seed=3, max_position_embeddings=40
+    )
+    args = s2l_args(tmp_path, explorer_mode="local", explorer_model=str(tmp_path / "foreign"))
+    with pytest.raises(InputError, match=r"explorer's context of 40 tokens.*max_position_embeddings"):
+        _trainer(tiny, args)
+    assert not (tmp_path / "out").exists()
+
+
 def test_prompts_longer_than_the_explorer_servers_context_are_refused_at_start(tiny, tmp_path):
     """vLLM's /v1/models says the served context; a prompt that does not fit it would fail the round with HTTP 400."""
     from s2l_trl.devtools.fake_server import FakeServer

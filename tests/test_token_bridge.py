@@ -56,6 +56,40 @@ def test_another_tokenizer_is_re_rendered_and_re_tokenized(tiny, foreign_explore
     assert itself.to_learner([4, 5], None) == ([4, 5], None)
 
 
+def test_a_completion_cut_inside_a_character_drops_the_partial_character(tiny, foreign_explorer):
+    """Cut by its length cap inside a multi-byte character, a completion decodes with a trailing U+FFFD: re-tokenized
+    for the learner, that would be a real replacement-character token the explorer never wrote."""
+    b, tok = bridge(tiny, str(foreign_explorer), max_len=64)
+    ftok = AutoTokenizer.from_pretrained(foreign_explorer)
+    ids = ftok("1+1=\u6668", add_special_tokens=False)["input_ids"]  # the CJK character is three byte tokens here
+    whole = tok("1+1=\u6668", add_special_tokens=False)["input_ids"]
+    cuts = [ids[:i] for i in range(1, len(ids)) if ftok.decode(ids[:i]).endswith("\ufffd")]
+    assert cuts  # the tiny tokenizer has no merge for it: cutting inside it is possible
+    for cut in cuts:
+        learner_ids, _ = b.to_learner(cut, None)
+        assert learner_ids == tok("1+1=", add_special_tokens=False)["input_ids"]
+        assert "\ufffd" not in tok.decode(learner_ids)
+    assert b.to_learner(ids, None)[0] == whole  # the whole character is kept
+    ended, _ = b.to_learner(ids + [ftok.eos_token_id], None)
+    assert ended == whole + [tok.eos_token_id]
+
+
+def test_sampling_engine_text_drops_a_partial_last_character(tiny, foreign_explorer):
+    """s2l-sample's `response` (re-tokenized for another learner) and s2l-eval's outputs follow the same rule."""
+    from s2l_trl.explorers.base import ExplorerOutput
+    from s2l_trl.sampling.engine import SamplingEngine
+
+    ftok = AutoTokenizer.from_pretrained(foreign_explorer)
+    ids = ftok("1+1=\u6668", add_special_tokens=False)["input_ids"]
+
+    class Fixed:
+        def generate(self, prompt_ids, n, inputs=None):
+            return ExplorerOutput(completion_ids=[ids[:-1], ids, ids[:-1] + [ftok.eos_token_id]])
+
+    (rows,) = SamplingEngine(Fixed(), ftok).generate([[1]], 3)
+    assert [r.text for r in rows] == ["1+1=", "1+1=\u6668", ftok.decode(ids[:-1], skip_special_tokens=True)]
+
+
 class CoverageExplorer:
     """Knows rollouts for some prompts, with stored prompt ids; takes `n` (warns once about short prompts)."""
 
@@ -120,6 +154,11 @@ def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tin
     system = tok("System: be brief. User: " + text, add_special_tokens=False)["input_ids"]
     with pytest.raises(ExplorerError, match="another chat template"):
         b.check_coverage(CoverageExplorer({"a": system}), chat, lambda prompts: [built], rows_per_prompt=4)
+    # The run's own system message differs from the one the rollouts were sampled with: a system prompt difference,
+    # not another tokenizer (the run's system words are missing from the stored ids, the user's are there).
+    own = [{"prompt_id": "a", "prompt": [{"role": "system", "content": "Think hard."}, *chat[0]["prompt"]]}]
+    with pytest.raises(ExplorerError, match="another chat template, system prompt"):
+        b.check_coverage(CoverageExplorer({"a": system}), own, lambda prompts: [built], rows_per_prompt=4)
 
 
 def _rollouts(path, tok, rows):

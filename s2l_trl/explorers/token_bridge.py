@@ -87,7 +87,7 @@ class TokenBridge:
         """Apply the learner's rules to an explorer completion: same tokenizer, EOS cut, length cap."""
         if not self.matches and not self.retokenizes_itself:
             ended = bool(ids) and ids[-1] in self.explorer_eos_ids
-            text = self.explorer_tokenizer.decode(ids, skip_special_tokens=True)
+            text = completion_text(self.explorer_tokenizer, ids, ended)
             ids = self.learner_tokenizer(text, add_special_tokens=False)["input_ids"] + (
                 [self.eos_token_ids[0]] if ended else []
             )
@@ -215,8 +215,8 @@ class TokenBridge:
                 "the same text was tokenized differently, so the rollouts were tokenized by another tokenizer (set "
                 "explorer_model to the model that sampled them)."
             )
-        # Another template or system prompt still holds the prompt's own words; another tokenizer's ids, read
-        # with the learner's, do not.
+        # Another template or system prompt still holds the user's own words; another tokenizer's ids, read with
+        # the learner's, do not. Only the user's turns count: the system prompt may be what differs.
         words = "".join(_prompt_text(example["prompt"]).split())
         if words and words not in "".join(decode(stored, skip_special_tokens=True).split()):
             return (
@@ -229,18 +229,31 @@ class TokenBridge:
         )
 
 
+def completion_text(tokenizer: Any, ids: list[int], ended: bool) -> str:
+    """The text of a completion (special tokens left out), as the explorer wrote it.
+
+    A completion cut by its length cap (not `ended`) can stop inside a multi-byte character, whose first bytes
+    decode to U+FFFD: that partial character is dropped, as vLLM's own detokenizer does, rather than handed on as a
+    replacement character the explorer never wrote (re-tokenized, it would be a real token for another model).
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return text if ended else text.rstrip("\ufffd")
+
+
 def tokenizers_match(a: Any, b: Any) -> bool:
     """Whether token ids of one tokenizer mean the same to the other: the same vocabulary and EOS."""
     return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
 
 
 def _prompt_text(prompt: Any) -> str:
-    """The words of a prompt: the text itself, or its messages' text contents (string or text parts)."""
+    """The user's words of a prompt: the text itself, or its user messages' text contents (string or text parts)."""
     if isinstance(prompt, str):
         return prompt
     parts = []
     for message in prompt if isinstance(prompt, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or message.get("role", "user") != "user":
+            continue
+        content = message.get("content")
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):

@@ -14,6 +14,7 @@ from typing import Any
 from ..data import prompt_token_ids
 from ..explorers.base import Explorer, SamplingSettings, generate_checked
 from ..explorers.factory import SAMPLING_BACKENDS, resolve_backend
+from ..explorers.token_bridge import completion_text
 
 BACKEND_CHOICES = (*SAMPLING_BACKENDS, "transformers")
 
@@ -154,7 +155,11 @@ class SamplingEngine:
         start = time.perf_counter()
         out = generate_checked(self.explorer, list(prompt_ids), n, inputs=inputs)
         self.generation_seconds += time.perf_counter() - start
-        texts = self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+        special = set(self.tokenizer.all_special_ids)
+        # A completion that did not end with a special token (EOS) was cut by max_tokens: a partial last character is
+        # dropped (`completion_text`), so the text (s2l-sample's `response`, re-tokenized for other learners) holds
+        # what the model wrote.
+        texts = [completion_text(self.tokenizer, ids, bool(ids) and ids[-1] in special) for ids in out.completion_ids]
         self.generated_tokens += sum(len(ids) for ids in out.completion_ids)
         rows = [
             Completion(text, list(ids), None if out.logprobs is None else list(out.logprobs[i]))
