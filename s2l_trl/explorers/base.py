@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+# The key under which the trainer's explorer calls add each prompt's global group index (in its round) to `inputs`:
+# a group split across two processes is asked for by both, and a backend that draws per group (offline rollouts) can
+# then make the same draws for it on both.
+GROUP_FIELD = "s2l_group"
+
 
 @dataclass
 class SamplingSettings:
