@@ -120,7 +120,8 @@ class ExplorerRounds:
 
     Args:
         explorer: the backend (see `Explorer`).
-        prefetch: allow `prefetch` (ignored for foreground explorers).
+        prefetch: allow `prefetch` (ignored for foreground explorers and for explorers that sleep between calls,
+            `sleeps_between_calls = True`: a prefetch would call them while the learner trains).
         foreground: `round -> context manager` wrapping a foreground explorer's call (default: none).
 
     The trainer calls, per mixed round: `request(req)` before the learner generates, `collect(req, wanted)` after;
@@ -136,7 +137,15 @@ class ExplorerRounds:
     ):
         self.explorer = explorer
         self.background = bool(getattr(explorer, "runs_in_background", True))
-        self.prefetch_enabled = prefetch and self.background
+        # An explorer whose engine sleeps between calls (to leave its memory to training) must not be called while
+        # the learner trains, which is when a prefetch runs.
+        sleeps = bool(getattr(explorer, "sleeps_between_calls", False))
+        if prefetch and self.background and sleeps:
+            logger.info(
+                "Explorer prefetch is off: the explorer's engine sleeps between calls (sleep mode), and a prefetch "
+                "would wake it while the learner trains."
+            )
+        self.prefetch_enabled = prefetch and self.background and not sleeps
         self.foreground = foreground or (lambda _round: contextlib.nullcontext())
         self.lookahead: Lookahead | None = None
         self._calls: dict[int, _Call] = {}  # started (or planned) calls by round; at most the current and the next
