@@ -321,7 +321,7 @@ def test_a_sleeping_vllm_explorer_is_awake_only_while_the_round_generates_never_
         str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny), explorer=explorer
     )
     assert not trainer.prefetch_enabled
-    phases, awake_at_loss = [], []
+    awake_at_loss = []
     generate, compute_loss = trainer._generate_and_score_completions, trainer._compute_loss
 
     def generating(inputs):
