@@ -23,6 +23,7 @@ CoDistill under ZeRO-3, how many parameter elements were gathered while the larg
 
 import gc
 import json
+import os
 import sys
 import time
 from datetime import timedelta
@@ -56,6 +57,10 @@ def install_shim(engine: str) -> None:
         from fsdp2_cpu_shim import install
 
         install()
+        # What `accelerate launch` with recipes/accelerate_configs/fsdp.yaml puts in every process's environment from
+        # the start: Transformers then loads every model after the first process's with zeros (cpu-RAM-efficient
+        # loading), for FSDP to broadcast the first process's weights.
+        os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING="true")
     elif engine in ("zero2", "zero3"):
         from deepspeed_cpu_shim import install
 
