@@ -577,7 +577,7 @@ class CoDistillTrainer(S2LTrainer):
         the engine steps inside the last micro-step's backward, so both models were clipped there already
         (`_clip_deepspeed_per_model`): their norms are only read here."""
         if self.is_deepspeed_enabled:
-            return self._grad_norms.get(LARGE) if self._grad_norms else None
+            return (self._grad_norms or {}).get(LARGE)
         return self._per_model_clip()
 
     def _get_grad_norm(self, model, grad_norm=None):
@@ -585,7 +585,7 @@ class CoDistillTrainer(S2LTrainer):
         Both models' norms (before clipping) are logged as `codistill/grad_norm/large` and `codistill/grad_norm/small`;
         TRL's `grad_norm` is the large model's."""
         if grad_norm is None:
-            grad_norm = self._grad_norms.get(LARGE) if self.is_deepspeed_enabled else self._per_model_clip()
+            grad_norm = (self._grad_norms or {}).get(LARGE) if self.is_deepspeed_enabled else self._per_model_clip()
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         for role, norm in (self._grad_norms or {}).items():
             self._metrics["train"][f"codistill/grad_norm/{role}"].append(float(norm))
