@@ -554,7 +554,8 @@ def test_each_model_is_clipped_by_its_own_norm_and_both_norms_are_logged(tiny, t
         per_device_train_batch_size=4,
         max_completion_length=4,
     )
-    before = {role: [p.detach().clone() for p in trainer.codistill.role_parameters(role)] for role in ("large", "small")}
+    roles = ("large", "small")
+    before = {role: [p.detach().clone() for p in trainer.codistill.role_parameters(role)] for role in roles}
     trainer.train()
     for role, clip in (("large", 0.05), ("small", 0.02)):
         moved = torch.stack(

@@ -13,12 +13,14 @@ test-only shims (fsdp2_cpu_shim.py, deepspeed_cpu_shim.py) let accelerate take t
 unequal between the processes: S2L-PO runs G = 4 with 6 rows per process (a group split 2 + 2, explorer and learner
 rows in different numbers on each process at alpha 0.5); CoDistill runs 2 rows per process (at alpha 0.5 one process
 holds only small-model rows, the other only large-model rows). Clipping is on (`max_grad_norm` 0.05, the small model's
-0.02): both models' gradients are larger, so each is clipped by its own norm.
+0.02): both models' gradients are larger, so each is clipped by its own norm; plain SGD at learning rate 1 makes the
+step the clipped gradient itself.
 
 Each rank writes rank<i>.json: per configuration, the weights of every model at the first step (after the engine was
 set up; gathered, per parameter: sum and sum of squares), the explorer's calls (state before, request, rows), the
-rows the learner and the small model sampled, the logged norms and losses, and the full weights after the step; for
-CoDistill under ZeRO-3, how many parameter elements were gathered while the large model generated.
+rows the learner and the small model sampled, the logged norms and losses, the full weights after the step and how far
+each trained model moved; for CoDistill under ZeRO-3, how many parameter elements were gathered while the large model
+generated.
 """
 
 import gc
