@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -13,6 +14,8 @@ from .explorers.server import parse_server_urls
 from .mixing import EXPLORER_IS_MODES
 from .preflight import check_deepspeed_installed
 from .schedule import SCHEDULES, validate_schedule
+
+logger = logging.getLogger(__name__)
 
 # Training draws explorer rows from a server, stored rollouts, or an in-process model (transformers or vLLM).
 EXPLORER_MODES = ("server", "offline", "local", "vllm")
@@ -205,8 +208,10 @@ class S2LConfig(GRPOConfig):
     explorer_max_tokens: int | None = field(
         default=None,
         metadata=field_help(
-            """Maximum explorer completion length; defaults to `max_completion_length`. Explorer completions are
-            always truncated at `max_completion_length`, like the learner's."""
+            """Maximum explorer completion length; defaults to `max_completion_length`, so that both sources are
+            truncated alike. A smaller value is refused (explorer rows would stop where the learner's go on); a larger
+            one is warned about (explorer completions are cut at `max_completion_length` like the learner's, so the
+            extra tokens are generated for nothing)."""
         ),
     )
     mix_schedule: str = field(
@@ -326,6 +331,7 @@ class S2LConfig(GRPOConfig):
             self.explorer_max_tokens = self.max_completion_length
         if self.explorer_max_tokens < 1:
             raise ValueError(f"explorer_max_tokens must be >= 1, got {self.explorer_max_tokens!r}.")
+        self._check_explorer_cap()
         for name in (
             "explorer_prompts_per_request",
             "explorer_max_concurrent_requests",
@@ -336,6 +342,28 @@ class S2LConfig(GRPOConfig):
         if self.explorer_max_retries < 0:
             raise ValueError(f"explorer_max_retries must be >= 0, got {self.explorer_max_retries!r}.")
         self._check_explorer_vllm()
+
+    def _check_explorer_cap(self) -> None:
+        """Explorer and learner completions follow one truncation rule (`max_completion_length`)."""
+        cap, length = self.explorer_max_tokens, self.max_completion_length
+        if length is None or cap == length:
+            return
+        if cap < length:
+            raise ValueError(
+                f"explorer_max_tokens={cap} is smaller than max_completion_length={length}: explorer completions would "
+                f"stop at {cap} tokens where the learner's go on to {length}, so the two sources would not be "
+                "truncated alike. Leave explorer_max_tokens unset (it defaults to max_completion_length), or lower "
+                f"max_completion_length to {cap}."
+            )
+        logger.warning(
+            "explorer_max_tokens=%d exceeds max_completion_length=%d: explorer completions are cut at %d tokens like "
+            "the learner's, so up to %d tokens per explorer row are generated for nothing. Leave explorer_max_tokens "
+            "unset (it defaults to max_completion_length).",
+            cap,
+            length,
+            length,
+            cap - length,
+        )
 
     def _check_explorer_vllm(self) -> None:
         """The `explorer_vllm_*` fields: each bad value named with its fix, before any engine starts."""

@@ -162,6 +162,23 @@ def explorer_is_weights(
     return weight, stats
 
 
+def row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """The advantage each row's tokens are trained with, one value per row (the completions table's column).
+
+    Args:
+        advantages: `(B,)` sequence advantages, or `(B, T)` per-token ones (explorer importance weights folded in).
+        completion_mask: `(B, T)`.
+
+    Returns:
+        `(B,)`: `advantages` as they are, or the mean of each row's per-token advantages over its completion tokens
+        (0 for a row without any: nothing of it is trained).
+    """
+    if advantages.dim() == 1:
+        return advantages
+    mask = completion_mask.to(advantages.dtype)
+    return (advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 def mean_logp_gap(
     learner_logps: torch.Tensor, explorer_logps: torch.Tensor, completion_mask: torch.Tensor, is_explorer: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

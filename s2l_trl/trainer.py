@@ -33,11 +33,12 @@ from trl import GRPOTrainer
 from . import mixing, preflight
 from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, build_training_explorer
+from .explorers.factory import logprobs_needed_by
 from .explorers.rounds import CollectedRows, ExplorerRequest, ExplorerRounds
 from .explorers.token_bridge import TokenBridge, lookup_fields
 from .model_card import S2L_PAPER, create_s2l_model_card
 from .schedule import make_alpha_fn, split_group
-from .trl_compat import generate_unequal_rows_vllm_server, realign_micro_step, warn_if_untested_trl
+from .trl_compat import generate_unequal_rows_vllm_server, realign_micro_step, relog_advantages, warn_if_untested_trl
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ class S2LTrainer(GRPOTrainer):
     _tag_names = ["trl", "grpo", "s2l-po"]
     _name = "S2L-PO"
     _paper = S2L_PAPER
+    # Explorer importance sampling / the explorer off-policy mask read the explorer's own sampling log-probs (a
+    # subclass that scores the explorer's rows itself sets this to False).
+    _weighs_explorer_logprobs = True
+    # The completions table's `source` of learner rows and of explorer rows.
+    _source_names = ("learner", "explorer")
 
     def __init__(
         self,
@@ -134,10 +140,11 @@ class S2LTrainer(GRPOTrainer):
             self.chat_template_kwargs,
             retokenizes_itself=args.explorer_mode == "offline",
         )
-        if args.explorer_importance_sampling != "none" and not self.token_bridge.matches:
+        needs_logprobs = logprobs_needed_by(args) if self._weighs_explorer_logprobs else None
+        if needs_logprobs and not self.token_bridge.matches:
             raise ValueError(
-                f"explorer_importance_sampling={args.explorer_importance_sampling!r} needs explorer log-probs, which "
-                "are unusable when the explorer tokenizer differs from the learner's; use 'none'."
+                f"{needs_logprobs} needs explorer log-probs, which are unusable when the explorer tokenizer differs "
+                "from the learner's; set explorer_importance_sampling='none' and explorer_off_policy_mask=False."
             )
         self.explorer: Explorer | None = None
         self.explorer_rounds: ExplorerRounds | None = None
@@ -153,6 +160,7 @@ class S2LTrainer(GRPOTrainer):
                 # The next round's batch is known one round ahead only when a round spans whole optimizer steps.
                 prefetch=args.explorer_prefetch and args.steps_per_generation >= args.gradient_accumulation_steps,
                 foreground=self._explorer_rng,
+                logprobs_needed_by=needs_logprobs,
             )
 
     def _context_limits(self) -> list[tuple[str, int | None, str, int]]:
@@ -291,6 +299,7 @@ class S2LTrainer(GRPOTrainer):
         S2L: in train mode a `MixedRound` is planned first; TRL then generates (see `_generate_single_turn`) and
         scores as usual; the round's per-source metrics, `per_source` advantages and explorer off-policy terms are
         added to TRL's output, and the next round's explorer rows are requested. Evaluation is TRL's, learner only.
+        TRL's completions table (`log_completions`) gets each row's `source` and the advantages the loss uses.
         """
         train = self.model.training
         if train and self.mixing_enabled:
@@ -299,6 +308,9 @@ class S2LTrainer(GRPOTrainer):
             alpha, g_w, g_s = self.current_mix(step)
             placement = mixing.place_rows(self.accelerator.process_index, len(inputs), self.num_generations, g_w)
             self._round = MixedRound(index, step, alpha, g_w, g_s, placement, inputs)
+        # The completions table's `source` column: TRL gathers and logs it with its own columns.
+        is_explorer = self._round.placement.is_explorer if self._round is not None else [False] * len(inputs)
+        self._log_completion_extra("source", [self._source_names[e] for e in is_explorer])
         try:
             output = super()._generate_and_score_completions(inputs)
             if train and self._round is not None:
@@ -306,6 +318,7 @@ class S2LTrainer(GRPOTrainer):
                 self._prefetch_next_round(self._round)
         finally:
             self._round = None
+            self._pending_extra_logs.pop("source", None)  # left over only when TRL failed before logging the batch
         return output
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -497,6 +510,8 @@ class S2LTrainer(GRPOTrainer):
             ]
         if rnd.g_w > 0:
             self._explorer_off_policy_terms(output, rnd, is_explorer)
+            # The completions table shows the advantages the loss uses, not TRL's from before S2L changed them.
+            relog_advantages(self, mixing.row_advantages(output["advantages"], output["completion_mask"]))
 
     def _explorer_off_policy_terms(self, output: dict[str, Any], rnd: MixedRound, is_explorer: torch.Tensor) -> None:
         """The explorer log-prob gap metric and, unless `explorer_importance_sampling='none'`, explorer IS weights.

@@ -115,3 +115,22 @@ def generate_unequal_rows_vllm_server(
     local = slice(begin, begin + len(prompt_ids))
     logps = None if all_logps is None else [[lp[0] for lp in seq] for seq in all_logps[local]]
     return all_ids[local], logps
+
+
+def relog_advantages(trainer: Any, advantages: Any) -> None:
+    """Replace the advantages TRL logged for the batch it just scored with `advantages` (`(B,)`, this process's
+    rows), gathered in TRL's process order. Call it on every process (it gathers).
+
+    TRL behaviour: `_generate_and_score_completions` appends the gathered group advantages of the batch to
+    `_logs["advantages"]` (the completions table's `advantage` column, shown by rich, wandb and trackio) before it
+    returns the batch; S2L changes the advantages afterwards (`per_source` baselines, explorer importance weights),
+    so the logged values are not the ones the loss uses.
+    """
+    from accelerate.utils import gather
+
+    values = gather(advantages.detach().float()).tolist()
+    logged = trainer._logs["advantages"]
+    n = min(len(values), len(logged))  # the deque keeps at most a generation batch
+    for _ in range(n):
+        logged.pop()
+    logged.extend(values[len(values) - n :])

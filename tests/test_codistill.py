@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from trainer_utils import digit_reward, logged, tiny_dataset
@@ -144,6 +145,30 @@ def test_a_small_model_with_another_tokenizer_is_refused_first_and_leaves_no_out
     assert not (tmp_path / "out").exists()
 
 
+def test_a_small_model_larger_than_the_large_one_is_refused_from_the_configs(tiny, tmp_path, caplog, monkeypatch):
+    """Swapped arguments: refused before either model's weights are read, naming both parameter counts; the same
+    size is warned about (a legitimate ablation, but nothing saved)."""
+    from s2l_trl.codistill import config as codistill_config
+    from s2l_trl.preflight import InputError
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the size check")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_weights)
+        with pytest.raises(InputError) as info:
+            codistill(tiny, tmp_path, large=tiny["explorer"], small=tiny["learner"])
+    large = codistill_config.parameter_count(str(tiny["explorer"]))
+    small = codistill_config.parameter_count(str(tiny["learner"]))
+    assert 0 < large < small
+    message = str(info.value)
+    assert f"has {small:,} parameters, more than model=" in message and f"({large:,})" in message
+    assert "Swap the two" in message and not (tmp_path / "out").exists()
+    with caplog.at_level("WARNING", logger="s2l_trl.codistill.config"):
+        codistill_config.check_model_sizes(str(tiny["learner"]), str(tiny["learner"]))
+    assert "has as many parameters as model=" in caplog.text
+
+
 # ---------------------------------------------------------------- case 2: the KD sign, by hand
 def test_kd_sign_and_scale_on_a_hand_computed_two_token_example(tiny, tmp_path, monkeypatch):
     """One group of 4 small-model rows with two tokens each. Token 0: pi_large 0.5, pi_small 0.25 (the large model
@@ -269,7 +294,7 @@ def test_kd_coef_zero_small_model_matches_plain_grpo(tiny, tmp_path):
 
 
 def test_a_step_trains_both_models_and_the_large_model_generates_nothing(tiny, tmp_path):
-    trainer = codistill(tiny, tmp_path)
+    trainer = codistill(tiny, tmp_path, log_completions=True)
     calls = {"large": 0, "small": 0}
     for name, model in (("large", trainer.large_model), ("small", trainer.small_model)):
         original = model.generate
@@ -292,6 +317,10 @@ def test_a_step_trains_both_models_and_the_large_model_generates_nothing(tiny, t
     for key in ("codistill/kd_reward", "codistill/reward/small", "codistill/is_weight/max", "small/loss"):
         assert len(logged(trainer, key)) == 1, key
     assert logged(trainer, "codistill/is_weight/max")[0] <= 2.0
+    # TRL's completions table names the rows by the model that sampled them.
+    assert (
+        list(pd.read_parquet(tmp_path / "out" / "completions" / "completions_00001.parquet")["source"]) == ["small"] * 8
+    )
     trainer.save_model()
     out = tmp_path / "out"
     for sub in ("large_model", "small_model"):

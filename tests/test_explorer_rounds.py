@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 
 import pytest
 
-from s2l_trl.explorers import ExplorerOutput
+from s2l_trl.explorers import ExplorerError, ExplorerOutput
 from s2l_trl.explorers.rounds import ExplorerRequest, ExplorerRounds, Lookahead
 
 
@@ -246,3 +247,63 @@ def test_checkpoint_file_round_trip(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         ExplorerRounds(CountingExplorer()).restore(tmp_path / "elsewhere")
     assert "explorer draws after the resume differ" in caplog.text
+
+
+class FixedExplorer:
+    """Answers every row with three tokens and the given log-probs (a user's own explorer object)."""
+
+    def __init__(self, logprobs):
+        self.logprobs = logprobs
+
+    def generate(self, prompt_ids, n, inputs=None):
+        ids = [[7, 8, 9] for _ in range(len(prompt_ids) * n)]
+        return ExplorerOutput(ids, None if self.logprobs is None else [list(self.logprobs) for _ in ids])
+
+
+@pytest.mark.parametrize(
+    "logprobs, shown",
+    [
+        ([-0.1, -0.2], "2 log-probs for the 3 tokens of completion 0"),
+        ([-0.1, -0.2, -0.3, -0.4], "4 log-probs for the 3 tokens of completion 0"),
+        ([0.5, 0.9, 0.2], r"lie in \[0, 1\], as probabilities do"),
+        ([-0.1, float("-inf"), -0.2], "infinite"),
+        ([-0.1, 2.5, -0.2], "above 0"),
+    ],
+    ids=["short", "long", "probabilities", "-inf", "positive"],
+)
+def test_a_custom_explorers_impossible_log_probs_fail_the_round_naming_it(logprobs, shown):
+    rounds = ExplorerRounds(FixedExplorer(logprobs))
+    r = req(0, [1], n=2)
+    rounds.request(r)
+    with pytest.raises(ExplorerError, match=shown) as info:
+        rounds.collect(r, [(1, 0)])
+    assert "The explorer FixedExplorer returned" in str(info.value)
+
+
+def test_unknown_log_probs_and_rounding_above_zero_are_accepted():
+    rounds = ExplorerRounds(FixedExplorer([float("nan"), -0.1, 5e-4]))
+    r = req(0, [1], n=2)
+    rounds.request(r)
+    ids, lps = rounds.collect(r, [(1, 1)]).rows[(1, 1)]
+    assert ids == [7, 8, 9] and math.isnan(lps[0]) and lps[1:] == [-0.1, 5e-4]
+
+
+@pytest.mark.parametrize("logprobs", [None, [float("nan")] * 3], ids=["none", "all-nan"])
+def test_a_round_without_log_probs_fails_when_a_weight_needs_them(logprobs):
+    needed = "explorer_importance_sampling='token_truncate'"
+    rounds = ExplorerRounds(FixedExplorer(logprobs), logprobs_needed_by=needed)
+    r = req(3, [1, 2], n=2)
+    rounds.request(r)
+    with pytest.raises(ExplorerError) as info:
+        rounds.collect(r, [(1, 0)])
+    message = str(info.value)
+    assert message.startswith(needed) and "FixedExplorer returned none in round 3 (4 completions" in message
+    assert "explorer_importance_sampling='none' and explorer_off_policy_mask=False" in message
+    # Nothing weighs them: the round goes on (rows without log-probs).
+    plain = ExplorerRounds(FixedExplorer(logprobs))
+    plain.request(r)
+    assert plain.collect(r, [(1, 0)]).rows[(1, 0)][0] == [7, 8, 9]
+    # One known value in the round is enough (rows of unknown tokens are weight 1 by design).
+    partial = ExplorerRounds(FixedExplorer([float("nan"), float("nan"), -0.3]), logprobs_needed_by=needed)
+    partial.request(r)
+    partial.collect(r, [(1, 0)])

@@ -300,13 +300,76 @@ def test_log_probs_are_not_checked_where_raw_equals_processed(explorer_tok):
     with FakeServer(explorer_tok, logprobs_mode="raw_logprobs") as fake:
         plain = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=4, seed=0)
         ServerExplorer(fake.base_url, plain, require_processed_logprobs=True, **FAST)
-        assert fake.generation_requests == 0  # no probe sent
+        # No two-temperature probe; only the one-token request that checks answers carry log-probs at all.
+        assert fake.generation_requests == 1
+        fake.generation_requests = 0
         # Nor when no log-probs are asked for at all; then none come back.
         explorer = ServerExplorer(fake.base_url, SEEDED, request_logprobs=False, **FAST)
         assert fake.generation_requests == 0
         assert explorer.generate([[5, 6]], 2).logprobs is None
     with pytest.raises(ValueError, match="needs request_logprobs=True"):
         ServerExplorer("http://127.0.0.1:1", SEEDED, request_logprobs=False, require_processed_logprobs=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_server_answering_without_log_probs_is_refused_when_they_weigh_tokens(explorer_tok):
+    with FakeServer(explorer_tok, mean_tokens=4, server_info=True, sampled_logprobs="none") as fake:
+        with pytest.raises(ExplorerError) as info:
+            ServerExplorer(fake.base_url, SEEDED, require_processed_logprobs=True, **FAST)
+        message = str(info.value)
+        assert fake.base_url in message and "without log-probs" in message
+        assert "explorer_importance_sampling='none'" in message and "explorer_off_policy_mask=False" in message
+        assert fake.generation_requests == 1  # refused at start-up, by a one-token probe
+        # Nothing weighs them: the explorer goes on, with no log-probs.
+        assert ServerExplorer(fake.base_url, SEEDED, **FAST).generate([[5, 6]], 2).logprobs is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "fault, shown",
+    [
+        ("probabilities", r"lie in \[0, 1\], as probabilities do"),
+        ("positive", r"above 0"),
+        ("-inf", r"infinite \(or <= -9999"),
+        ("short", r"log-probs for \d+ tokens"),
+    ],
+)
+def test_impossible_log_probs_from_a_server_are_refused(explorer_tok, fault, shown):
+    with FakeServer(explorer_tok, mean_tokens=5, server_info=True, sampled_logprobs=fault) as fake:
+        # Explorer IS asked for: the start-up probe finds them.
+        with pytest.raises(ExplorerError, match=shown) as info:
+            ServerExplorer(fake.base_url, SEEDED, require_processed_logprobs=True, **FAST)
+        assert fake.base_url in str(info.value)
+        # Otherwise the first answer that holds them fails the call, naming the server (not silently trained on).
+        explorer = ServerExplorer(fake.base_url, SEEDED, **{**FAST, "max_retries": 1})
+        with pytest.raises(ExplorerError, match=shown) as info:
+            explorer.generate(_prompts(explorer_tok, 2), 3)
+        assert fake.base_url in str(info.value)
+        explorer.close()
+
+
+@pytest.mark.timeout(60)
+def test_log_probs_within_rounding_of_zero_are_accepted(explorer_tok):
+    """float32 / bf16 rounding can put a near-certain token's log-prob a hair above 0 (accepted up to 1e-3)."""
+    with FakeServer(explorer_tok, mean_tokens=5, server_info=True) as fake:
+        fake._pool_lps = [[5e-4] + lps[1:] for lps in fake._pool_lps]
+        explorer = ServerExplorer(fake.base_url, SEEDED, require_processed_logprobs=True, **FAST)
+        out = explorer.generate(_prompts(explorer_tok, 2), 3)
+        assert all(lps[0] == 5e-4 for lps in out.logprobs if lps)
+        explorer.close()
+
+
+@pytest.mark.timeout(60)
+def test_empty_completions_are_warned_about_once_per_call_with_counts(explorer_tok, caplog):
+    with FakeServer(explorer_tok, mean_tokens=5, server_info=True, empty_completions=0.5) as fake:
+        explorer = ServerExplorer(fake.base_url, SEEDED, **{**FAST, "prompts_per_request": 2})
+        with caplog.at_level(logging.WARNING, logger="s2l_trl.explorers.server"):
+            out = explorer.generate(_prompts(explorer_tok, 6), 4)
+        empty = sum(1 for ids in out.completion_ids if not ids)
+        assert 0 < empty < 24
+        warnings = [r.getMessage() for r in caplog.records if "came back empty" in r.getMessage()]
+        assert len(warnings) == 1 and f"{empty} of 24 completions" in warnings[0] and fake.base_url in warnings[0]
+        explorer.close()
 
 
 @pytest.mark.server

@@ -87,7 +87,8 @@ def test_server_explorer_gets_the_right_shapes_from_it(tok):
     assert any(len(c) == 24 and c[-1] != tok.eos_token_id for c in out.completion_ids)
     assert out.stats.rows == 148 and out.stats.prompts == 37 and out.stats.requests == 5
     assert out.stats.completion_tokens == sum(map(len, out.completion_ids))
-    assert fake.generation_requests == 37 + 2  # one per prompt (seeded), plus the two log-probs probes
+    # One per prompt (seeded), plus the two log-probs mode probes and the one that checks answers carry log-probs.
+    assert fake.generation_requests == 37 + 3
 
 
 def test_the_process_variant_and_its_benchmark(tiny):

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent("""
     rollouts = write_oracle_rollouts(tiny, tmp / "oracle.jsonl")
     # trackio_static_space_id=False: never create or sync a Space (this would need the Hub).
     args = s2l_args(tmp, rollouts, max_steps=2, mix_steps=2, report_to=["trackio"], project=project, run_name=run,
-                    trackio_static_space_id=False)
+                    trackio_static_space_id=False, log_completions=True)
     trainer = S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
     trainer.train()
 
@@ -82,3 +82,10 @@ def test_trackio_local_run_contains_s2l_metrics(tiny, tmp_path):
     # Oracle explorer rows always score 1; the random learner's rows 0.
     assert steps[0]["train/s2l/reward/explorer"] == pytest.approx(1.0)
     assert steps[1]["train/s2l/reward/learner"] == pytest.approx(0.0)
+    # TRL's completions table reaches trackio with S2L's `source` column: alpha = 1, then 0, over 2 groups of 4.
+    tables = [log["completions"] for log in result["logs"] if "completions" in log]
+    # (Transformers' end-of-training log makes TRL log the last step's table once more.)
+    assert [t["_type"] for t in tables] == ["trackio.table"] * 3
+    sources = [[row["source"] for row in t["_value"]] for t in tables]
+    assert sources == [["explorer"] * 8, ["learner"] * 8, ["learner"] * 8], sources
+    assert all("advantage" in row for t in tables for row in t["_value"])

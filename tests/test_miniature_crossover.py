@@ -34,7 +34,9 @@ def test_last_step_carry_and_the_shortcut_corpus():
 
 
 def test_problem_sets_of_the_shortcut_family_and_out_of_distribution(tmp_path):
-    spec = FamilySpec(sizes=["S"], construction="shortcut", sft_steps=2, train_problems=200, checkpoints=[])
+    spec = FamilySpec(
+        sizes=["S"], construction="shortcut", sft_steps=2, train_problems=200, checkpoints=[], numerics="native"
+    )
     assert all(task.has_no_carry_order(tuple(r["operands"])) for r in train_rows(spec))
     family = build_family(tmp_path / "fam", spec)
     held_class = crossover.eval_rows(family, "last_step_carry", 20)
@@ -70,6 +72,7 @@ def test_constructions_end_to_end_at_micro_size(tmp_path):
         sft_steps=6,
         train_problems=300,
         batch_size=8,
+        numerics="native",  # the test process runs with this machine's own kernels
     )
     try:
         with pytest.raises(ValueError, match="unknown construction"):

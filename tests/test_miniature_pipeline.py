@@ -12,6 +12,10 @@ from s2l_trl.miniature.rl_experiment import run_experiment
 from s2l_trl.miniature.settings import CoDistillSettings, PasskSettings, RLSettings
 from s2l_trl.schedule import mix_alpha, split_group
 
+# The test process runs with this machine's own kernel settings (family builds are pinned by default); a few
+# held-out problems per checkpoint suffice here.
+MICRO = {"numerics": "native", "heldout_problems": 16}
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -27,14 +31,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory, one_thread):
-    spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10])
+    spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10], **MICRO)
     root = tmp_path_factory.mktemp("mini") / "family"
     built = build_family(root, spec)
     manifest = (root / "family.json").stat().st_mtime
     assert build_family(root, spec).manifest == built.manifest  # cached: a rerun reuses it...
     assert (root / "family.json").stat().st_mtime == manifest  # ...without rebuilding
     with pytest.raises(ValueError, match="other settings"):
-        build_family(root, FamilySpec(sizes=["S", "M"], sft_steps=21, train_problems=300, checkpoints=[10]))
+        build_family(root, FamilySpec(sizes=["S", "M"], sft_steps=21, train_problems=300, checkpoints=[10], **MICRO))
     return built
 
 
@@ -213,3 +217,43 @@ def test_rl_settings_refuse_bad_values_before_any_run(tmp_path):
         RLSettings(final_passk_n=-1)
     with pytest.raises(ValueError, match=r"learner_path='.*nowhere' is not a saved model"):
         RLSettings(learner_path=str(tmp_path / "nowhere"))
+
+
+def test_demo_states_its_start_and_checks_its_claims(family, tmp_path):
+    from s2l_trl.miniature import rl_report
+    from s2l_trl.miniature.rl_experiment import demo
+
+    settings = RLSettings(
+        learner="M",
+        learner_band="0,100",  # the first checkpoint of M: every micro checkpoint is in this band
+        explorer="S",
+        steps=2,
+        mix_steps=2,
+        eval_every=2,
+        eval_problems=4,
+        eval_samples=1,
+        num_generations=2,
+        prompts_per_step=2,
+        max_completion_length=12,
+        seeds=[0],
+    )
+    text, verdict = demo(family, settings, tmp_path)
+    first = text.splitlines()[0]
+    assert first.startswith("[start] family family_seed 0") and "learner M at SFT step 10" in first
+    assert text.rstrip().splitlines()[-1] == verdict["line"] and verdict["line"].startswith("[check] ")
+    assert json.loads((tmp_path / "demo_verdict.json").read_text())["ok"] == verdict["ok"]
+    # The check itself, on runs whose outcome is known.
+    runs = {
+        m: {
+            "evals": [{"greedy_accuracy": 0.25}, {"greedy_accuracy": final}],
+            "per_step": [{"learner_tokens": tokens}],
+        }
+        for m, final, tokens in (("grpo", 0.30, 1000), ("s2l_po", 0.31, 720))
+    }
+    assert rl_report.demo_verdict(runs)["ok"]
+    assert "28% fewer learner tokens" in rl_report.demo_verdict(runs)["line"]
+    runs["s2l_po"]["evals"][-1]["greedy_accuracy"] = 0.25  # S2L-PO did not learn
+    verdict = rl_report.demo_verdict(runs)
+    assert not verdict["ok"] and "S2L-PO learned: NO (greedy 25.0% -> 25.0%)" in verdict["line"]
+    runs["grpo"]["per_step"][0]["learner_tokens"] = 800  # 10% fewer only
+    assert not rl_report.demo_verdict(runs)["checks"]["fewer learner tokens"]["holds"]

@@ -10,6 +10,10 @@ from s2l_trl.miniature import race, stats
 from s2l_trl.miniature.family import FamilySpec, build_family
 from s2l_trl.miniature.settings import RLSettings
 
+# The test process runs with this machine's own kernel settings (family builds are pinned by default); a few
+# held-out problems per checkpoint suffice here.
+MICRO = {"numerics": "native", "heldout_problems": 16}
+
 
 def test_student_t_quantiles_and_intervals():
     # Textbook values of t_{0.975, dof}.
@@ -65,7 +69,7 @@ def test_run_level_on_the_micro_family(tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10])
+        spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10], **MICRO)
         family = build_family(tmp_path / "family", spec)
         settings = RLSettings(
             learner="M",

@@ -15,6 +15,10 @@ from s2l_trl.miniature.settings import RLSettings
 # Logged once per step by TRL / S2L: what a rerun must reproduce exactly.
 PER_STEP_KEYS = ("loss", "reward", "reward_std", "s2l/reward/learner", "s2l/reward/explorer", "grad_norm")
 
+# The test process runs with this machine's own kernel settings (family builds are pinned by default); a few
+# held-out problems per checkpoint suffice here.
+MICRO = {"numerics": "native", "heldout_problems": 16}
+
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
@@ -22,7 +26,7 @@ def family(tmp_path_factory):
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models; a second thread only slows a shared 2-core machine
-    spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10])
+    spec = FamilySpec(sizes=["S", "M"], sft_steps=20, train_problems=300, batch_size=16, checkpoints=[10], **MICRO)
     yield build_family(tmp_path_factory.mktemp("mini") / "family", spec)
     torch.set_num_threads(before)
 

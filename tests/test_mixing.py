@@ -150,3 +150,12 @@ def test_round_cost_metrics_sum_counts_and_take_the_slowest_process():
         "explorer_tokens_per_s": 100.0,  # 400 tokens over the slowest process's 4 s
     }
     assert mixing.round_cost_metrics(two[:, :2]) == {"learner_rows_generated": 10.0, "learner_generation_s": 2.5}
+
+
+def test_row_advantages_are_the_mean_over_each_rows_completion_tokens():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    per_token = torch.tensor([[1.0, 3.0, 100.0], [-2.0, 50.0, 50.0], [7.0, 7.0, 7.0]])
+    # Padding does not count; a row without completion tokens trains nothing: 0.
+    assert mixing.row_advantages(per_token, mask).tolist() == [2.0, -2.0, 0.0]
+    sequence = torch.tensor([0.5, -1.0, 3.0])
+    assert mixing.row_advantages(sequence, mask) is sequence

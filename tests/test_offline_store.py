@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -395,3 +396,77 @@ def test_progress_lines_are_throttled():
     progress.last = time.monotonic()
     progress.update(50, 50)
     assert not progress.reported
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["in-memory", "cached"])
+def test_impossible_log_probs_are_refused_naming_file_and_line(tmp_path, cache):
+    rows = _rows(2, 4)
+    rows[1]["small_model_log_probs"] = [None] * len(rows[1]["response_ids"])  # unknown (null): fine
+    rows[2]["small_model_log_probs"] = [0.4, 0.9, 0.6]  # 3: probabilities
+    rows[4]["small_model_log_probs"] = [-0.2, 1.5, -0.1]  # 5: positive
+    rows[6]["small_model_log_probs"] = [-0.2, float("-inf"), -0.1]  # 7: -Infinity in the JSON
+    rows[7]["small_model_log_probs"] = [-9999.0] * len(rows[7]["response_ids"])  # 8: vLLM's -inf
+    for r in (2, 4, 6):
+        rows[r]["response_ids"] = rows[r]["response_ids"][:3]
+    path = _write(tmp_path / "lp.jsonl", rows)
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(ExplorerError) as info:
+        OfflineExplorer(path, cache_dir=cache_dir, cache=cache)
+    message = str(info.value)
+    assert "4 invalid rollout row(s)" in message
+    assert "lp.jsonl:3: small_model_log_probs holds 0.4 at token 0" in message and "probabilities stored" in message
+    assert "lp.jsonl:5: small_model_log_probs holds 1.5 at token 1" in message
+    assert "lp.jsonl:7: small_model_log_probs holds -inf at token 1" in message
+    assert "lp.jsonl:8: small_model_log_probs holds -9999 at token 0" in message
+    assert "lp.jsonl:2:" not in message and "finite and <= 0" in message
+    assert not cache_dir.exists() or _entries(cache_dir) == []  # a broken file is never cached
+    # The small-file reader applies the same rule.
+    with pytest.raises(ExplorerError, match=r"lp\.jsonl:3: small_model_log_probs: 3 of 3 log-probs are impossible"):
+        read_rollouts(path)
+
+
+def test_a_same_size_corruption_of_the_cache_is_detected_and_converted_again(tmp_path, conversions, caplog):
+    """Bytes changed inside rows.arrow (a bad disk, an edit) keep its size: the checksum in meta.json catches it."""
+    path = _write(tmp_path / "r.jsonl", _rows(64, 8))
+    cache = tmp_path / "cache"
+    explorer = OfflineExplorer(path, cache_dir=cache, cache=True)
+    rows_file = explorer.store.cache_path / "rows.arrow"
+    good = explorer.store.read(range(explorer.store.num_rows), ("response_ids",))
+    explorer.close()
+    data = bytearray(rows_file.read_bytes())
+    # Flip token ids in the middle of the file (the values buffer of response_ids), as a bad sector would.
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0x5A for b in data[middle : middle + 16])
+    rows_file.write_bytes(bytes(data))
+    assert rows_file.stat().st_size == len(data)
+    with caplog.at_level(logging.WARNING, logger="s2l_trl.explorers.rollout_store"):
+        again = OfflineExplorer(path, cache_dir=cache, cache=True)
+    assert len(conversions) == 2 and "does not match the checksum recorded" in caplog.text
+    assert again.store.read(range(again.store.num_rows), ("response_ids",)) == good
+
+
+def _without_logprobs(rows: list[dict], which) -> list[dict]:
+    for i, row in enumerate(rows):
+        if which(i):
+            row["small_model_log_probs"] = None if i % 2 else [None] * len(row["response_ids"])
+    return rows
+
+
+def test_importance_sampling_on_rollouts_without_log_probs_is_refused_at_start(tmp_path, caplog):
+    needed = "explorer_importance_sampling='token_truncate'"
+    none = _write(tmp_path / "none.jsonl", [{**r, "small_model_log_probs": None} for r in _rows(3, 2)])
+    with pytest.raises(ExplorerError) as info:
+        OfflineExplorer(none, logprobs_needed_by=needed)
+    message = str(info.value)
+    assert message.startswith(needed) and "none.jsonl (6 rows) have no small_model_log_probs" in message
+    assert "explorer_importance_sampling='none' and explorer_off_policy_mask=False" in message
+    all_nan = _write(tmp_path / "nan.jsonl", _without_logprobs(_rows(3, 2), lambda i: True))
+    with pytest.raises(ExplorerError, match=r"nan\.jsonl \(6 rows\) hold only null / NaN small_model_log_probs"):
+        OfflineExplorer(all_nan, logprobs_needed_by=needed)
+    OfflineExplorer(all_nan)  # nothing weighs them: fine
+    # Some rows without: loaded, with a warning that counts them.
+    partial = _write(tmp_path / "partial.jsonl", _without_logprobs(_rows(3, 2), lambda i: i < 2))
+    with caplog.at_level(logging.WARNING, logger="s2l_trl.explorers.offline"):
+        OfflineExplorer(partial, logprobs_needed_by=needed)
+    assert "partial.jsonl" in caplog.text and "(1 of 6 rows store none)" in caplog.text and needed in caplog.text
+    assert re.search(r"\d+ of the \d+ stored response tokens have no log-prob", caplog.text)

@@ -9,6 +9,7 @@ from s2l_trl.cli.sample import main as sample_main
 from s2l_trl.data import PromptDataArguments
 from s2l_trl.explorers import ROLLOUT_FIELDS, ExplorerOutput, OfflineExplorer, SamplingSettings, read_rollouts
 from s2l_trl.explorers.offline import prompt_text_key
+from s2l_trl.preflight import InputError
 from s2l_trl.sampling.engine import SamplingEngine
 from s2l_trl.sampling.rollouts import sample_rollouts, stable_prompt_id
 
@@ -214,7 +215,7 @@ def test_sampled_rollouts_train_s2l_trainer_offline(tiny, tmp_path):
             "--max_prompts",
             "4",
             "--max_tokens",
-            "8",
+            "16",  # the learner's max_completion_length: both sources truncated alike
         ]
     )
     stored = {(r["prompt_id"], tuple(r["response_ids"])) for r in read_rollouts(path)}
@@ -234,3 +235,78 @@ def test_sampled_rollouts_train_s2l_trainer_offline(tiny, tmp_path):
     assert logged(trainer, "s2l/alpha") == [1.0, 0.0]
     assert len(seen) == 8 and all(item in stored for item in seen)  # 2 groups x G_w = 4, each a stored sample
     assert len(logged(trainer, "s2l/logp_gap")) == 1  # the stored small_model_log_probs are used
+
+
+def _numbered(count: int, start: int = 0, edit: str = "") -> list[dict]:
+    return [{"prompt_id": f"q{i}", "prompt": f"What is {i} + 1?{edit}", "answer": i + 1} for i in range(start, count)]
+
+
+def test_a_rerun_resumes_only_with_the_same_settings(tiny, tmp_path):
+    """A new seed, an edited data set with the same ids, another data set, fewer prompts: one line each, naming
+    what differs; the same settings resume (nothing sampled twice) and more prompts extend the file."""
+    answers = PromptDataArguments(dataset_solution_column="answer")
+    data = _numbered(4)
+    everything = data + _numbered(6, start=4) + _numbered(4, edit=" Explain.")
+    engine = _scripted_engine(tiny, everything)
+    out = tmp_path / "r"
+
+    def run(rows, **kw):
+        kw = {"sampling": SamplingSettings(max_tokens=8, seed=0), "num_generations": 2, **kw}
+        return sample_rollouts(rows, out, engine=engine, data_args=answers, **kw)
+
+    path = run(data, max_prompts=2)
+    assert engine.explorer.prompts == 2 and json.loads((out / "sample_config.json").read_text())["seed"] == 0
+    run(data, max_prompts=2)
+    assert engine.explorer.prompts == 2  # same settings: resumed, nothing sampled again
+    run(data)  # more prompts of the same data set: extends the file
+    assert engine.explorer.prompts == 4 and len(read_rollouts(path)) == 8
+    before = path.read_bytes()
+    for rows, kw, shown in [
+        (data, {"sampling": SamplingSettings(max_tokens=8, seed=7)}, "seed: 0 (before) vs 7 (now)"),
+        (_numbered(4, edit=" Explain."), {}, "the data set (its prompt ids, prompts and solutions, in order): fingerp"),
+        (data + _numbered(6, start=4), {}, "the data set (its prompt ids"),
+        (data, {"max_prompts": 3}, "max_prompts: None (before) vs 3 (now; the folder holds more prompts)"),
+        (data, {"dedupe": False}, "dedupe: True (before) vs False (now)"),
+    ]:
+        with pytest.raises(InputError) as info:
+            run(rows, **kw)
+        message = str(info.value)
+        assert shown in message and "holds rollouts sampled with other settings" in message, message
+        assert "another --output_dir, or remove" in message and str(path) in message
+    assert path.read_bytes() == before and engine.explorer.prompts == 4  # nothing sampled, nothing appended
+    # Once the rollouts are removed (the fix the message gives), other settings start afresh.
+    for file in out.glob("rollouts*"):
+        file.unlink()
+    run(data, sampling=SamplingSettings(max_tokens=8, seed=7))
+    assert engine.explorer.prompts == 8 and json.loads((out / "sample_config.json").read_text())["seed"] == 7
+    # Rollouts without the settings they were sampled with: not resumed blindly.
+    (out / "sample_config.json").unlink()
+    with pytest.raises(InputError, match=r"holds rollouts .* but no sample_config\.json"):
+        run(data)
+
+
+def test_max_prompts_must_be_positive(tiny, tmp_path):
+    with pytest.raises(InputError, match="max_prompts must be a positive number of prompts, got 0"):
+        sample_rollouts(_numbered(2), tmp_path / "r", engine=_scripted_engine(tiny, _numbered(2)), max_prompts=0)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        sample_command_line(["--model_path", str(tiny["explorer"]), "--output_dir", str(tmp_path / "c")], "0")
+    assert exit_info.value.code == 2
+
+
+def sample_command_line(argv: list[str], max_prompts: str):
+    from s2l_trl.cli.errors import run_cli
+
+    return run_cli("s2l-sample", sample_main, [*argv, "--max_prompts", max_prompts])
+
+
+def test_the_command_line_names_a_changed_seed_in_one_line(tiny, tmp_path, capsys):
+    argv = ["--model_path", str(tiny["explorer"]), "--dataset", str(tiny["dataset"]), "--output_dir"]
+    argv += [str(tmp_path / "r"), "--backend", "transformers", "--num_generations", "2", "--max_tokens", "4"]
+    sample_command_line(argv, "2")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        sample_command_line([*argv, "--seed", "7"], "2")
+    err = capsys.readouterr().err.strip().splitlines()  # after the data set's progress bars: one line, no traceback
+    assert exit_info.value.code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("s2l-sample: error:") and "seed: 0 (before) vs 7 (now)" in err[-1]

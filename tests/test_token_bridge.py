@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from transformers import AutoTokenizer
 
-from s2l_trl.explorers import ExplorerError
+from s2l_trl.explorers import ExplorerError, OfflineExplorer
 from s2l_trl.explorers.token_bridge import TokenBridge, lookup_fields
 
 
@@ -118,3 +120,77 @@ def test_stored_prompt_ids_from_another_tokenizer_or_template_are_told_apart(tin
     system = tok("System: be brief. User: " + text, add_special_tokens=False)["input_ids"]
     with pytest.raises(ExplorerError, match="another chat template"):
         b.check_coverage(CoverageExplorer({"a": system}), chat, lambda prompts: [built], rows_per_prompt=4)
+
+
+def _rollouts(path, tok, rows):
+    """Rollout lines `(prompt_id, prompt, response_ids)` whose stored prompt ids are `tok`'s ids of the prompt."""
+    lines = []
+    for pid, prompt, response_ids in rows:
+        lines.append(
+            {
+                "prompt_id": pid,
+                "prompt": prompt,
+                "prompt_ids": tok(prompt if isinstance(prompt, str) else prompt[-1]["content"])["input_ids"],
+                "response": "x",
+                "response_ids": response_ids,
+                "small_model_log_probs": [-0.5] * len(response_ids),
+            }
+        )
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_a_data_set_edited_since_sampling_is_named_as_such_not_as_another_tokenizer(tiny, tmp_path):
+    """Rows matched by prompt_id whose problem text changed: the rollouts answer the old problem."""
+    b, tok = bridge(tiny)
+    eos = tok.eos_token_id
+    user = [{"role": "user", "content": "Add 6 and 7."}]
+    rows = [("a", "Add 2 and 3.", [5, eos]), ("b", "Add 4 and 5.", [7, eos]), ("c", user, [8, eos])]
+    path = _rollouts(tmp_path / "r.jsonl", tok, rows)
+    explorer = OfflineExplorer(path)
+    edited = [{"prompt_id": "a", "prompt": "Add 2 and 30."}, {"prompt_id": "b", "prompt": "Add 4 and 5."}]
+
+    def build(prompts):
+        return [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    with pytest.raises(ExplorerError) as info:
+        b.check_coverage(explorer, edited, build, rows_per_prompt=2)
+    message = str(info.value)
+    assert "1 of the 2 training prompts hold another problem than the rollouts stored under their prompt_id" in message
+    assert "'Add 2 and 30.'" in message and "sampled on 'Add 2 and 3.'" in message
+    assert "the data set was edited since the rollouts were sampled" in message and "tokenizer" not in message
+    # The unedited data set passes; a system prompt around the same problem is still a template difference.
+    b.check_coverage(explorer, [edited[1]], build, rows_per_prompt=2)
+    system = {"prompt_id": "c", "prompt": [{"role": "system", "content": "Be brief."}, *user]}
+    assert explorer.prompt_difference(system) == "rendering"
+    assert explorer.prompt_difference({"prompt_id": "c", "prompt": user}) is None
+    assert explorer.prompt_difference(edited[0]) == "problem" and explorer.prompt_difference(edited[1]) is None
+
+
+def test_rollouts_sampled_with_a_smaller_completion_cap_are_refused(tiny, tmp_path, caplog):
+    b, tok = bridge(tiny, max_len=16)
+    eos = tok.eos_token_id
+    folder = tmp_path / "rollouts"
+    folder.mkdir()
+    rows = [("a", "Add 2 and 3.", [5] * 6), ("a", "Add 2 and 3.", [5, 6, eos]), ("b", "Add 4 and 5.", [7] * 6)]
+    path = _rollouts(folder / "rollouts.jsonl", tok, rows)
+    examples = [{"prompt_id": "a", "prompt": "Add 2 and 3."}, {"prompt_id": "b", "prompt": "Add 4 and 5."}]
+
+    def build(prompts):
+        return [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    # No sample_config.json: from the data (the longest rows, 6 tokens, end without EOS).
+    with pytest.raises(ExplorerError) as info:
+        b.check_coverage(OfflineExplorer(path), examples, build, rows_per_prompt=2)
+    message = str(info.value)
+    assert "at most 6 completion tokens" in message and "2 of the 2 that long end without EOS" in message
+    assert "max_completion_length=16" in message and "--max_tokens 16" in message
+    # With the s2l-sample settings beside them, those say.
+    (folder / "sample_config.json").write_text(json.dumps({"max_tokens": 6}))
+    with pytest.raises(ExplorerError, match=r"max_tokens=6 in .*sample_config\.json\), fewer than max_completion_len"):
+        b.check_coverage(OfflineExplorer(path), examples, build, rows_per_prompt=2)
+    # Sampled at the learner's cap or above: fine (longer rows are cut at max_completion_length like the learner's).
+    (folder / "sample_config.json").write_text(json.dumps({"max_tokens": 16}))
+    b.check_coverage(OfflineExplorer(path), examples, build, rows_per_prompt=2)
+    (folder / "sample_config.json").unlink()
+    bridge(tiny, max_len=6)[0].check_coverage(OfflineExplorer(path), examples, build, rows_per_prompt=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 from trainer_utils import digit_reward, logged, s2l_args, tiny_dataset, write_oracle_rollouts
@@ -205,6 +206,62 @@ def test_per_source_grouping_is_applied_in_training(tiny, tmp_path, oracle):
     explorer_sums = lambda adv: (adv.view(-1, 4) * is_explorer).sum(dim=1)  # noqa: E731
     assert torch.allclose(explorer_sums(per_source["advantages"]), torch.zeros(2), atol=1e-5)
     assert (explorer_sums(combined["advantages"]).abs() > 1e-3).all()
+
+
+def _group_advantages(rewards: list[float], group: int = 4) -> torch.Tensor:
+    """TRL's default advantages (one baseline per group, `scale_rewards="group"`): what its table shows unchanged."""
+    r = torch.tensor(rewards).view(-1, group)
+    return ((r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + 1e-4)).view(-1)
+
+
+@pytest.mark.parametrize("case", ["per_source", "token_is"])
+def test_completions_table_shows_source_and_trained_advantages(tiny, tmp_path, case):
+    """TRL's completions table (`log_completions`: the frame rich prints and wandb / trackio receive, which TRL also
+    writes to `completions/*.parquet`) gives each row's `source` and the advantage its tokens are trained with:
+    the `per_source` baselines, or the row's mean of its importance-weighted per-token advantages."""
+    # Explorer log-probs of -3 per token against the random learner's ~-6: token weights under the cap, all different.
+    rollouts = write_oracle_rollouts(tiny, tmp_path / "lp.jsonl", logprob=-3.0)
+    if case == "per_source":
+        options = dict(advantage_grouping="per_source")
+    else:
+        options = dict(explorer_importance_sampling="token_truncate")
+    args = s2l_args(tmp_path, rollouts, max_steps=3, mix_steps=3, log_completions=True, **options)
+    trainer = S2LTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+    scored = []  # each round's batch as the loss receives it (TRL only shuffles and splits it)
+    score = trainer._generate_and_score_completions
+    trainer._generate_and_score_completions = lambda inputs: scored.append(score(inputs)) or scored[-1]
+    trainer.train()
+
+    folder = tmp_path / "out" / "completions"
+    tables = [pd.read_parquet(folder / f"completions_{step:05d}.parquet") for step in (1, 2, 3)]
+    # alpha = 1, 1/2, 0 -> G_w = 4, 2, 0 rows of each group of 4; 2 groups per step.
+    assert [list(t["source"]).count("explorer") for t in tables] == [8, 4, 0]
+    assert [list(t["source"]).count("learner") for t in tables] == [0, 4, 8]
+    for table, batch in zip(tables, scored):
+        assert list(table["source"]) == ["explorer" if e else "learner" for e in batch["s2l_is_explorer"].tolist()]
+        adv, mask = batch["advantages"], batch["completion_mask"].float()
+        trained = adv if adv.dim() == 1 else (adv * mask).sum(dim=1) / mask.sum(dim=1)
+        assert table["advantage"].tolist() == pytest.approx(trained.tolist(), abs=1e-5)
+
+    # The mixed step: the table no longer shows TRL's one-baseline advantages on explorer rows (learner rows keep them
+    # under token IS) ...
+    table, batch = tables[1], scored[1]
+    is_explorer = batch["s2l_is_explorer"]
+    logged_advantages = torch.tensor(table["advantage"].tolist())
+    trl_advantages = _group_advantages(table["digit_reward"].tolist())
+    assert (logged_advantages - trl_advantages)[is_explorer].abs().min() > 1e-3
+    if case == "per_source":
+        # ... but each source's own baseline: the oracle's identical explorer rows all get 0.
+        assert logged_advantages[is_explorer].abs().max() < 1e-5
+        assert logged_advantages[~is_explorer].abs().max() > 1e-3
+    else:
+        # ... but the mean over tokens whose weights differ, so the row mean is not any one token's value.
+        adv, mask = batch["advantages"], batch["completion_mask"].bool()
+        assert adv.dim() == 2
+        assert all(len(set(adv[i][mask[i]].tolist())) > 1 for i in range(len(adv)) if is_explorer[i])
+        assert logged_advantages[~is_explorer].tolist() == pytest.approx(
+            trl_advantages[~is_explorer].tolist(), abs=1e-5
+        )
 
 
 def test_callable_schedule_through_trainer(tiny, tmp_path, oracle):

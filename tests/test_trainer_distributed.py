@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from trainer_utils import launch_two_cpu_processes
 
@@ -55,6 +56,17 @@ def test_group_straddling_two_processes_has_exact_composition(tmp_path):
             assert [r["explorer"] for r in record["rows"]] == [only_explorer] * 2
             assert [r["reward"] for r in record["rows"]] == [1.0 if only_explorer else 0.0] * 2
     assert ranks[0]["split_rewards"] == [0.5, 0.5]
+    # TRL's completions table (written by the main process) holds both processes' rows in TRL's order, each with its
+    # source and the advantage the loss used.
+    for step in expected_g_w:
+        table = pd.read_parquet(tmp_path / "out" / "completions" / f"completions_{step:05d}.parquet")
+        records = [[r for r in rank["records"] if r["step"] == step][0] for rank in ranks]
+        rows = [row for record in records for row in record["rows"]]
+        assert list(table["source"]) == ["explorer" if row["explorer"] else "learner" for row in rows]
+        advantages = [a for record in records for a in record["advantages"]]
+        assert table["advantage"].tolist() == pytest.approx(advantages, abs=1e-6)
+        if 0 < expected_g_w[step] < 4:  # mixed groups: explorer rows (reward 1) and learner rows (0) differ
+            assert len(set(table["advantage"].tolist())) > 1, "the order check needs advantages that differ"
 
 
 SHARDED_SCRIPT = Path(__file__).parent / "scripts" / "s2l_sharded_two_process.py"

@@ -65,6 +65,13 @@ def test_trl_attributes_read_by_the_trainer_exist():
     for name in ("self._step", "self._buffered_inputs", "steps_per_generation"):
         assert name in source, name
     assert "sampling_per_token_logps" in inspect.getsource(GRPOTrainer._compute_loss)
+    # The completions table (`trl_compat.relog_advantages`, the `source` column): TRL logs the batch's advantages and
+    # flushes the pending extra columns inside `_generate_and_score_completions`, and the table reads both.
+    assert callable(GRPOTrainer._log_completion_extra)
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    for name in ('self._logs["advantages"].extend(', "self._pending_extra_logs.clear()"):
+        assert name in source, name
+    assert '"advantage": self._logs["advantages"]' in inspect.getsource(GRPOTrainer.log)
 
 
 def test_installed_trl_is_in_the_tested_range(caplog):

@@ -11,7 +11,9 @@ explorer is sampled on exactly the prompt token ids the trainer uses, each row c
     s2l-sample --config sample.yaml                                   # the same fields as YAML keys
     s2l-sample ... --backend server --server_base_url http://127.0.0.1:8000 --num_shards 4 --shard_index 0
 
-Re-running the same command resumes: prompts with all G samples are skipped.
+Re-running the same command resumes: prompts with all G samples are skipped. A re-run with other settings (model,
+seed, sampling, G, data set or data arguments) stops with one line naming what differs (recorded in
+`sample_config.json` beside the rollouts): give another --output_dir, or remove the old files.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from trl import TrlParser
 from ..data import PromptDataArguments, parse_chat_template_kwargs
 from ..explorers.base import SamplingSettings
 from ..sampling.engine import EngineArguments
-from ..sampling.rollouts import DEFAULT_SAMPLING, sample_rollouts
+from ..sampling.rollouts import DEFAULT_SAMPLING, check_max_prompts, sample_rollouts
 from .errors import run_cli
 
 
@@ -121,6 +123,7 @@ class SampleArguments(EngineArguments):
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}.")
+        check_max_prompts(self.max_prompts)
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(

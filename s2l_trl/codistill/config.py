@@ -6,9 +6,11 @@ import json
 import logging
 import math
 from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from ..config import S2LConfig, field_help, parameter_docs
 from ..mixing import EXPLORER_IS_MODES
+from ..preflight import InputError
 from ..schedule import SCHEDULES
 from .objectives import KD_BASELINES, KD_MODES
 
@@ -422,3 +424,53 @@ class CoDistillConfig(S2LConfig):
 
 
 CoDistillConfig.__doc__ = (CoDistillConfig.__doc__ or "") + parameter_docs(CoDistillConfig, _SECTIONS)
+
+
+def parameter_count(model: Any) -> int | None:
+    """Parameters of a model object, or of a model id / path read from its config alone (built on the meta device:
+    no weights are read); ``None`` when the config cannot be read here."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return sum(p.numel() for p in model.parameters())
+    if not isinstance(model, str):
+        return None
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+        with torch.device("meta"):
+            shell = AutoModelForCausalLM.from_config(config)
+    except Exception:  # no config here (a Hub id offline, a custom architecture): the load itself will tell
+        return None
+    return sum(p.numel() for p in shell.parameters())
+
+
+def check_model_sizes(model: Any, small_model: Any) -> None:
+    """The small model must be the smaller one, checked from the two configs before any weights are loaded.
+
+    Larger is refused: CoDistill's roles (the small model samples and distils from the large one, the large one
+    learns from the small one's rows with importance weights) would be reversed, almost surely two swapped arguments.
+    Equal is warned about, not refused: two models of one size co-trained (e.g. two copies of a checkpoint) is a
+    legitimate ablation, but the small model then saves nothing.
+    """
+    large_n, small_n = parameter_count(model), parameter_count(small_model)
+    if large_n is None or small_n is None or small_n < large_n:
+        return
+    if small_n > large_n:
+        raise InputError(
+            f"small_model={_name(small_model)!r} has {small_n:,} parameters, more than model={_name(model)!r} "
+            f"({large_n:,}): CoDistill's small model samples the rollouts and distils from the large one. Swap the "
+            "two (model is the large one, small_model the small one)."
+        )
+    logger.warning(
+        "small_model=%r has as many parameters as model=%r (%s): both are co-trained, but the small model saves "
+        "nothing over sampling with the large one. Use a smaller model of the same family unless this is meant.",
+        _name(small_model),
+        _name(model),
+        f"{large_n:,}",
+    )
+
+
+def _name(model: Any) -> str:
+    return model if isinstance(model, str) else str(getattr(getattr(model, "config", None), "_name_or_path", model))

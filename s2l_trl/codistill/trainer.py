@@ -46,7 +46,7 @@ from ..model_card import codistill_card_section, codistill_small_model_card
 from ..preflight import InputError
 from ..trainer import S2LTrainer
 from . import objectives
-from .config import CoDistillConfig
+from .config import CoDistillConfig, check_model_sizes
 from .explorer import SmallModelExplorer
 from .generation import gathers_one_model_for_generation, sample_completions
 from .module import LARGE, ROLES, SMALL, CoDistillModule
@@ -130,6 +130,8 @@ class CoDistillTrainer(S2LTrainer):
 
     _tag_names = ["trl", "grpo", "s2l-po", "codistill"]
     _name = "CoDistill-GRPO"
+    _weighs_explorer_logprobs = False  # the small model's log-probs are scored by the trainer (`_small_logps`)
+    _source_names = ("large", "small")  # the completions table's `source` of large-model and small-model rows
 
     def __init__(
         self,
@@ -168,6 +170,7 @@ class CoDistillTrainer(S2LTrainer):
         preflight.check_model_path(model, "model")
         preflight.check_model_path(small_model, "small_model")
         _check_same_tokenizer(model, small_model, kwargs.get("processing_class"))
+        check_model_sizes(model, small_model)
         # TRL creates output_dir while it builds; an error in the checks after it must not leave it behind.
         cleanup = preflight.removing_created_folder(args.output_dir)
         # Loading the small model must not consume the torch RNG (kd_coef=0 must reproduce plain GRPO on it).

@@ -18,7 +18,10 @@ requests are reproducible; unseeded ones draw from the server's own seeded gener
 Log-probs: every sampled token has a synthetic log-prob. Top-k log-probs (``logprobs > 0``: the explorer's
 log-probs probe) come from fixed synthetic logits, returned as ``logprobs_mode`` says: ``processed_logprobs``
 (log-softmax of logits / temperature, what `--logprobs-mode processed_logprobs` gives), ``raw_logprobs`` (vLLM's
-default: temperature ignored), ``processed_logits`` or ``raw_logits``.
+default: temperature ignored), ``processed_logits`` or ``raw_logits``. Faults of the sampled tokens' log-probs, for the
+explorer's checks (``sampled_logprobs``): ``"none"`` (answers carry no log-probs even when asked), ``"probabilities"``
+(``exp`` of the log-prob), ``"positive"`` (its negation), ``"-inf"`` (vLLM's -9999.0 on each completion's first token),
+``"short"`` (one value fewer than tokens). ``empty_completions`` answers that share of completions with no token at all.
 
     with FakeServer(tokenizer, mean_tokens=2048) as server:        # in this process (threads)
         explorer = ServerExplorer(server.base_url, ...)
@@ -53,6 +56,7 @@ from .http_stub import ThreadedStub
 from .vllm_server import free_port, wait_for_health
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
+SAMPLED_LOGPROBS = ("logprobs", "none", "probabilities", "positive", "-inf", "short")
 # Synthetic logits of the top tokens at a position (the rest of the vocabulary far below), for top-k log-probs.
 _TOP_LOGITS = np.array([4.0, 3.1, 2.5, 2.2, 1.6, 1.1, 0.7, 0.2, -0.4, -1.0] + [-3.0] * 54, dtype=np.float64)
 
@@ -72,6 +76,9 @@ class FakeServer(ThreadedStub):
         server_info: answer ``GET /server_info`` as vLLM's dev mode does (with ``logprobs_mode``); else 404.
         latency_s: seconds every generation request waits before its answer (0: at once).
         max_model_len: the context length ``/v1/models`` reports (vLLM's ``max_model_len``).
+        sampled_logprobs: what the sampled tokens' log-probs are: ``"logprobs"`` (right) or a fault (see the module
+            docstring).
+        empty_completions: share of completions answered with no token (chosen by the completion's draw).
         vocab_size / eos_token_id: used without a tokenizer.
         host / port: where to listen (default a free port on 127.0.0.1).
     """
@@ -91,6 +98,8 @@ class FakeServer(ThreadedStub):
         server_info: bool = False,
         latency_s: float = 0.0,
         max_model_len: int = 1 << 20,
+        sampled_logprobs: str = "logprobs",
+        empty_completions: float = 0.0,
         vocab_size: int = 32000,
         eos_token_id: int = 2,
         host: str = "127.0.0.1",
@@ -98,6 +107,10 @@ class FakeServer(ThreadedStub):
     ):
         if logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {LOGPROBS_MODES}, got {logprobs_mode!r}.")
+        if sampled_logprobs not in SAMPLED_LOGPROBS:
+            raise ValueError(f"sampled_logprobs must be one of {SAMPLED_LOGPROBS}, got {sampled_logprobs!r}.")
+        if not 0.0 <= empty_completions <= 1.0:
+            raise ValueError(f"empty_completions must be in [0, 1], got {empty_completions!r}.")
         if mean_tokens < 1 or pool_size < 1:
             raise ValueError(f"mean_tokens and pool_size must be >= 1, got {mean_tokens} and {pool_size}.")
         if isinstance(tokenizer, (str, os.PathLike)):
@@ -118,6 +131,8 @@ class FakeServer(ThreadedStub):
         self.server_info = server_info
         self.latency_s = latency_s
         self.max_model_len = max_model_len
+        self.sampled_logprobs = sampled_logprobs
+        self.empty_completions = empty_completions
         self.host = host
         self.port = port or free_port(host)
         self.generation_requests = 0
@@ -233,7 +248,24 @@ class FakeServer(ThreadedStub):
             ]
         )
 
+    def _sampled(self, lps: list[float]) -> list[float] | None:
+        """The sampled tokens' log-probs as the server answers them (``sampled_logprobs``)."""
+        mode = self.sampled_logprobs
+        if mode == "none":
+            return None
+        if mode == "probabilities":
+            return [math.exp(v) for v in lps]
+        if mode == "positive":
+            return [-v for v in lps]
+        if mode == "-inf":
+            return [-9999.0, *lps[1:]]
+        if mode == "short":
+            return lps[:-1]
+        return lps
+
     def _cut(self, entry: int, max_tokens: int) -> tuple[list[int], list[float], str]:
+        if self.empty_completions and _unit(f"empty:{entry}") < self.empty_completions:
+            return [], [], "stop"
         ids, lps = self._pool_ids[entry], self._pool_lps[entry]
         if len(ids) >= max_tokens:
             return ids[:max_tokens], lps[:max_tokens], "length"
@@ -244,11 +276,12 @@ class FakeServer(ThreadedStub):
         """Everything of a choice but its index and prompt ids, encoded once: (bytes, completion tokens)."""
         ids, lps, finish = self._cut(entry, max_tokens)
         fields = {"text": "tok " * len(ids), "logprobs": None}
-        if logprobs:
+        sampled = self._sampled(lps)
+        if logprobs and sampled is not None:
             names = [f"token_id:{t}" for t in ids]
             fields["logprobs"] = {
                 "text_offset": list(range(0, 4 * len(ids), 4)),
-                "token_logprobs": lps,
+                "token_logprobs": sampled,
                 "tokens": names,
                 "top_logprobs": [{name: lp} for name, lp in zip(names, lps)],
             }
@@ -268,15 +301,19 @@ class FakeServer(ThreadedStub):
             values = logits
         # The synthetic distribution ranks tokens 0, 1, 2, ... of the ordinary vocabulary; the sampled token is the
         # first one (so its entry is the top one).
-        ranked = [ids[0], *itertools.islice((t for t in range(self.vocab_size) if t != ids[0]), top - 1)]
+        first = ids[0] if ids else 0
+        ranked = [first, *itertools.islice((t for t in range(self.vocab_size) if t != first), top - 1)]
         tops, sampled = [], []
         for _ in ids:
             entries = {f"token_id:{t}": float(v) for t, v in zip(ranked, values[:top])}
             tops.append(entries)
             sampled.append(float(values[0]))
+        sampled = self._sampled(sampled)
         fields = {
             "text": "tok " * len(ids),
-            "logprobs": {
+            "logprobs": None
+            if sampled is None
+            else {
                 "text_offset": list(range(0, 4 * len(ids), 4)),
                 "token_logprobs": sampled,
                 "tokens": [f"token_id:{t}" for t in ids],
@@ -288,6 +325,11 @@ class FakeServer(ThreadedStub):
             "prompt_logprobs": None,
         }
         return json.dumps(fields, separators=(",", ":"))[1:-1].encode(), len(ids)
+
+
+def _unit(key: str) -> float:
+    """A number in [0, 1) drawn from ``key`` (the same in every run)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
 
 
 def _reply(handler: BaseHTTPRequestHandler, status: int, body: Any, content_type: str = "application/json") -> None:
@@ -427,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--logprobs_mode", default="processed_logprobs", choices=LOGPROBS_MODES)
     parser.add_argument("--server_info", action="store_true")
     parser.add_argument("--latency_s", type=float, default=0.0)
+    parser.add_argument("--sampled_logprobs", default="logprobs", choices=SAMPLED_LOGPROBS)
+    parser.add_argument("--empty_completions", type=float, default=0.0)
     parser.add_argument("--vocab_size", type=int, default=32000)
     parser.add_argument("--eos_token_id", type=int, default=2)
     bench = parser.add_argument_group("--benchmark: time one round served by a fake in a child process, then exit")

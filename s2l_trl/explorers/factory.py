@@ -109,6 +109,17 @@ def build_explorer(
     )
 
 
+def logprobs_needed_by(args: Any) -> str | None:
+    """The option of a training run that weighs explorer tokens with the explorer's sampling log-probs (explorer
+    importance sampling, the explorer off-policy mask), as ``name=value`` for messages; ``None`` when nothing does."""
+    mode = getattr(args, "explorer_importance_sampling", "none")
+    if mode != "none":
+        return f"explorer_importance_sampling={mode!r}"
+    if getattr(args, "explorer_off_policy_mask", False):
+        return "explorer_off_policy_mask=True"
+    return None
+
+
 def build_training_explorer(
     args: Any,
     bridge: Any,
@@ -155,9 +166,7 @@ def build_training_explorer(
             # Each process draws its own prompts: per-prompt seeds must differ between processes.
             "seed_stream": process_index,
             # Explorer log-probs weigh explorer tokens: raw (untempered) ones would make every weight wrong.
-            "require_processed_logprobs": (
-                args.explorer_importance_sampling != "none" or bool(args.explorer_off_policy_mask)
-            ),
+            "require_processed_logprobs": logprobs_needed_by(args) is not None,
         },
         rollouts=args.explorer_rollouts,
         offline_kwargs={
@@ -166,6 +175,7 @@ def build_training_explorer(
             "explorer_eos_token_ids": sorted(bridge.explorer_eos_ids) or None,
             "eos_token_id": bridge.eos_token_ids[0],
             "vocab_size": bridge.explorer_vocab_size,
+            "logprobs_needed_by": logprobs_needed_by(args),
         },
         device=device,
         model_init_kwargs=args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else None,

@@ -6,17 +6,21 @@ request materialises only the rows it draws.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .base import GROUP_FIELD, ExplorerError, ExplorerOutput
 from .rollout_store import (
     KEY_ID,
     KEY_PROMPT,
     KEY_TEXT,
+    KEY_USER,
     ROLLOUT_FIELDS,
     RolloutSource,
     RolloutStore,
@@ -36,6 +40,9 @@ __all__ = [
     "read_rollouts",
     "validate_rollout",
 ]
+
+# What `s2l-sample` writes beside its rollouts: the settings they were sampled with.
+SAMPLE_CONFIG_NAME = "sample_config.json"
 
 
 def read_rollouts(
@@ -98,6 +105,9 @@ class OfflineExplorer:
             rollout file, earlier versions of the file are removed).
         cache: cache the converted table on disk (``True``) or convert in memory at every start (``False``);
             ``None`` caches files of 32 MiB or more.
+        logprobs_needed_by: the run's option that weighs explorer tokens with the stored log-probs (e.g.
+            ``"explorer_importance_sampling='token_truncate'"``): rollouts without any (the field missing, null or
+            all NaN) are then refused here, naming it, and rows without them are counted in a warning.
     """
 
     def __init__(
@@ -110,6 +120,7 @@ class OfflineExplorer:
         vocab_size: int | None = None,
         cache_dir: str | Path | None = None,
         cache: bool | None = None,
+        logprobs_needed_by: str | None = None,
     ):
         self.path = Path(path)
         self.store = RolloutStore.open(
@@ -140,6 +151,41 @@ class OfflineExplorer:
         # rows, else by the first request that meets a short prompt.
         self._summarised_n: int | None = None
         self._replacement_warned = False
+        if logprobs_needed_by and retokenize_with is None:  # re-tokenized rows have no log-probs, refused earlier
+            self._check_logprobs(logprobs_needed_by)
+
+    def _check_logprobs(self, needed_by: str) -> None:
+        """Refuse rollouts that hold no log-prob at all when ``needed_by`` weighs tokens with them; warn about rows
+        without them (they would get weight 1)."""
+        meta = self.store.meta
+        rows, with_lps = meta["rows"], meta["rows_with_logprobs"]
+        tokens, known = meta["response_tokens"], meta["known_logprobs"]
+        fix = (
+            "sample the rollouts with log-probs (s2l-sample stores them as small_model_log_probs), or set "
+            "explorer_importance_sampling='none' and explorer_off_policy_mask=False"
+        )
+        if tokens and not known:
+            what = (
+                "have no small_model_log_probs (the field is missing or null in every row)"
+                if not with_lps
+                else "hold only null / NaN small_model_log_probs"
+            )
+            raise ExplorerError(
+                f"{needed_by} weighs explorer tokens with the explorer's sampling log-probs, but the rollouts at "
+                f"{self.path} ({rows:,} rows) {what}: {fix}."
+            )
+        if known < tokens:
+            logger.warning(
+                "%s: %s of the %s stored response tokens have no log-prob (%s of %s rows store none); %s gives them "
+                "weight 1 (no correction). To weigh every token, %s.",
+                self.path,
+                f"{tokens - known:,}",
+                f"{tokens:,}",
+                f"{rows - with_lps:,}",
+                f"{rows:,}",
+                needed_by,
+                fix,
+            )
 
     # ------------------------------------------------------------------ lookup
     def _candidates(self, example: dict[str, Any]) -> tuple[str, list[int]]:
@@ -196,6 +242,60 @@ class OfflineExplorer:
                     fewest,
                 )
         return labels
+
+    def prompt_difference(self, example: dict[str, Any]) -> str | None:
+        """For a data-set row matched to its rollouts by ``prompt_id``: ``None`` when the rollouts were sampled for
+        this prompt, ``"problem"`` when their prompt holds another problem text (the data set was edited since
+        sampling), ``"rendering"`` when it holds the same problem text with another system prompt or template.
+        From the store's key index (hashes): nothing is read from the table."""
+        if example.get("prompt_id") is None or not self._has_ids:
+            return None
+        rows = self.store.lookup(KEY_ID, str(example["prompt_id"]))
+        if not len(rows):
+            return None
+        prompt = example.get("prompt")
+        text = prompt_text_key(prompt)
+        if np.intersect1d(rows, self.store.lookup(KEY_PROMPT, prompt_key(prompt))).size:
+            return None
+        if self._has_text and np.intersect1d(rows, self.store.lookup(KEY_TEXT, text)).size:
+            return None  # a file that stores only the problem text
+        if np.intersect1d(rows, self.store.lookup(KEY_USER, text)).size:
+            return "rendering"
+        return "problem"
+
+    def sample_config(self) -> dict[str, Any] | None:
+        """The settings the rollouts were sampled with: ``sample_config.json`` beside the file (in the folder for a
+        `save_to_disk` folder), as `s2l-sample` writes it; ``None`` when there is none or it cannot be read."""
+        folder = self.path if self.path.is_dir() else self.path.parent
+        path = folder / SAMPLE_CONFIG_NAME
+        if not path.is_file():
+            return None
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            logger.warning("%s: cannot read %s (%s); the sampling settings are not checked.", self.path, path, exc)
+            return None
+        return config if isinstance(config, dict) else None
+
+    def completion_cap(self, eos_token_ids: Iterable[int] | None = None) -> tuple[int, str] | None:
+        """The completion-length cap the rollouts were sampled with, and how it is known: ``max_tokens`` of
+        ``sample_config.json``; else, given the EOS ids of the stored tokens, the length of the longest stored
+        responses when at least two of them end without EOS and none is longer (what a sampler capped there leaves;
+        completions cut by stop strings end at scattered lengths); ``None`` when neither says."""
+        config = self.sample_config()
+        if config is not None and isinstance(config.get("max_tokens"), int):
+            folder = self.path if self.path.is_dir() else self.path.parent
+            return config["max_tokens"], f"max_tokens={config['max_tokens']} in {folder / SAMPLE_CONFIG_NAME}"
+        if eos_token_ids is None:
+            return None
+        longest, rows, unfinished = self.store.longest_responses(eos_token_ids)
+        if longest and unfinished >= 2:
+            return longest, (
+                f"no sample_config.json beside them; the longest stored responses have {longest} tokens and "
+                f"{unfinished} of the {rows} that long end without EOS, as a cap of {longest} tokens cuts them; if "
+                f"they were not cut, write their max_tokens into {SAMPLE_CONFIG_NAME} beside them"
+            )
+        return None
 
     def stored_prompt_ids(self, example: dict[str, Any]) -> list[int] | None:
         """The prompt token ids stored with the rollouts of a data-set row (`prompt_ids`), or `None` when none were
@@ -292,4 +392,5 @@ class OfflineExplorer:
             else row["small_model_log_probs"]
             for row in rows
         ]
-        return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs)
+        # Validated when the file was converted (finite, <= 0, one per token): no second pass here.
+        return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs, logprobs_checked=True)

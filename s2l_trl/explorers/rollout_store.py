@@ -12,10 +12,12 @@ Layout of a cache entry (a folder in ``cache_dir``, named after the source file 
   ``line`` (JSONL line number, or row number for parquet / `save_to_disk`), ``response_ids`` (list<int32>),
   ``small_model_log_probs`` (list<float32>, NaN for unscored tokens, null when not stored), ``response`` (string),
   ``prompt_ids`` (list<int32>);
-* ``index.npz``: per lookup key kind (``prompt_id``, whole prompt, user text of plain-string prompts), the sorted
-  128-bit hashes of the keys and, for each, the rows holding it (file order);
-* ``meta.json``: what was converted (source, identity, counts, token-id range), written last: an entry without it
-  is torn and is converted again.
+* ``index.npz``: per lookup key kind (``prompt_id``, whole prompt, user text of plain-string prompts, user text of
+  every prompt), the sorted 128-bit hashes of the keys and, for each, the rows holding it (file order); a zip whose
+  members carry CRC-32 checksums, checked as it loads;
+* ``meta.json``: what was converted (source, identity, counts, token-id range, log-prob counts, and an XXH3-128
+  checksum of ``rows.arrow``, verified whenever the entry is opened), written last: an entry without it is torn and
+  is converted again.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import numpy as np
 
 from ..jsonl import loads_jsonl_line, loads_jsonl_line_fast
 from ..preflight import MissingPathError
-from .base import ExplorerError
+from .base import LOGPROB_FLOOR, LOGPROB_TOLERANCE, ExplorerError, logprob_problem
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ _RESPONSE_MISSING = "response (the completion text) is needed to re-tokenize it 
 _INT32_MAX = 2**31 - 1
 
 # Bump when the cache layout or what conversion checks changes: entries of another version are converted again.
-STORE_VERSION = 1
+STORE_VERSION = 2
 # Files below this size are converted in memory at every start (well under a second) instead of being cached.
 CACHE_MIN_BYTES = 32 * 2**20
 # Seconds between two progress lines of a long conversion / validation.
@@ -72,8 +74,9 @@ _BATCH_BYTES = 16 * 2**20
 _BATCH_ROWS = 1024  # rows per batch for parquet / `save_to_disk` sources
 _HEAD_TAIL_BYTES = 2**20  # hashed from each end of a file for its identity
 
-KEY_ID, KEY_PROMPT, KEY_TEXT = "prompt_id", "prompt", "text"
-_KEY_KINDS = (KEY_ID, KEY_PROMPT, KEY_TEXT)
+KEY_ID, KEY_PROMPT, KEY_TEXT, KEY_USER = "prompt_id", "prompt", "text", "user"
+_KEY_KINDS = (KEY_ID, KEY_PROMPT, KEY_TEXT, KEY_USER)
+_CHECKSUM_BLOCK = 64 * 2**20  # bytes hashed per update when checksumming rows.arrow
 
 
 # ---------------------------------------------------------------------------------------------------------- schema
@@ -112,7 +115,9 @@ def _is_id_list(value: Any) -> bool:
     return isinstance(value, list) and set(map(type, value)) <= {int}
 
 
-def validate_rollout(row: Any, vocab_size: int | None = None, require_response: bool = False) -> str | None:
+def validate_rollout(
+    row: Any, vocab_size: int | None = None, require_response: bool = False, logprob_values: bool = True
+) -> str | None:
     """What is wrong with one rollout row, or ``None``; the rules every reader of rollouts applies to every row.
 
     * ``prompt``: a string or a list of chat messages (objects with ``role`` and ``content``);
@@ -120,7 +125,9 @@ def validate_rollout(row: Any, vocab_size: int | None = None, require_response: 
     * ``prompt_ids`` (optional; ``null`` or ``[]`` when not recorded): token ids;
     * ``response_ids``: token ids; an empty list is a valid (empty) completion, treated like an empty learner one;
     * ``response``: a string when present (required with ``require_response``);
-    * ``small_model_log_probs`` (optional): numbers (or ``null`` for unscored tokens), one per response token;
+    * ``small_model_log_probs`` (optional): numbers (or ``null`` for unscored tokens), one per response token, each a
+      log-probability: finite and <= 0 (see :func:`~s2l_trl.explorers.base.logprob_problem`; conversion checks the
+      values vectorised per batch instead, ``logprob_values=False``);
     * every token id in ``[0, vocab_size)`` when ``vocab_size`` is given.
     """
     if not isinstance(row, dict):
@@ -157,6 +164,9 @@ def validate_rollout(row: Any, vocab_size: int | None = None, require_response: 
             )
         if not set(map(type, lps)) <= {float, int, type(None)}:
             return "small_model_log_probs must hold numbers (or null)."
+        problem = logprob_problem(np.array(lps, dtype=np.float64)) if logprob_values else None
+        if problem:
+            return f"small_model_log_probs: {problem}"
     if vocab_size is not None:
         for name, values in (("response_ids", ids), ("prompt_ids", prompt_ids or [])):
             if values and (min(values) < 0 or max(values) >= vocab_size):
@@ -466,6 +476,35 @@ def _first_bad(offsets: np.ndarray, values: np.ndarray, vocab_size: int, n_rows:
     return {int(r): int(values[bad[i]]) for r, i in zip(uniq, first) if 0 <= r < n_rows}
 
 
+def _logprob_problems(batch) -> dict[int, str]:
+    """``row -> problem`` for the rows of a batch whose stored log-probs are impossible (above
+    :data:`LOGPROB_TOLERANCE`, infinite, or at vLLM's -inf :data:`LOGPROB_FLOOR`); vectorised over the batch."""
+    col = batch.column("small_model_log_probs")
+    values = col.values.to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero((values > LOGPROB_TOLERANCE) | np.isinf(values) | (values <= LOGPROB_FLOOR))
+    if not bad.size:
+        return {}
+    offsets = col.offsets.to_numpy()
+    rows = np.searchsorted(offsets, bad, side="right") - 1
+    uniq, first = np.unique(rows, return_index=True)
+    found = {}
+    for r, i in zip(uniq.tolist(), first.tolist()):
+        row_values = values[offsets[r] : offsets[r + 1]]
+        known = row_values[~np.isnan(row_values)]
+        probabilities = bool(((known >= 0) & (known <= 1)).all())
+        found[r] = (
+            f"small_model_log_probs holds {float(values[bad[i]]):g} at token {int(bad[i] - offsets[r])}, impossible "
+            f"for a log-probability (finite and <= 0; up to {LOGPROB_TOLERANCE:g} above 0 is rounding)"
+            + (
+                "; every value of the row lies in [0, 1]: probabilities stored instead of log(p)?"
+                if probabilities
+                else ""
+            )
+            + "."
+        )
+    return found
+
+
 def option_problems(batch, vocab_size: int | None, require_response: bool) -> list[tuple[int, str]]:
     """``(row in batch, problem)`` for the checks that depend on the run, not the file (vocabulary size, response
     text needed), worded and ordered as :func:`validate_rollout` words them; vectorised over an Arrow batch."""
@@ -492,10 +531,15 @@ class _Stats:
     rows_without_response: int = 0
     min_id: int | None = None  # over response_ids and prompt_ids; None when no ids are stored at all
     max_id: int | None = None
+    rows_with_logprobs: int = 0  # rows whose small_model_log_probs are stored (not null)
+    known_logprobs: int = 0  # stored log-prob values that are not NaN (null items read as NaN)
 
     def add(self, batch) -> None:
         self.rows += batch.num_rows
         self.rows_without_response += batch.column("response").null_count
+        lps = batch.column("small_model_log_probs")
+        self.rows_with_logprobs += batch.num_rows - lps.null_count
+        self.known_logprobs += int(np.count_nonzero(~np.isnan(lps.values.to_numpy(zero_copy_only=False))))
         for name in ("response_ids", "prompt_ids"):
             values = batch.column(name).values.to_numpy()
             if name == "response_ids":
@@ -537,7 +581,7 @@ class _Converter:
         for attempt in (0, 1):
             if isinstance(row, str):
                 return None, row, None
-            problem = validate_rollout(row)
+            problem = validate_rollout(row, logprob_values=False)  # values: vectorised per batch (_logprob_problems)
             exact_needed = isinstance(row.get("prompt_id"), float)  # orjson reads a > 64-bit integer as a float
             ids = prompt_ids = None
             if problem is None:
@@ -587,6 +631,9 @@ class _Converter:
                 ],
                 schema=_schema(),
             )
+            for r, p in _logprob_problems(batch).items():  # a problem of the file itself: nothing is cached
+                self.structural.add(f"{self.source.where(kept_locs[r])}: {p}")
+                errors.append((kept_locs[r], f"{self.source.where(kept_locs[r])}: {p}"))
             errors += [(kept_locs[r], f"{self.source.where(kept_locs[r])}: {p}") for r, p in self._options(batch)]
             first_row = self.stats.rows
             self.stats.add(batch)
@@ -608,6 +655,7 @@ class _Converter:
                 self.stats.rows_with_prompt_id += 1
             if isinstance(prompt, str):
                 keys.append((KEY_TEXT, prompt_text_key(prompt)))
+            keys.append((KEY_USER, prompt_text_key(prompt)))  # tells an edited problem from another template
             for kind, key in keys:
                 hi, lo = _digest(key)
                 his, los, idx = self.keys[kind]
@@ -760,6 +808,7 @@ class RolloutStore:
                 np.savez(f, **conv.index_arrays())
             meta = _meta(source, identity, conv.stats)
             meta["rows_arrow_bytes"] = (tmp / "rows.arrow").stat().st_size
+            meta["rows_arrow_xxh3_128"] = _checksum(tmp / "rows.arrow")
             for file in ("rows.arrow", "index.npz"):
                 _fsync(tmp / file)
             with open(tmp / "meta.json", "w") as f:
@@ -791,7 +840,10 @@ class RolloutStore:
             rows_path = entry / "rows.arrow"
             if meta.get("identity") != identity or rows_path.stat().st_size != meta["rows_arrow_bytes"]:
                 raise ValueError("does not match its meta.json")
-            table = pa.ipc.open_stream(pa.memory_map(str(rows_path), "r")).read_all()
+            mapped = pa.memory_map(str(rows_path), "r")
+            if _checksum(mapped) != meta["rows_arrow_xxh3_128"]:  # a same-size change (a bad disk, an edit)
+                raise ValueError("rows.arrow does not match the checksum recorded when it was converted")
+            table = pa.ipc.open_stream(mapped).read_all()
             if table.num_rows != meta["rows"]:
                 raise ValueError(f"holds {table.num_rows} rows, meta.json says {meta['rows']}")
             with np.load(entry / "index.npz") as npz:
@@ -876,6 +928,30 @@ class RolloutStore:
         self.rows_read += len(out)
         return out
 
+    def longest_responses(self, eos_token_ids: Iterable[int]) -> tuple[int, int, int]:
+        """``(L, rows, unfinished)``: the longest stored response's length in tokens, how many rows have that length,
+        and how many of those do not end in one of ``eos_token_ids``. Unfinished rows that are all exactly L long,
+        with none longer, are what a sampler capped at L tokens leaves. Vectorised over the offsets."""
+        eos = np.asarray(sorted(set(eos_token_ids)), dtype=np.int64)
+        longest, at_longest, unfinished = 0, 0, 0
+        for offsets, values, nulls in self._cols["response_ids"]:
+            lengths = np.diff(offsets)
+            if nulls is not None:
+                lengths = np.where(nulls, 0, lengths)
+            if not lengths.size or lengths.max() < longest:
+                continue
+            top = int(lengths.max())
+            if top > longest:
+                longest, at_longest, unfinished = top, 0, 0
+            rows = np.flatnonzero(lengths == top)
+            if top == 0:
+                at_longest += rows.size
+                continue
+            last = values[offsets[rows + 1] - 1]
+            at_longest += rows.size
+            unfinished += int(np.count_nonzero(~np.isin(last, eos)))
+        return longest, at_longest, unfinished
+
     def last_response_id(self, row: int) -> int | None:
         """The last stored response token id of ``row`` (``None`` for an empty completion)."""
         chunk, local = self._locate(int(row))
@@ -899,7 +975,29 @@ def _meta(source: RolloutSource, identity: str | None, stats: _Stats) -> dict[st
         "rows_without_response": stats.rows_without_response,
         "min_id": stats.min_id,
         "max_id": stats.max_id,
+        "rows_with_logprobs": stats.rows_with_logprobs,
+        "known_logprobs": stats.known_logprobs,
     }
+
+
+def _checksum(source) -> str:
+    """XXH3-128 of a file (a path) or a memory-mapped Arrow file, read in blocks: ~9 GB/s once in the page cache, so
+    the cost of verifying a cache entry is reading it from disk (see scripts/benchmark_offline_store.py)."""
+    import xxhash  # a dependency of `datasets`
+
+    h = xxhash.xxh3_128()
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            while block := f.read(_CHECKSUM_BLOCK):
+                h.update(block)
+    else:
+        source.seek(0)
+        while block := source.read_buffer(_CHECKSUM_BLOCK):
+            if not block.size:
+                break
+            h.update(memoryview(block))
+        source.seek(0)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonl import write_json_atomic
-from .base import GROUP_FIELD, Explorer, ExplorerOutput, generate_checked
+from .base import GROUP_FIELD, Explorer, ExplorerError, ExplorerOutput, generate_checked
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,9 @@ class ExplorerRounds:
         prefetch: allow `prefetch` (ignored for foreground explorers and for explorers that sleep between calls,
             `sleeps_between_calls = True`: a prefetch would call them while the learner trains).
         foreground: `round -> context manager` wrapping a foreground explorer's call (default: none).
+        logprobs_needed_by: the run's option that weighs explorer tokens with their sampling log-probs (e.g.
+            `"explorer_importance_sampling='token_truncate'"`): a round whose explorer answer carries none (no
+            log-probs, or NaN only) is then an error naming it, instead of a round whose weights are silently all 1.
 
     The trainer calls, per mixed round: `request(req)` before the learner generates, `collect(req, wanted)` after;
     optionally `prefetch(next_req)` once the round is scored; `state_dict(round)` when it saves a checkpoint and
@@ -134,8 +137,10 @@ class ExplorerRounds:
         explorer: Explorer,
         prefetch: bool = True,
         foreground: Callable[[int], contextlib.AbstractContextManager] | None = None,
+        logprobs_needed_by: str | None = None,
     ):
         self.explorer = explorer
+        self.logprobs_needed_by = logprobs_needed_by
         self.background = bool(getattr(explorer, "runs_in_background", True))
         # An explorer whose engine sleeps between calls (to leave its memory to training) must not be called while
         # the learner trains, which is when a prefetch runs.
@@ -197,6 +202,14 @@ class ExplorerRounds:
                 output, latency = _timed_generate(self.explorer, request)
         else:
             output, latency = call.future.result()
+        if self.logprobs_needed_by and output.completion_ids and not _has_logprobs(output):
+            raise ExplorerError(
+                f"{self.logprobs_needed_by} weighs explorer tokens with the explorer's sampling log-probs, but "
+                f"{type(self.explorer).__name__} returned none in round {request.round} "
+                f"({len(output.completion_ids)} completions, log-probs "
+                f"{'None' if output.logprobs is None else 'all NaN'}): return them in ExplorerOutput.logprobs (one "
+                "per completion token), or set explorer_importance_sampling='none' and explorer_off_policy_mask=False."
+            )
         collected = CollectedRows(
             latency_s=latency,
             wait_s=time.perf_counter() - waited,
@@ -283,6 +296,12 @@ class ExplorerRounds:
                 if call.future.done():
                     break
         self.load_state_dict(self._state_before.get(call.request.round))
+
+
+def _has_logprobs(output: ExplorerOutput) -> bool:
+    """Whether any completion carries a known (non-NaN) log-prob; stops at the first, so a normal answer costs one
+    value."""
+    return output.logprobs is not None and any(v == v for lps in output.logprobs if lps for v in lps)
 
 
 def _cancel(explorer: Explorer) -> None:

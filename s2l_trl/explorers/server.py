@@ -36,7 +36,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .base import ExplorerError, ExplorerOutput, ExplorerStats, SamplingSettings
+from .base import (
+    ExplorerError,
+    ExplorerOutput,
+    ExplorerStats,
+    SamplingSettings,
+    logprob_problem,
+    logprob_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +324,13 @@ class ServerExplorer:
     not move). With ``require_processed_logprobs`` (explorer importance sampling or the off-policy mask: every
     weight would be wrong) any other mode, or a probe that cannot tell, is an error naming the URL and the fix;
     otherwise it is a warning (the ``s2l/logp_gap`` metric reads them). Sampling at temperature 1 with top-p 1, no
-    top-k and no penalties, raw and processed log-probs are the same: nothing is checked.
+    top-k and no penalties, raw and processed log-probs are the same: the mode is not checked. With
+    ``require_processed_logprobs`` a one-token generation request must also come back with its sampled token's
+    log-prob (a server that leaves them out would turn the weights off). Every answer's log-probs are checked where
+    they are parsed (vectorised): finite and <= 0 (:data:`~s2l_trl.explorers.base.LOGPROB_TOLERANCE` above 0 is
+    rounding; vLLM's -9999.0 is -inf), one per token; an impossible value fails the call with an
+    :class:`ExplorerError` (a retry would get the same). Completions with no token at all (vLLM returns the EOS it
+    stopped at) are counted and warned about once per call.
 
     **Seeds.** With ``sampling.seed`` set, prompt ``i`` of the ``c``-th call (counted by :attr:`calls`, saved by
     :meth:`state_dict`) is sampled with its own seed, a hash of (``seed``, ``seed_stream``, ``c``, ``i``), in an HTTP
@@ -544,6 +557,10 @@ class ServerExplorer:
             served = self._transport.run(self._gather(*(self._served_tokenization(s, probe) for s in live)))
             for server, (ids, how) in zip(live, served):
                 self._check_tokenization(server, expected_tokenizer, expected_model, expected_ids, ids, how)
+        if self.require_processed_logprobs:
+            # Weights need the log-probs a generation answer carries: a server that leaves them out (or answers
+            # impossible ones) would turn explorer importance sampling off without a word.
+            self._transport.run(self._gather(*(self._probe_sampled_logprobs(s) for s in live)))
         if self.request_logprobs and self._logprobs_matter():
             modes = self._transport.run(self._gather(*(self._logprobs_mode(s) for s in live)))
             for server, (mode, how) in zip(live, modes):
@@ -769,6 +786,44 @@ class ServerExplorer:
             f"probe: top-{_PROBE_TOP_K} log-probs at temperatures {_PROBE_TEMPERATURES[0]} and {_PROBE_TEMPERATURES[1]}"
         )
 
+    async def _probe_sampled_logprobs(self, server: _Server) -> None:
+        """Ask for one token as a generation request asks (sampled-token log-probs, ``logprobs=0``) and check that
+        the answer carries a log-probability for it."""
+        payload = {**self._payload(server, [], 1, 0), "prompt": _PROBE_PROMPT, "max_tokens": 1}
+        needs = (
+            "explorer importance sampling and the explorer off-policy mask need the sampled tokens' log-probs: "
+            "serve the explorer with `vllm serve` / `trl vllm-serve` (which return them when asked, `logprobs=0`), "
+            "or set explorer_importance_sampling='none' and explorer_off_policy_mask=False"
+        )
+        try:
+            r = await self._send(server, "POST", "/v1/completions", payload, timeout=60.0)
+        except _RequestFailed as exc:
+            raise ExplorerError(f"The explorer server at {server.url} failed the log-probs probe: {exc}.") from exc
+        if r.status_code != 200:
+            raise ExplorerError(
+                f"The explorer server at {server.url} answered the log-probs probe (one token, logprobs=0) with HTTP "
+                f"{r.status_code} {_snippet(r)}; {needs}."
+            )
+        try:
+            logprobs = _sampled_logprobs(_decode_choices(r.content))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ExplorerError(
+                f"The explorer server at {server.url} answered the log-probs probe in an unexpected format ({exc!r}): "
+                f"{_snippet(r)}."
+            ) from exc
+        if not logprobs or not logprobs[0]:
+            raise ExplorerError(
+                f"The explorer server at {server.url} answers generation requests without log-probs (asked with "
+                f"logprobs=0, it returned none): {needs}."
+            )
+        problem = logprob_problem(logprob_values(logprobs))
+        if problem:
+            raise ExplorerError(
+                f"The explorer server at {server.url} answered the log-probs probe with impossible log-probs: "
+                f"{problem} Serve the explorer with `{_FIX_LOGPROBS}`, or set explorer_importance_sampling='none' and "
+                "explorer_off_policy_mask=False."
+            )
+
     def _check_logprobs_mode(self, server: _Server) -> None:
         mode, how = server.logprobs_mode, server.logprobs_mode_source
         if mode == PROCESSED_LOGPROBS:
@@ -844,6 +899,13 @@ class ServerExplorer:
             logprobs = _sampled_logprobs(choices)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise _RequestFailed(f"malformed answer ({exc!r}): {_snippet(r)}") from exc
+        problem = None if logprobs is None else logprob_problem(logprob_values(logprobs))
+        if problem:  # not a transient fault: a retry would get the same
+            raise ExplorerError(
+                f"The explorer server at {server.url} answered impossible log-probs: {problem} Serve the explorer with "
+                f"`{_FIX_LOGPROBS}` (the logits modes return logits, not log-probs), or check what stands in front "
+                "of it."
+            )
         if len(completion_ids) != len(prompts) * n:
             raise _RequestFailed(f"{len(completion_ids)} completions for {len(prompts)} prompts x n={n}")
         # The server echoes each choice's prompt: the rows of prompt i must be rows i*n .. i*n+n-1.
@@ -1025,6 +1087,17 @@ class ServerExplorer:
                     logprobs.extend(part_lps)
         stats.wall_s = time.monotonic() - start
         stats.servers = len(self._alive())
+        empty = sum(1 for ids in completion_ids if not ids)
+        if empty:  # vLLM returns the EOS it stopped at: an empty completion is a server fault, trained as a lone EOS
+            logger.warning(
+                "Explorer call %d: %d of %d completions came back empty (no token, not even EOS) from %s; they are "
+                "trained as empty answers (a lone EOS). Check the explorer server (its model, max_tokens, stop "
+                "settings) or what stands in front of it.",
+                call,
+                empty,
+                len(completion_ids),
+                ", ".join(s.url for s in self._alive()),
+            )
         if self.progress and (len(chunks) > 1 or stats.failed_requests):
             logger.info(
                 "Explorer: %d prompts x n=%d in %d requests (%d retried) over %d server(s): %.1f s, %d tokens, "
@@ -1038,7 +1111,7 @@ class ServerExplorer:
                 stats.completion_tokens,
                 stats.tokens_per_s,
             )
-        return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs, stats=stats)
+        return ExplorerOutput(completion_ids=completion_ids, logprobs=logprobs, stats=stats, logprobs_checked=True)
 
     def _alive(self) -> list[_Server]:
         return [s for s in self.servers if s.alive]

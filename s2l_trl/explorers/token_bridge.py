@@ -114,9 +114,11 @@ class TokenBridge:
         learner_prompt_ids: Callable[[Iterable[Any]], list[list[int]]],
         rows_per_prompt: int,
     ) -> None:
-        """Refuse to start when the explorer cannot serve some training prompts (offline rollouts), naming all; and
-        when stored rollouts were sampled on other prompt token ids than this run builds, which would append explorer
-        answers to prompts they were not sampled for.
+        """Refuse to start when the explorer cannot serve some training prompts (offline rollouts), naming all; when
+        stored rollouts were sampled for another problem text under the same `prompt_id` (the data set was edited
+        since sampling) or on other prompt token ids than this run builds, which would append explorer answers to
+        prompts they were not sampled for; and when they were sampled with a smaller completion cap than
+        `max_completion_length` (see `check_completion_cap`).
 
         Args:
             explorer: the backend; checked only when it has `missing(examples)` / `stored_prompt_ids(example)`.
@@ -133,6 +135,12 @@ class TokenBridge:
                     f"The explorer has no rollouts for {len(missing)} of the {len(examples)} training prompts: "
                     f"{shown}. Sample them first (s2l-sample with the same data arguments as s2l-train)."
                 )
+        self.check_completion_cap(explorer)
+        difference_fn = getattr(explorer, "prompt_difference", None)
+        if callable(difference_fn):
+            edited = [e for e in examples if difference_fn(e) == "problem"]
+            if edited:
+                raise ExplorerError(self._edited_message(explorer, edited, len(examples)))
         stored_fn = getattr(explorer, "stored_prompt_ids", None)
         if not callable(stored_fn) or not self.matches:
             return
@@ -151,6 +159,47 @@ class TokenBridge:
                 f"than this run builds (e.g. {labels}): {self._explain(*mismatched[0])} Re-run s2l-sample with "
                 "this run's model and data arguments."
             )
+
+    def check_completion_cap(self, explorer: Any) -> None:
+        """Refuse stored rollouts sampled with a smaller completion cap than `max_completion_length` (their rows stop
+        where the learner's go on: the two sources would not be truncated alike), read from the backend's
+        `completion_cap(eos_token_ids)` (offline rollouts: `sample_config.json`, else the stored lengths). With
+        another explorer tokenizer the two caps count different tokens: a warning then."""
+        cap_fn = getattr(explorer, "completion_cap", None)
+        if not callable(cap_fn):
+            return
+        found = cap_fn(self.eos_token_ids if self.matches else None)
+        if found is None or found[0] >= self.max_completion_length:
+            return
+        cap, how = found
+        m = self.max_completion_length
+        message = (
+            f"The offline rollouts were sampled with at most {cap} completion tokens ({how}), fewer than "
+            f"max_completion_length={m}: their completions stop at {cap} tokens where the learner's go on to {m}, so "
+            f"the two sources are not truncated alike. Sample them again with s2l-sample --max_tokens {m} (into "
+            f"another --output_dir), or set max_completion_length={cap}."
+        )
+        if self.matches:
+            raise ExplorerError(message)
+        logger.warning(
+            "%s (The explorer's tokenizer differs from the learner's, so the caps count other tokens.)", message
+        )
+
+    def _edited_message(self, explorer: Any, edited: list[dict[str, Any]], total: int) -> str:
+        example = edited[0]
+        stored_fn = getattr(explorer, "stored_prompt_ids", None)
+        stored = stored_fn(example) if callable(stored_fn) and self.matches else None
+        was = ""
+        if stored:
+            was = f", sampled on {self.learner_tokenizer.decode(stored, skip_special_tokens=True).strip()[:100]!r}"
+        ids = ", ".join(repr(e["prompt_id"]) for e in edited[:5]) + (", ..." if len(edited) > 5 else "")
+        return (
+            f"{len(edited)} of the {total} training prompts hold another problem than the rollouts stored under their "
+            f"prompt_id ({ids}; e.g. prompt_id {example['prompt_id']!r} is now "
+            f"{_prompt_text(example['prompt']).strip()[:100]!r}{was}): the data set was edited since the rollouts were "
+            "sampled. Sample this data set again (s2l-sample into another --output_dir), or train on the data set the "
+            "rollouts were sampled from."
+        )
 
     def _explain(self, example: dict[str, Any], stored: list[int], built: list[int]) -> str:
         """Why stored prompt ids differ from the ones this run builds: another tokenizer, or another rendering."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 
-from .family import FamilySpec, build_family
+from .family import SIZES, FamilySpec, build_family, check_spec
+from .numerics import NUMERICS_MODES, check_mode, reexec_with
+from .regime import RegimeError
 from .settings import (
     ABLATIONS,
     CODISTILL_RUNS,
@@ -19,27 +21,68 @@ from .settings import (
     RLSettings,
 )
 
-DEFAULT_FAMILY = ".tiny/miniature/family-same_corpus"
+FAMILIES = ".tiny/miniature"
+
+
+def default_family_dir(construction: str, family_seed: int, numerics: str) -> str:
+    """Where a family build is cached by default: one folder per construction, family seed and numerics."""
+    name = f"family-{construction}"
+    name += f"-fs{family_seed}" if family_seed else ""
+    name += "" if numerics == FamilySpec.numerics else f"-{numerics}"
+    return f"{FAMILIES}/{name}"
 
 
 def _family_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family_dir", default=DEFAULT_FAMILY, help="where the family is built / cached")
+    p.add_argument(
+        "--family_dir",
+        default=None,
+        help=f"where the family is built / cached (default: {FAMILIES}/family-<construction>[-fs<family_seed>])",
+    )
     p.add_argument("--construction", default="same_corpus", choices=["same_corpus", "distilled"])
     p.add_argument("--sft_steps", type=int, default=FamilySpec.sft_steps)
     p.add_argument("--sizes", nargs="+", default=["S", "M", "L"])
     p.add_argument("--train_problems", type=int, default=FamilySpec.train_problems)
     p.add_argument("--checkpoints", type=int, nargs="*", default=[250, 500, 1000])
+    p.add_argument(
+        "--family_seed",
+        type=int,
+        default=FamilySpec.family_seed,
+        help="which independent build of the family (initial weights and SFT batch order; 0: the original build)",
+    )
+    p.add_argument(
+        "--checkpoint_every",
+        type=int,
+        default=FamilySpec.checkpoint_every,
+        help="an SFT checkpoint (with its held-out accuracy) every that many steps; 0: only --checkpoints",
+    )
+    p.add_argument(
+        "--numerics",
+        default=FamilySpec.numerics,
+        choices=list(NUMERICS_MODES),
+        help="CPU-kernel settings of the build and the runs: pinned_avx2 (the same code paths, hence the same family, "
+        "on every AVX2 processor; the command restarts itself under them) or native",
+    )
 
 
-def _family(a: argparse.Namespace):
-    spec = FamilySpec(
+def _family_spec(a: argparse.Namespace) -> FamilySpec:
+    return FamilySpec(
         sizes=a.sizes,
         construction=a.construction,
         sft_steps=a.sft_steps,
         train_problems=a.train_problems,
         checkpoints=[c for c in a.checkpoints if c < a.sft_steps],
+        family_seed=a.family_seed,
+        checkpoint_every=a.checkpoint_every,
+        numerics=a.numerics,
     )
-    return build_family(a.family_dir, spec)
+
+
+def _family(a: argparse.Namespace, family_seed: int | None = None):
+    spec = _family_spec(a)
+    if family_seed is not None:
+        spec = replace(spec, family_seed=family_seed)
+    root = a.family_dir if family_seed is None and a.family_dir else None
+    return build_family(root or default_family_dir(spec.construction, spec.family_seed, spec.numerics), spec)
 
 
 def _sft_step(value: str) -> int | None:
@@ -51,6 +94,14 @@ def _sft_step(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"an SFT step must be an integer or 'final', got {value!r}") from None
 
 
+def _flag(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def _settings_args(p: argparse.ArgumentParser, settings_cls, seeds: list[int] | None = None) -> None:
     """One flag per field of an experiment's settings dataclass (its defaults; SFT steps take an integer or 'final')."""
     for f in fields(settings_cls):
@@ -58,12 +109,21 @@ def _settings_args(p: argparse.ArgumentParser, settings_cls, seeds: list[int] | 
             p.add_argument("--seeds", type=int, nargs="+", default=seeds)
         elif f.name.endswith("_sft_step"):
             p.add_argument(f"--{f.name}", type=_sft_step, default=f.default)
+        elif isinstance(f.default, bool):
+            p.add_argument(f"--{f.name}", type=_flag, default=f.default, metavar="{true,false}")
         else:
             p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
 
 
+class SettingsError(ValueError):
+    """A settings dataclass refused a flag's value (its own message names the field, the value and the fix)."""
+
+
 def _settings(a: argparse.Namespace, settings_cls):
-    return settings_cls(**{f.name: getattr(a, f.name) for f in fields(settings_cls)})
+    try:
+        return settings_cls(**{f.name: getattr(a, f.name) for f in fields(settings_cls)})
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,6 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", nargs="+", default=[m.name for m in MAIN_METHODS + ABLATIONS], choices=sorted(METHODS))
     # Five seeds for every method: what the committed tables use (paired differences need them all).
     p.add_argument("--ablation_seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    _settings_args(p, RLSettings, seeds=[0, 1, 2, 3, 4])
+
+    p = sub.add_parser("families", help="experiments 2-4 over several family builds, paired within each build")
+    _family_args(p)
+    p.add_argument("--family_seeds", type=int, nargs="+", default=[0, 1, 2], help="the family builds to run on")
+    p.add_argument("--output_dir", default="results/miniature/families/early_learner")
+    p.add_argument("--title", default="", help="heading of the report")
+    p.add_argument("--methods", nargs="+", default=[m.name for m in MAIN_METHODS], choices=sorted(METHODS))
     _settings_args(p, RLSettings, seeds=[0, 1, 2, 3, 4])
 
     p = sub.add_parser("demo", help="README main job: a short S2L-PO run next to GRPO from the same start")
@@ -123,12 +191,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--group_size", type=int, default=4)
     p.add_argument("--max_step", type=int, default=60, help="rollouts of steps 1..max_step (the mixing phase)")
 
+    p = sub.add_parser("numerics", help="which CPU-kernel settings change a short SFT's weights here, and their cost")
+    p.add_argument("--size", default="L", choices=sorted(SIZES))
+    p.add_argument("--steps", type=int, default=100, help="SFT steps of the family's recipe (schedule unchanged)")
+    p.add_argument("--output_dir", default="results/miniature/numerics")
+
     p = sub.add_parser("curves", help="per-step curves (reward per source, alpha, held-out accuracy) to PNG")
     p.add_argument("runs", nargs="+", help="run folders or trainer_state.json files")
     p.add_argument("--output", required=True)
     p.add_argument("--labels", nargs="*", default=None)
 
     a = parser.parse_args(argv)
+    if a.command not in ("diversity", "curves", "numerics"):  # the commands that build or train models
+        try:  # bad family settings end here, before a restart or any build
+            check_spec(_family_spec(a)) if hasattr(a, "family_seed") else check_mode(a.numerics)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if argv is None:  # a command-line run: restart under the numerics' kernel settings if needed
+            reexec_with(a.numerics)
+    try:
+        _run(a, parser)
+    except (RegimeError, SettingsError) as exc:  # bad settings, no checkpoint in band: one line, before any run
+        parser.exit(2, f"error: {exc}\n")
+
+
+def _run(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     import torch
 
     # One thread: these models are too small to gain from two, and on a shared 2-core machine a second thread
@@ -139,6 +226,17 @@ def main(argv: list[str] | None = None) -> None:
 
         run_crossover(_settings(a, CrossoverSettings), a.constructions, a.output_dir)
         print(open(f"{a.output_dir}/crossover.md").read())
+        return
+    if a.command == "numerics":
+        from pathlib import Path
+
+        from ..jsonl import write_json_atomic
+        from .numerics import probe, render_probe
+
+        results = probe(a.size, a.steps)
+        write_json_atomic(Path(a.output_dir) / "numerics.json", results)
+        (Path(a.output_dir) / "numerics.md").write_text(render_probe(results))
+        print(render_probe(results))
         return
     if a.command == "diversity":
         from .diversity_report import diversity_report
@@ -173,6 +271,11 @@ def main(argv: list[str] | None = None) -> None:
         settings = _settings(a, RLSettings)
         run_experiment(family, settings, a.output_dir, a.methods, a.ablation_seeds)
         print(open(f"{a.output_dir}/rl.md").read())
+    elif a.command == "families":
+        from .rl_experiment import run_over_families
+
+        settings = _settings(a, RLSettings)
+        print(run_over_families(lambda k: _family(a, k), a.family_seeds, settings, a.output_dir, a.methods, a.title))
     elif a.command == "codistill":
         from .codistill_experiment import run_codistill_experiment
         from .codistill_report import render_markdown
@@ -180,8 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = _settings(a, CoDistillSettings)
         print(render_markdown(run_codistill_experiment(family, settings, a.output_dir, a.runs)))
     elif a.command == "codistill_cost":
+        from .codistill_cost import CostSettings, run_cost_experiment
         from .codistill_cost import render_markdown as render_cost
-        from .codistill_cost import run_cost_experiment
 
         print(render_cost(run_cost_experiment(family, _settings(a, CostSettings), a.output_dir)))
     elif a.command == "race":
@@ -206,7 +309,10 @@ def main(argv: list[str] | None = None) -> None:
         from .rl_experiment import demo
 
         settings = _settings(a, RLSettings)
-        print(demo(family, settings, a.output_dir))
+        text, verdict = demo(family, settings, a.output_dir)
+        print(text)
+        if not verdict["ok"]:  # what the README promises did not hold: say so in the exit status too
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..jsonl import write_json_atomic
-from . import codistill_report, task
+from . import codistill_report, regime, task
 from .codistill_report import LOGGED_PER_STEP, TIMING_METRICS
 from .family import Family, heldout_rows
-from .rl_experiment import run_one
+from .numerics import environment_record
+from .rl_experiment import family_record, run_one
 from .runs import StepClock, evaluate, train_rows_for_rl, trainer_kwargs, weights_checksum
 from .settings import CODISTILL_METHODS, CODISTILL_RUNS, GRPO_RUNS, CoDistillSettings
 
@@ -36,11 +37,12 @@ def validate(settings: CoDistillSettings, family: Family, runs: list[str]) -> No
     if unknown:
         raise ValueError(f"unknown run(s) {unknown}; known: {list(CODISTILL_RUNS)}.")
     for role in ("small", "large"):
-        size, step = getattr(settings, role), getattr(settings, f"{role}_sft_step")
-        if not family.path(size, step).is_dir():
+        path = settings.model_path(family, role)  # a band that no checkpoint meets fails here (RegimeError)
+        if not path.is_dir():
             raise ValueError(
-                f"{role}={size!r} at SFT step {step} is not in the family at {family.root} (sizes "
-                f"{family.spec.sizes}, checkpoints {family.spec.checkpoints} and the final one)."
+                f"{role}={getattr(settings, role)!r} at SFT step {getattr(settings, f'{role}_sft_step')} is not in "
+                f"the family at {family.root} (sizes {family.spec.sizes}, saved steps {family.spec.saved_steps} and "
+                "the final one)."
             )
     if settings.steps < 1 or settings.eval_every < 1 or not settings.seeds:
         raise ValueError(
@@ -61,8 +63,8 @@ def run_codistill(family: Family, settings: CoDistillSettings, method: str, seed
     if (run_dir / "run.json").exists():
         return json.loads((run_dir / "run.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
-    small_path = family.path(settings.small, settings.small_sft_step)
-    large_path = family.path(settings.large, settings.large_sft_step)
+    small_path = settings.model_path(family, "small")
+    large_path = settings.model_path(family, "large")
     tokenizer = AutoTokenizer.from_pretrained(large_path)
     eval_rows = heldout_rows(family.spec, settings.eval_problems)
     rows = train_rows_for_rl(family, settings.grpo("small"))
@@ -126,6 +128,12 @@ def run_codistill(family: Family, settings: CoDistillSettings, method: str, seed
         "settings": asdict(settings),
         "small": str(small_path),
         "large": str(large_path),
+        "family": family_record(family),
+        "starts": {
+            "small": regime.selection_of(small_path, family, settings.small),
+            "large": regime.selection_of(large_path, family, settings.large),
+        },
+        "environment": environment_record(),
         "initial_weights_sha256": checksums,
         "evals": evals,
         "per_step": per_step,

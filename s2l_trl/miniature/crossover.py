@@ -91,7 +91,7 @@ def _evaluate(
 
 def shortcut(settings: CrossoverSettings, out_dir: Path) -> dict:
     """(a): M and L SFT'd on the shortcut corpus, and L trained ``long_factor`` times longer."""
-    spec = settings.family_spec(sizes=["M", "L"], construction="shortcut", checkpoints=[])
+    spec = settings.family_spec(sizes=["M", "L"], construction="shortcut", checkpoints=[], checkpoint_every=0)
     family = build_family(Path(settings.cache_dir) / "family-shortcut", spec)
     long_spec = replace(spec, sizes=["L"], sft_steps=spec.sft_steps * settings.long_factor)
     long_family = build_family(Path(settings.cache_dir) / f"family-shortcut-x{settings.long_factor}", long_spec)

@@ -6,9 +6,15 @@ Layout of a family folder (``build_family``)::
 
     <root>/tokenizer/                      BPE, one token per digit
     <root>/<size>/                         the size after the full SFT budget
-    <root>/<size>-step<k>/                 intermediate SFT checkpoints (e.g. the RL learner's start)
-    <root>/family.json                     construction settings, parameter counts, SFT losses (a rerun with the same
-                                           settings skips the build)
+    <root>/<size>-step<k>/                 intermediate SFT checkpoints, every ``checkpoint_every`` steps (the RL
+                                           learner's start is picked among them by held-out accuracy: ``regime``)
+    <root>/family.json                     construction settings, parameter counts, SFT losses, every checkpoint's
+                                           held-out accuracy and weight checksum, and the machine that built it (a
+                                           rerun with the same settings skips the build)
+
+A family is one *build*: ``family_seed`` seeds the initial weights and the SFT's batch order while the task, corpus,
+tokenizer and held-out problems stay those of ``seed``, so that results can be measured over several independently
+built families (the build is a random factor, like the training seed).
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import task
+from . import numerics, task
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -61,6 +68,13 @@ class FamilySpec:
     corpus prompts, which is how e.g. Qwen3's small models are made from the large ones) or ``"shortcut"`` (the
     corpus keeps only problems with an order whose last step does not carry, written in such an order: "the last
     step does not carry" is right on every training problem; the crossover's construction (a)).
+
+    ``family_seed``: which independent build (initial weights and SFT batch order; 0 is the original build).
+    ``checkpoint_every``: an SFT checkpoint of every size every that many steps (0: only ``checkpoints``), each with
+    its held-out accuracy on ``heldout_problems`` problems, so that experiments pick a learner by measured accuracy.
+    ``numerics``: the CPU-kernel settings the build runs under (:mod:`.numerics`): ``pinned_avx2`` (the default: the
+    same kernel code paths, hence the same weights, on every x86-64 processor with AVX2) or ``native`` (whatever this
+    processor offers; other processors build other weights).
     """
 
     sizes: list[str] = field(default_factory=lambda: ["S", "M", "L"])
@@ -73,6 +87,21 @@ class FamilySpec:
     checkpoints: list[int] = field(default_factory=lambda: [250, 500, 1000])
     seed: int = 0
     distill_temperature: float = 1.0
+    family_seed: int = 0
+    checkpoint_every: int = 25
+    heldout_problems: int = 128
+    numerics: str = "pinned_avx2"
+
+    @property
+    def build_seed(self) -> int:
+        """The seed of the initial weights and of the SFT's batch order (``seed`` itself for the original build)."""
+        return self.seed + 100_003 * self.family_seed
+
+    @property
+    def saved_steps(self) -> list[int]:
+        """The intermediate SFT steps saved for every size (the final step is always saved, as ``<root>/<size>``)."""
+        dense = range(self.checkpoint_every, self.sft_steps, self.checkpoint_every) if self.checkpoint_every else ()
+        return sorted({*dense, *(c for c in self.checkpoints if 0 < c < self.sft_steps)})
 
 
 def build_tokenizer(output_dir: str | Path, seed: int = 0):
@@ -158,10 +187,12 @@ def sft(
     seed: int,
     save: dict[int, Path] | None = None,
     desc: str = "sft",
+    on_checkpoint: Callable[[int, object], None] | None = None,
 ) -> list[float]:
     """Supervised fine-tuning on ``(prompt, answer)`` pairs, loss on the answer only (AdamW, 5% warm-up then cosine).
 
-    ``save`` maps step -> folder for intermediate checkpoints. Returns the loss every 50 steps.
+    ``save`` maps step -> folder for intermediate checkpoints; ``on_checkpoint(step, model)`` is called after each
+    (it must not move torch's random stream). Returns the loss every 50 steps.
     """
     import torch
     from tqdm import tqdm
@@ -197,6 +228,8 @@ def sft(
             losses.append(round(loss.item(), 4))
         if save and step in save:
             _save(model, tokenizer, save[step])
+            if on_checkpoint is not None:
+                on_checkpoint(step, model)
     model.eval()
     return losses
 
@@ -228,13 +261,33 @@ class Family:
             raise ValueError(f"size {size!r} is not in this family (sizes {self.spec.sizes}).")
         if step is None or step == self.spec.sft_steps:
             return self.root / size
-        if step not in self.spec.checkpoints:
-            raise ValueError(f"no checkpoint at SFT step {step}; saved: {self.spec.checkpoints}.")
+        if step not in self.spec.saved_steps:
+            saved = self.spec.saved_steps
+            shown = saved if len(saved) <= 12 else [*saved[:5], "...", *saved[-5:]]
+            raise ValueError(f"no checkpoint at SFT step {step}; saved: {shown} and the final {self.spec.sft_steps}.")
         return self.root / f"{size}-step{step}"
 
     @property
     def tokenizer(self) -> Path:
         return self.root / "tokenizer"
+
+    def heldout_curve(self, size: str) -> list[dict]:
+        """Held-out accuracy of every saved checkpoint of ``size``, by SFT step (the final one included): dicts with
+        ``step``, ``greedy_accuracy``, ``pass@1``, ``greedy_coherent`` and ``weights_sha256``."""
+        curve = self.manifest.get("heldout", {}).get(size)
+        if curve is None:
+            raise ValueError(
+                f"the family at {self.root} has no held-out accuracy of its checkpoints (built by an older version); "
+                "rebuild it in a new folder."
+            )
+        return sorted(curve, key=lambda c: c["step"])
+
+    @property
+    def label(self) -> str:
+        """How tables name this build: its family seed and the final largest size's weight checksum."""
+        largest = max(self.spec.sizes, key=lambda s: SIZES[s].hidden * SIZES[s].layers)
+        final = self.heldout_curve(largest)[-1]["weights_sha256"] if "heldout" in self.manifest else "?"
+        return f"family_seed {self.spec.family_seed} ({largest} {final})"
 
 
 def train_rows(spec: FamilySpec) -> list[dict]:
@@ -284,16 +337,32 @@ def _size_dims(spec: FamilySpec) -> dict[str, dict[str, int]]:
     return {s: asdict(SIZES[s]) for s in spec.sizes}
 
 
-def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
-    """Build (or reuse) a family under ``root``. Reuses it when ``family.json`` records the same ``spec``."""
-    from transformers import AutoTokenizer
-
-    spec = spec or FamilySpec()
+def check_spec(spec: FamilySpec) -> None:
+    """Refuse a family spec that cannot be built, before anything is written."""
     if spec.construction not in ("same_corpus", "distilled", "shortcut"):
         raise ValueError(f"construction must be 'same_corpus', 'distilled' or 'shortcut', got {spec.construction!r}.")
     unknown = [s for s in spec.sizes if s not in SIZES]
     if unknown:
         raise ValueError(f"unknown sizes {unknown}; known: {sorted(SIZES)}.")
+    if spec.family_seed < 0:
+        raise ValueError(f"family_seed must be >= 0, got {spec.family_seed}.")
+    if spec.checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (0: only the listed ones), got {spec.checkpoint_every}.")
+    numerics.check_mode(spec.numerics)
+
+
+def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
+    """Build (or reuse) a family under ``root``. Reuses it when ``family.json`` records the same ``spec``.
+
+    The process must run under the spec's kernel settings (``numerics``); ``python -m s2l_trl.miniature`` restarts
+    itself under them.
+    """
+    from transformers import AutoTokenizer
+
+    from .runs import evaluate, weights_checksum
+
+    spec = spec or FamilySpec()
+    check_spec(spec)
     root = Path(root)
     manifest_path = root / "family.json"
     if manifest_path.exists():
@@ -301,14 +370,36 @@ def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
         if manifest.get("spec") == asdict(spec) and manifest.get("sizes") == _size_dims(spec):
             return Family(root, spec, manifest)
         raise ValueError(f"{root} holds a family built with other settings ({manifest_path}); pick another folder.")
+    if numerics.numerics_mode() != spec.numerics:
+        raise ValueError(
+            f"this family is built with numerics={spec.numerics!r} but the process runs with "
+            f"{numerics.numerics_mode()!r} kernel settings; build it through `python -m s2l_trl.miniature family "
+            f"--numerics {spec.numerics}` (it restarts itself with {numerics.environment_for(spec.numerics)})."
+        )
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(root / "tokenizer", seed=spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     rows = train_rows(spec)
     corpus = task.corpus_pairs(rows, seed=spec.seed + 2, shortcut=spec.construction == "shortcut")
-    manifest = {"spec": asdict(spec), "sizes": _size_dims(spec), "models": {}}
+    eval_rows = heldout_rows(spec, spec.heldout_problems)
+    manifest = {
+        "spec": asdict(spec),
+        "sizes": _size_dims(spec),
+        "build_seed": spec.build_seed,
+        "environment": numerics.environment_record(),
+        "models": {},
+        "heldout": {},
+    }
     order = sorted(spec.sizes, key=lambda s: -SIZES[s].hidden * SIZES[s].layers)  # largest first (the teacher)
     for size in order:
+        curve: list[dict] = []
+
+        def measure(step: int, model, curve=curve) -> None:
+            # Held-out problems of the RL experiments, greedy and sampled (seeded, on a forked generator): what the
+            # regime selection reads.
+            scores = evaluate(model, tokenizer, eval_rows, samples=4, seed=0)
+            curve.append({"step": step, **scores, "weights_sha256": weights_checksum(model)})
+
         start = time.perf_counter()
         pairs = corpus
         if spec.construction == "distilled" and size != order[0]:
@@ -318,19 +409,33 @@ def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
                 texts = json.loads(cache.read_text())
             else:
                 texts = _sample_solutions(
-                    teacher, tokenizer, [p for p, _ in corpus], spec.distill_temperature, spec.seed
+                    teacher, tokenizer, [p for p, _ in corpus], spec.distill_temperature, spec.build_seed
                 )
                 cache.write_text(json.dumps(texts))
             pairs = [(p, t) for (p, _), t in zip(corpus, texts)]
-        model = init_model(tokenizer, SIZES[size], seed=spec.seed)
-        saves = {k: root / f"{size}-step{k}" for k in spec.checkpoints}
-        losses = sft(model, tokenizer, pairs, spec.sft_steps, spec.batch_size, spec.lr, spec.seed, saves, f"sft {size}")
+        model = init_model(tokenizer, SIZES[size], seed=spec.build_seed)
+        saves = {k: root / f"{size}-step{k}" for k in spec.saved_steps}
+        losses = sft(
+            model,
+            tokenizer,
+            pairs,
+            spec.sft_steps,
+            spec.batch_size,
+            spec.lr,
+            spec.build_seed,
+            saves,
+            f"sft {size}",
+            on_checkpoint=measure,
+        )
         _save(model, tokenizer, root / size)
+        measure(spec.sft_steps, model)
+        manifest["heldout"][size] = curve
         manifest["models"][size] = {
             **asdict(SIZES[size]),
             "parameters": num_parameters(model),
             "sft_losses_every_50": losses,
             "sft_seconds": round(time.perf_counter() - start, 1),
+            "weights_sha256": curve[-1]["weights_sha256"],
         }
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))

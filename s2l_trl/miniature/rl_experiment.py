@@ -21,8 +21,9 @@ from ..explorers.base import SamplingSettings
 from ..explorers.factory import build_explorer
 from ..jsonl import write_json_atomic
 from ..schedule import mix_alpha, split_group
-from . import rl_report, task
+from . import regime, rl_report, task
 from .family import Family, heldout_rows
+from .numerics import environment_record
 from .runs import (
     RecordingExplorer,
     RolloutRecorder,
@@ -82,7 +83,7 @@ def run_one(
             temperature=temperature,
         ),
         explorer_mode="local",
-        explorer_model=str(family.path(settings.explorer)),
+        explorer_model=str(settings.explorer_model(family)),
         explorer_temperature=settings.explorer_temperature,
         explorer_top_p=1.0,
         explorer_max_tokens=settings.max_completion_length,
@@ -103,7 +104,7 @@ def run_one(
             max_tokens=settings.max_completion_length,
             seed=seed,
         )
-        explorer_path = str(family.path(settings.explorer))
+        explorer_path = str(settings.explorer_model(family))
         if explorer_factory is not None:
             inner = explorer_factory(explorer_path, tokenizer, sampling)
         else:
@@ -172,9 +173,9 @@ def run_one(
             trainer.mini_stats = fresh_stats()
             recorder.flush(step)
             if step % settings.eval_every == 0 or step == settings.steps:
-                evals.append(
-                    {"step": step, **evaluate(trainer.model, tokenizer, eval_rows, settings.eval_samples, seed)}
-                )
+                ends_only = settings.pass_at_1_at_ends_only and step != settings.steps
+                samples = 0 if ends_only else settings.eval_samples
+                evals.append({"step": step, **evaluate(trainer.model, tokenizer, eval_rows, samples, seed)})
                 if echo:
                     alpha = _alpha(args, step)
                     print(
@@ -195,7 +196,13 @@ def run_one(
         "seed": seed,
         "settings": asdict(settings),
         "learner": str(learner_path),
-        "explorer": str(family.path(settings.explorer)) if spec.explorer else None,
+        "explorer": str(settings.explorer_model(family)) if spec.explorer else None,
+        # Which family build, which checkpoints (step, held-out accuracy measured at build time, checksum) and which
+        # machine: what a result is conditional on.
+        "family": family_record(family),
+        "learner_start": regime.selection_of(learner_path, family, settings.learner),
+        "explorer_start": regime.selection_of(settings.explorer_model(family), family, settings.explorer),
+        "environment": environment_record(),
         "temperature": temperature,
         # Which sampling mode produced this run's numbers (README: only a foreground / seeded explorer repeats).
         "explorer_sampling": explorer_sampling(explorer, settings.explorer_backend),
@@ -216,6 +223,17 @@ def run_one(
     write_json_atomic(run_dir / "trainer_state.json", {"log_history": trainer.state.log_history})
     write_json_atomic(run_dir / "run.json", result)
     return result
+
+
+def family_record(family: Family) -> dict:
+    """The family build a run used: folder, family seed, numerics, its largest size's final checksum."""
+    return {
+        "root": str(family.root),
+        "family_seed": family.spec.family_seed,
+        "numerics": family.spec.numerics,
+        "label": family.label,
+        "built_on": family.manifest.get("environment", {}).get("processor"),
+    }
 
 
 def _passk_settings(settings: RLSettings, seed: int) -> PasskSettings:
@@ -259,7 +277,7 @@ def start_passk(family: Family, settings: RLSettings, out_dir: Path) -> dict:
 
     models = {
         f"{settings.learner} (start)": settings.learner_model(family),
-        settings.explorer: family.path(settings.explorer),
+        settings.explorer: settings.explorer_model(family),
     }
     return passk_of_models(
         models,
@@ -281,6 +299,7 @@ def run_experiment(
     ``final_passk_n`` ``rl_passk.png`` and the reference ``passk_start/``) under ``out_dir``."""
     from tqdm import tqdm
 
+    settings.learner_model(family), settings.explorer_model(family)  # a band no checkpoint meets fails here, first
     out_dir = Path(out_dir)
     main = {m.name for m in MAIN_METHODS}
     jobs = [(m, s) for m in methods for s in (settings.seeds if m in main else ablation_seeds)]
@@ -294,18 +313,73 @@ def run_experiment(
     return report
 
 
-def demo(family: Family, settings: RLSettings, out_dir: str | Path) -> str:
+def start_line(family: Family, settings: RLSettings) -> str:
+    """Which family build and which checkpoints a run starts from, with their held-out accuracy (measured when the
+    family was built) and checksums: the regime the run is in."""
+    learner = regime.selection_of(settings.learner_model(family), family, settings.learner)
+    explorer = regime.selection_of(settings.explorer_model(family), family, settings.explorer)
+    how = f"first checkpoint with held-out {settings.learner_band}" if settings.learner_band else "as asked"
+    parts = [f"[start] family {family.label} at {family.root}"]
+    if learner:
+        parts.append(
+            f"learner {settings.learner} at SFT step {learner['step']} ({how}: greedy "
+            f"{100 * learner['greedy_accuracy']:.1f}%, pass@1 {100 * learner['pass@1']:.1f}%, weights "
+            f"{learner['weights_sha256']})"
+        )
+    if explorer:
+        how = f"first checkpoint with held-out {settings.explorer_band}" if settings.explorer_band else "final"
+        parts.append(
+            f"explorer {settings.explorer} at SFT step {explorer['step']} ({how}: pass@1 "
+            f"{100 * explorer['pass@1']:.1f}%)"
+        )
+    return "; ".join(parts)
+
+
+def demo(family: Family, settings: RLSettings, out_dir: str | Path) -> tuple[str, dict]:
     """The README's main job: one S2L-PO run and one GRPO run from the same learner weights, a table of held-out
-    greedy accuracy against steps, and a curves PNG. Previous demo runs in ``out_dir`` are replaced (a demo trains)."""
+    greedy accuracy against steps, a curves PNG, and the end-of-run check of what the main job claims
+    (:func:`.rl_report.demo_verdict`). Previous demo runs in ``out_dir`` are replaced (a demo trains). Returns the
+    printed text and the verdict."""
     import shutil
 
     out_dir = Path(out_dir)
+    start = start_line(family, settings)  # a learner band no checkpoint meets fails here, first
+    print(start, flush=True)
     if (out_dir / "runs").exists():
         shutil.rmtree(out_dir / "runs")
     seed = settings.seeds[0]
     runs = {m: run_one(family, settings, m, seed, out_dir, echo=True) for m in ("s2l_po", "grpo")}
     if runs["s2l_po"]["initial_weights_sha256"] != runs["grpo"]["initial_weights_sha256"]:
         raise RuntimeError("the two demo runs did not start from the same weights.")
-    text = rl_report.demo_table(runs, settings, out_dir / "curves.png")
+    text = start + "\n\n" + rl_report.demo_table(runs, settings, out_dir / "curves.png")
+    verdict = rl_report.demo_verdict(runs)
+    text += verdict["line"] + "\n"
     (out_dir / "demo.md").write_text(text)
-    return text
+    write_json_atomic(out_dir / "demo_verdict.json", verdict)
+    return text, verdict
+
+
+def run_over_families(
+    families: Callable[[int], Family],
+    family_seeds: list[int],
+    settings: RLSettings,
+    out_dir: str | Path,
+    methods: list[str],
+    title: str = "",
+) -> str:
+    """The RL experiment on several family builds (``families(k)`` builds or reuses build ``k``): per build the usual
+    report under ``out_dir/family<k>``, then the comparison over builds (:mod:`.families_report`) under ``out_dir``.
+    Every run is cached, so an interrupted experiment resumes where it stopped."""
+    from . import families_report
+
+    out_dir = Path(out_dir)
+    unavailable = {}
+    for k in family_seeds:
+        try:
+            run_experiment(families(k), settings, out_dir / f"family{k}", methods, [])
+        except regime.RegimeError as exc:  # this build has no checkpoint in a band: the regime does not exist there
+            unavailable[k] = str(exc)
+    built = [k for k in family_seeds if k not in unavailable]
+    runs = families_report.load_runs(out_dir, built, methods, settings.seeds)
+    report = families_report.build_report(runs, unavailable=unavailable)
+    return families_report.write_report(report, out_dir, title)

@@ -119,7 +119,8 @@ def weights_checksum(model) -> str:
 
 
 def evaluate(model, tokenizer, rows: list[dict], samples: int, seed: int) -> dict[str, float]:
-    """Held-out greedy accuracy and pass@1 (mean over ``samples`` samples at temperature 1) of ``model``."""
+    """Held-out greedy accuracy and pass@1 (mean over ``samples`` samples at temperature 1; NaN with ``samples=0``,
+    which skips the sampling) of ``model``."""
     import torch
 
     was_training = model.training
@@ -134,21 +135,24 @@ def evaluate(model, tokenizer, rows: list[dict], samples: int, seed: int) -> dic
         return_tensors="pt",
     )
     golds = [r["solution"] for r in rows]
+    width = enc["input_ids"].shape[1]
+    pass_at_1 = float("nan")
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         # fork_rng: evaluating must not move the training run's random stream.
         torch.manual_seed(seed)
         greedy = model.generate(**enc, max_new_tokens=40, do_sample=False)
-        sampled = model.generate(
-            **enc, max_new_tokens=40, do_sample=True, temperature=1.0, top_p=1.0, num_return_sequences=samples
-        )
-    width = enc["input_ids"].shape[1]
+        if samples:
+            sampled = model.generate(
+                **enc, max_new_tokens=40, do_sample=True, temperature=1.0, top_p=1.0, num_return_sequences=samples
+            )
+            s_texts = tokenizer.batch_decode(sampled[:, width:], skip_special_tokens=True)
+            pass_at_1 = sum(task.is_correct(t, golds[i // samples]) for i, t in enumerate(s_texts)) / len(s_texts)
     g_texts = tokenizer.batch_decode(greedy[:, width:], skip_special_tokens=True)
-    s_texts = tokenizer.batch_decode(sampled[:, width:], skip_special_tokens=True)
     if was_training:
         model.train()
     return {
         "greedy_accuracy": sum(task.is_correct(t, g) for t, g in zip(g_texts, golds)) / len(rows),
-        "pass@1": sum(task.is_correct(t, golds[i // samples]) for i, t in enumerate(s_texts)) / len(s_texts),
+        "pass@1": pass_at_1,
         "greedy_coherent": sum(task.is_coherent(t, r["operands"]) for t, r in zip(g_texts, rows)) / len(rows),
     }
 

@@ -85,10 +85,18 @@ class RLSettings:
 
     learner: str = "L"
     learner_sft_step: int | None = None
+    # The learner's start picked by measured held-out accuracy instead of an SFT step (``regime.Band``: "20,35" is the
+    # first checkpoint of ``learner`` whose greedy accuracy lies in [20, 35]%); overrides learner_sft_step, so that the
+    # run starts in the same regime on any machine and family build.
+    learner_band: str = ""
     # A saved model to train instead of a family member (e.g. L after GRPO, the crossover family's learner); ``learner``
     # then only names it in tables.
     learner_path: str = ""
     explorer: str = "M"
+    # The explorer picked by measured held-out accuracy too (``regime.Band``, e.g. "pass@1:50,100": the first
+    # checkpoint of ``explorer`` that answers at least half of the held-out problems per sample); empty: its final
+    # SFT checkpoint. A family build whose explorer never gets there cannot hold the regime and is refused.
+    explorer_band: str = ""
     steps: int = 120
     num_generations: int = 8
     prompts_per_step: int = 4
@@ -104,6 +112,9 @@ class RLSettings:
     eval_every: int = 20
     eval_problems: int = 128
     eval_samples: int = 4
+    # pass@1 (the sampled half of an evaluation, most of its cost) at the start and the end only; the evaluations in
+    # between measure greedy accuracy (what steps-to-threshold and the mean over evaluations read).
+    pass_at_1_at_ends_only: bool = False
     threshold_gain: float = 0.10  # share of the headroom (1 - start accuracy) defining the threshold
     # pass@k of the trained learner on the held-out problems, n samples each at ``temperature`` (0: not measured), and
     # of the starting learner and the explorer on the same problems for reference.
@@ -116,6 +127,16 @@ class RLSettings:
 
     def __post_init__(self) -> None:
         # Checked here, before any run starts: a bad value would otherwise fail after the first run has trained.
+        from .regime import Band
+
+        if self.explorer_band:
+            Band.parse(self.explorer_band, "explorer_band")
+        if self.learner_band:
+            Band.parse(self.learner_band, "learner_band")
+            if self.learner_path:
+                raise ValueError(
+                    "learner_band picks a family checkpoint and learner_path names a saved model: give one of them."
+                )
         if self.final_passk_n < 0:
             raise ValueError(f"final_passk_n must be >= 0 (0: no pass@k after training), got {self.final_passk_n}.")
         if self.learner_path and not (Path(self.learner_path) / "config.json").is_file():
@@ -125,10 +146,22 @@ class RLSettings:
             )
 
     def learner_model(self, family: Family) -> Path:
-        """The folder of the learner's starting weights."""
+        """The folder of the learner's starting weights (a band's pick: :func:`regime.select`)."""
         if self.learner_path:
             return Path(self.learner_path)
+        if self.learner_band:
+            from .regime import Band, select
+
+            return Path(select(family, self.learner, Band.parse(self.learner_band, "learner_band")).path)
         return family.path(self.learner, self.learner_sft_step)
+
+    def explorer_model(self, family: Family) -> Path:
+        """The folder of the explorer's weights (a band's pick, else the final SFT checkpoint)."""
+        if self.explorer_band:
+            from .regime import Band, select
+
+            return Path(select(family, self.explorer, Band.parse(self.explorer_band, "explorer_band")).path)
+        return family.path(self.explorer)
 
 
 # CoDistill-GRPO's runs: the two KD rewards it is run with, and plain GRPO on each of its two models.
@@ -173,6 +206,10 @@ class CoDistillSettings:
     small_sft_step: int | None = 500
     large: str = "L"
     large_sft_step: int | None = 1000
+    # Each model's start picked by measured held-out accuracy (``regime.Band`` syntax, e.g. "40,60"); a band overrides
+    # the role's SFT step.
+    small_band: str = ""
+    large_band: str = ""
     steps: int = 120
     num_generations: int = 8
     prompts_per_step: int = 4
@@ -194,7 +231,19 @@ class CoDistillSettings:
             **shared,
             learner=getattr(self, role),
             learner_sft_step=getattr(self, f"{role}_sft_step"),
+            learner_band=getattr(self, f"{role}_band"),
         )
+
+    def model_path(self, family: Family, role: str) -> Path:
+        """The folder of the ``role`` ("small" / "large") model's starting weights (a band's pick, else the step)."""
+        return self.grpo(role).learner_model(family)
+
+    def __post_init__(self) -> None:
+        from .regime import Band
+
+        for role in ("small", "large"):
+            if getattr(self, f"{role}_band"):
+                Band.parse(getattr(self, f"{role}_band"), f"{role}_band")
 
 
 @dataclass
@@ -230,6 +279,7 @@ class CrossoverSettings:
     sft_steps: int = 1500
     train_problems: int = 20000
     batch_size: int = 48
+    numerics: str = "pinned_avx2"
 
     def family_spec(self, **changes) -> FamilySpec:
         from .family import FamilySpec
@@ -240,6 +290,7 @@ class CrossoverSettings:
             train_problems=self.train_problems,
             batch_size=self.batch_size,
             checkpoints=checkpoints,
+            numerics=self.numerics,
         )
         return replace(base, **changes)
 

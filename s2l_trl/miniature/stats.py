@@ -76,3 +76,28 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[s
         "low": diff - half,
         "high": diff + half,
     }
+
+
+def two_level_interval(by_group: dict, level: float = 0.95) -> dict:
+    """Mean of values nested in groups (e.g. per-seed paired differences within family builds) with an interval that
+    counts both sources of variation: the Student-t interval over the group means (``G`` groups, ``G - 1`` degrees of
+    freedom), which carries the within-group spread through each group's mean. Also the two variance components
+    (one-way random effects, method of moments): the sd between groups and the sd within a group."""
+    groups = {g: list(v) for g, v in by_group.items() if len(v)}
+    if len(groups) < 2:
+        raise ValueError(f"an interval over groups needs at least 2 groups with values, got {len(groups)}.")
+    means = {g: statistics.fmean(v) for g, v in groups.items()}
+    over_groups = mean_ci(list(means.values()), level)
+    within = [x - means[g] for g, v in groups.items() for x in v]
+    dof_within = sum(len(v) - 1 for v in groups.values())
+    var_within = sum(d * d for d in within) / dof_within if dof_within else math.nan
+    n_mean = statistics.fmean(len(v) for v in groups.values())
+    var_between = statistics.variance(list(means.values())) - (var_within / n_mean if dof_within else 0.0)
+    return {
+        **over_groups,
+        "groups": len(groups),
+        "values": sum(len(v) for v in groups.values()),
+        "group_means": means,
+        "sd_between_groups": math.sqrt(max(0.0, var_between)),
+        "sd_within_group": math.sqrt(var_within) if dof_within else math.nan,
+    }

@@ -24,6 +24,13 @@ Sharding: ``num_shards`` workers can each run ``shard_index`` = 0 .. N-1 (rows `
 ``rollouts-<i>-of-<N>.jsonl``; the one that finishes last merges every shard into ``rollouts.jsonl``. With one
 shard the output is ``rollouts.jsonl`` directly. Lines are appended and flushed per prompt; a re-run skips prompts
 that already have all G samples.
+
+Resuming is only ever done with the same settings: ``sample_config.json`` beside the rollouts records the model, the
+sampling settings (``seed`` included), G, the data arguments, ``dedupe``, ``max_prompts`` and a fingerprint of the
+data set's prompts (ids, prompts and solutions, in order). A re-run with any of them changed stops with one line
+naming each difference (before vs now) and the fix (another ``output_dir``, or remove the files), instead of keeping
+samples drawn with another seed or appending another data set's prompts. A larger ``max_prompts`` extends the file
+(the prompts are a prefix of the same list); a smaller one is refused.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from ..data import PromptDataArguments, load_train_dataset, parse_chat_template_
 from ..explorers.base import SamplingSettings
 from ..explorers.offline import prompt_text_key
 from ..jsonl import JsonlWriter, drop_torn_tail, read_jsonl, write_jsonl_atomic
-from ..preflight import check_model_path, check_output_dir
+from ..preflight import InputError, check_model_path, check_output_dir
 from .engine import EngineArguments, SamplingEngine
 
 logger = logging.getLogger(__name__)
@@ -53,6 +60,7 @@ logger = logging.getLogger(__name__)
 # The authors' offline sampler: temperature 0.7, top-p 0.95.
 DEFAULT_SAMPLING = SamplingSettings(temperature=0.7, top_p=0.95, top_k=None, max_tokens=4096)
 MERGED_NAME = "rollouts.jsonl"
+CONFIG_NAME = "sample_config.json"
 _JUDGE = "s2l-sample's judge (the reward and is_correct of every rollout)"
 
 
@@ -100,36 +108,85 @@ def _completed_samplings(path: Path, num_generations: int, occurrences: Counter)
     return Counter({pid: count // num_generations for pid, count in counts.items()})
 
 
-_SETTING_KEYS = (
-    "model",
-    "num_generations",
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_tokens",
-    "num_shards",
-    "data",
-    "chat_template_kwargs",
-)
+# What must be equal for a re-run to resume a folder's rollouts, with the option that sets each (for messages).
+_SETTING_KEYS = {
+    "model": "model_path",
+    "dataset_fingerprint": "the data set (its prompt ids, prompts and solutions, in order)",
+    "num_generations": "num_generations",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "max_tokens": "max_tokens",
+    "seed": "seed",
+    "dedupe": "dedupe",
+    "num_shards": "num_shards",
+    "data": "the data arguments",
+    "chat_template_kwargs": "chat_template_kwargs",
+}
 
 
-def _check_settings(output_dir: Path, settings: dict[str, Any]) -> None:
-    path = output_dir / "sample_config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        clashes = [
-            f"{k}: {old.get(k)!r} (before) vs {settings.get(k)!r} (now)"
-            for k in _SETTING_KEYS
-            if k in old and old.get(k) != settings.get(k)
-        ]
-        if clashes:
-            raise ValueError(
-                f"{output_dir} holds rollouts sampled with other settings: {'; '.join(clashes)}. "
-                "Use another output directory."
+def dataset_fingerprint(rows: Any) -> str:
+    """A SHA-256 of the mapped training rows' ``prompt_id``, ``prompt`` and ``solution``, in order: two data sets
+    with the same ids but edited prompts or answers, or another order, differ."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps([row.get("prompt_id"), row["prompt"], row.get("solution")], sort_keys=True).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _shown(key: str, value: Any) -> str:
+    return f"fingerprint {value[:12]}" if key == "dataset_fingerprint" and isinstance(value, str) else repr(value)
+
+
+def _check_settings(output_dir: Path, settings: dict[str, Any], existing: list[Path]) -> None:
+    """Resume only rollouts sampled with the same settings (see the module docstring); record them otherwise."""
+    path = output_dir / CONFIG_NAME
+    files = ", ".join(str(p) for p in existing)
+    fix = f"Give another --output_dir, or remove {files or 'its rollout files'} (and {path}) to sample them again."
+    if not path.exists() or not existing:  # no rollouts yet (or none kept): nothing to keep or mix, record these
+        if existing:
+            raise InputError(
+                f"{output_dir} holds rollouts ({files}) but no {CONFIG_NAME}: the settings they were sampled with are "
+                f"unknown, so they cannot be resumed safely. {fix}"
             )
-    else:
         output_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=2))
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}). {fix}") from None
+    clashes = [
+        f"{_SETTING_KEYS[k]}: {_shown(k, old[k])} (before) vs {_shown(k, settings.get(k))} (now)"
+        for k in _SETTING_KEYS
+        if k in old and old[k] != settings.get(k)
+    ]
+    before, now = old.get("max_prompts"), settings.get("max_prompts")
+    if "max_prompts" in old and before is not None and (now is None or now > before):
+        logger.info("%s: extending rollouts of the first %s prompts to %s.", output_dir, before, now or "all")
+    elif "max_prompts" in old and before != now:
+        clashes.append(f"max_prompts: {before!r} (before) vs {now!r} (now; the folder holds more prompts)")
+    if clashes:
+        raise InputError(
+            f"{output_dir} holds rollouts sampled with other settings, which a re-run would keep or mix with new "
+            f"ones: {'; '.join(clashes)}. {fix}"
+        )
+    unknown = [_SETTING_KEYS[k] for k in _SETTING_KEYS if k not in old]
+    if unknown and existing:
+        logger.warning(
+            "%s was written before s2l-sample recorded %s: resuming without checking them.", path, ", ".join(unknown)
+        )
+    path.write_text(json.dumps({**old, **settings}, indent=2))
+
+
+def check_max_prompts(max_prompts: int | None) -> None:
+    """``max_prompts`` is a positive count or ``None`` (every prompt)."""
+    if max_prompts is not None and (isinstance(max_prompts, bool) or max_prompts < 1):
+        raise InputError(
+            f"max_prompts must be a positive number of prompts, got {max_prompts!r}: leave it unset to sample every "
+            "prompt of the data set."
+        )
 
 
 def merge_shards(output_dir: str | Path, num_shards: int) -> Path | None:
@@ -198,6 +255,7 @@ def sample_rollouts(
         raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}.")
     if num_generations < 1:
         raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+    check_max_prompts(max_prompts)
     if engine is None:
         check_model_path(model_path, "model_path")
     check_output_dir(output_dir)
@@ -227,22 +285,31 @@ def sample_rollouts(
     items = items[shard_index::num_shards]
 
     model_name = model_path or getattr(getattr(engine, "explorer", None), "model", None)
+    path = _shard_path(output_dir, shard_index, num_shards)
+    # Rollout files (a started shard's may still be empty) and finished-shard markers: what a re-run would build on.
+    existing = []
+    if output_dir.is_dir():
+        existing = sorted([*output_dir.glob("rollouts*.jsonl"), *output_dir.glob("rollouts*.done")])
     _check_settings(
         output_dir,
         {
             "model": str(model_name),
-            "dataset": str(source_name),
+            "dataset": str(source_name),  # recorded, not compared: the same data may move
+            "dataset_fingerprint": dataset_fingerprint(prompts),
             "num_generations": num_generations,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "top_k": sampling.top_k,
             "max_tokens": sampling.max_tokens,
+            "seed": sampling.seed,
+            "dedupe": dedupe,
+            "max_prompts": max_prompts,
             "num_shards": num_shards,
             "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k != "dataset_name"},
             "chat_template_kwargs": chat_template_kwargs,
         },
+        existing,
     )
-    path = _shard_path(output_dir, shard_index, num_shards)
     done = _completed_samplings(path, num_generations, Counter(item["prompt_id"] for item in items))
     todo = []
     for item in items:
@@ -275,6 +342,8 @@ def sample_rollouts(
         finally:
             if own_engine:
                 engine.close()
+    if not path.exists():  # a shard with no prompts of its own: an empty file, so the merge (and the path) exist
+        path.touch()
     path.with_suffix(".done").write_text(json.dumps({"prompts": len(items), "rows": len(items) * num_generations}))
     merged = merge_shards(output_dir, num_shards)
     return merged or path

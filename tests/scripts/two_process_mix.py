@@ -1,7 +1,7 @@
 """Run by tests/test_trainer_distributed.py under `accelerate launch` with 2 CPU processes.
 
-Each rank writes, per step, its rows' (group, slot, source, reward) so the test can check the composition of every
-group, including the groups that straddle the two processes.
+Each rank writes, per step, its rows' (group, slot, source, reward) and advantages, so the test can check the
+composition of every group, including the groups that straddle the two processes, and TRL's completions table.
 """
 
 import json
@@ -30,6 +30,7 @@ class RecordingTrainer(S2LTrainer):
             {
                 "step": rnd.step,
                 "g_w": rnd.g_w,
+                "advantages": output["advantages"].tolist(),
                 "rows": [
                     {"group": g, "slot": s, "explorer": e, "reward": r}
                     for (g, s), e, r in zip(rnd.placement.slots, rnd.placement.is_explorer, rewards)
@@ -49,7 +50,7 @@ def main(workdir: str) -> None:
         write_oracle_rollouts(tiny, rollouts)
     state.wait_for_everyone()
     # G = 4 and 6 rows per process: 3 groups per step, the middle one split 2 + 2 across the processes.
-    args = s2l_args(work, rollouts, per_device_train_batch_size=6, max_steps=4, mix_steps=4)
+    args = s2l_args(work, rollouts, per_device_train_batch_size=6, max_steps=4, mix_steps=4, log_completions=True)
     trainer = RecordingTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
     trainer.train()
     # G = 4, 2 rows per process, alpha 0.5: process 0 holds only explorer rows, process 1 only learner rows.
