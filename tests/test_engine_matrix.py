@@ -113,7 +113,9 @@ def _replay_explorer(backend: str, rank: int, work: Path, tiny, server_url: str)
 
     m = _matrix()
     settings = m.explorer_settings(backend, work, tiny, server_url)
-    args = S2LConfig(**tiny_training_kwargs(output_dir=str(work / "replay"), **settings))
+    args = S2LConfig(
+        **tiny_training_kwargs(output_dir=str(work / "replay"), max_completion_length=m.EXPLORER_TOKENS, **settings)
+    )
     tok = AutoTokenizer.from_pretrained(tiny["learner"])
     bridge = TokenBridge(
         tok,
