@@ -565,3 +565,32 @@ def test_lora_on_both_models_with_gradient_checkpointing_trains_only_the_adapter
     trainer.save_model()
     for sub in ("large_model", "small_model"):
         assert (tmp_path / "out" / sub / "adapter_model.safetensors").exists(), sub
+
+
+def test_each_model_is_clipped_by_its_own_norm_and_both_norms_are_logged(tiny, tmp_path):
+    """One step of plain SGD at learning rate 1 moves each model by exactly its clipped gradient: the large model by
+    `max_grad_norm` (0.05), the small one by `small_max_grad_norm` (0.02), both far below their unclipped norms, which
+    are logged as `codistill/grad_norm/large` (also TRL's `grad_norm`) and `codistill/grad_norm/small`. Without the
+    clip (torch's `clip_grads_with_norm_` given the gradients instead of the parameters scales nothing) each model
+    would move by its whole gradient."""
+    trainer = codistill(
+        tiny,
+        tmp_path,
+        max_grad_norm=0.05,
+        small_max_grad_norm=0.02,
+        optim="sgd",
+        learning_rate=1.0,
+        per_device_train_batch_size=4,
+        max_completion_length=4,
+    )
+    roles = ("large", "small")
+    before = {role: [p.detach().clone() for p in trainer.codistill.role_parameters(role)] for role in roles}
+    trainer.train()
+    for role, clip in (("large", 0.05), ("small", 0.02)):
+        moved = torch.stack(
+            [(p.detach() - b).double().norm() for p, b in zip(trainer.codistill.role_parameters(role), before[role])]
+        ).norm()
+        norm = logged(trainer, f"codistill/grad_norm/{role}")
+        assert len(norm) == 1 and norm[0] > 10 * clip, (role, norm)
+        assert float(moved) == pytest.approx(clip, rel=1e-3), role
+    assert logged(trainer, "grad_norm") == logged(trainer, "codistill/grad_norm/large")

@@ -160,3 +160,37 @@ def test_local_explorer_decodes_while_the_learner_generates(tiny, tmp_path):
     trainer.train()
     assert set(explorer_threads) == {"s2l-explorer_0"}
     assert trainer.state.log_history[0]["s2l/explorer_fraction"] == pytest.approx(0.5)
+
+
+def test_loaded_whole_and_never_collective_under_sharded_loading(tiny, tmp_path):
+    """Under a training config that names DeepSpeed ZeRO-3 (zero.Init partitions every model Transformers builds) or
+    FSDP with cpu-RAM-efficient loading (zeros on every process but local rank 0, for FSDP to broadcast), the
+    explorer, which no engine wraps, is still loaded whole with the checkpoint's weights; the switches are left on for
+    the models the engine does wrap; its `generate` is never collective; a partitioned model object is refused.
+    One process (gloo, world size 1) in a subprocess of its own, so that DeepSpeed's global state stays there."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("deepspeed")
+    script = Path(__file__).parent / "scripts" / "explorer_whole_loading.py"
+    out = tmp_path / "out.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOCAL_RANK": "0"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(Path(tiny["explorer"]).parent), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    # The conditions are real: a plain load under them is zero-filled / partitioned.
+    assert result["fsdp_plain_load_zero"] and result["zero3_plain_load_partitioned"]
+    assert result["fsdp_whole"] and result["zero3_whole"]
+    assert result["fsdp_env_kept"] and result["zero3_config_kept"]
+    assert result["synced_gpus"] == [False]
+    assert "sharded across processes by DeepSpeed ZeRO-3" in result["partitioned_object"]
+    assert "Pass the model's path" in result["partitioned_object"]

@@ -168,3 +168,30 @@ def test_draw_state_round_trips_through_json(tmp_path):
     # Another seed draws otherwise.
     other = OfflineExplorer(path, seed=4)
     assert [other.generate([[0]], 4, inputs=[{"prompt_id": "p"}]).completion_ids for _ in range(4)] != draws
+
+
+def test_a_group_split_across_two_processes_draws_no_stored_rollout_twice(tmp_path):
+    """G_w = 6 explorer rows of group 1 from 8 stored rollouts: process 0 asks for groups (0, 1) and keeps slots 0-2 of
+    group 1, process 1 asks for groups (1, 2) and keeps slots 3-5. Drawn per (request, group), both processes make the
+    same draws for group 1, so its six rows are six distinct rollouts, and exactly those a one-process run keeps
+    (drawn per request in prompt order, process 0 drew group 1 after group 0 and process 1 first: 5 distinct of 6)."""
+    from s2l_trl.explorers.rounds import ExplorerRequest, ExplorerRounds
+
+    rows = [_row(USER, [100 * p + i], prompt_id=f"p{p}") for p in range(3) for i in range(8)]
+    path = _write(tmp_path / "r.jsonl", rows)
+
+    def request(groups):
+        inputs = tuple({"prompt_id": f"p{g}"} for g in groups)
+        return ExplorerRequest(round=0, groups=tuple(groups), prompt_ids=((0,),) * len(groups), n=6, inputs=inputs)
+
+    def collect(groups, wanted):
+        rounds = ExplorerRounds(OfflineExplorer(path, seed=5))  # each process has its own explorer, same seed
+        rounds.request(request(groups))
+        return rounds.collect(request(groups), wanted).rows
+
+    first = collect([0, 1], [(0, s) for s in range(6)] + [(1, s) for s in range(3)])
+    second = collect([1, 2], [(1, s) for s in range(3, 6)] + [(2, s) for s in range(6)])
+    group1 = [first[(1, s)][0] for s in range(3)] + [second[(1, s)][0] for s in range(3, 6)]
+    assert len({tuple(ids) for ids in group1}) == 6, group1
+    one_process = collect([0, 1, 2], [(g, s) for g in range(3) for s in range(6)])
+    assert {k: ids for k, (ids, _) in {**first, **second}.items()} == {k: ids for k, (ids, _) in one_process.items()}

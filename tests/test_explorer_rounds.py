@@ -139,6 +139,50 @@ def test_a_dropped_prefetch_is_cancelled_not_waited_for():
     assert got.rows[(9, 0)][0] == [109, 0, 0]  # and its draws were undone
 
 
+class LateCancelExplorer(CountingExplorer):
+    """Like `LocalExplorer` and `ServerExplorer`: `generate` clears its cancel flag when it starts and then checks it at
+    every step. The cancel of a dropped prefetch lands in between (the worker thread has started, `generate` has not
+    cleared the flag yet): this explorer's `cancel()` lets its `generate` go on only once the flag is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.cancelled = threading.Event()
+        self.cancel_landed = threading.Event()
+        self.started = threading.Event()
+        self.outcome = None
+
+    def cancel(self):
+        self.cancelled.set()
+        self.cancel_landed.set()
+
+    def generate(self, prompt_ids, n, inputs=None):
+        if self.log:
+            return super().generate(prompt_ids, n, inputs)
+        self.calls += 1
+        self.log.append((0, tuple(tuple(p) for p in prompt_ids), "", True))
+        self.started.set()
+        assert self.cancel_landed.wait(10)
+        self.cancelled.clear()  # what `generate` does first: a cancel that landed before it is lost ...
+        if self.cancelled.wait(10):  # ... unless it is made again while the call runs (10 s: a whole call)
+            self.outcome = "cancelled"
+            raise RuntimeError("cancelled")
+        self.outcome = "ran to the end"
+        return ExplorerOutput(completion_ids=[[0]] * (len(prompt_ids) * n))
+
+
+def test_a_cancel_landing_before_the_call_clears_its_flag_is_not_lost():
+    explorer = LateCancelExplorer()
+    rounds = ExplorerRounds(explorer)
+    rounds.prefetch(req(1, [2]))
+    assert explorer.started.wait(10)
+    start = time.perf_counter()
+    rounds.request(req(1, [9]))  # other prompts: the prefetch is dropped and cancelled
+    took = time.perf_counter() - start
+    assert explorer.outcome == "cancelled" and took < 5, (explorer.outcome, took)
+    got = rounds.collect(req(1, [9]), [(9, 0)])
+    assert got.rows[(9, 0)][0] == [109, 0, 0]  # the round's own call starts from the undone state
+
+
 def test_checkpoint_state_is_the_one_before_the_pending_round():
     explorer = CountingExplorer()
     rounds = ExplorerRounds(explorer)

@@ -235,6 +235,13 @@ class _FakeLLM:
         ]
 
 
+def _record_empty_cache(monkeypatch):
+    """`torch.cuda.empty_cache()` lands in the events of the last engine built (a no-op without CUDA anyway)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: _FakeLLM.built[-1].events.append(("empty_cache",)))
+
+
 def test_vllm_explorer_engine_placement_seeds_and_sleep(monkeypatch):
     """Without starting an engine: the engine is built with multiprocessing on (TRL's colocated engine turns it off
     process-wide and vLLM caches its environment) and sees only this process's GPU; both are restored afterwards.
@@ -246,6 +253,7 @@ def test_vllm_explorer_engine_placement_seeds_and_sleep(monkeypatch):
     from s2l_trl.explorers.vllm_engine import VLLMEngineExplorer
 
     monkeypatch.setattr(vllm, "LLM", _FakeLLM)
+    _record_empty_cache(monkeypatch)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     envs.enable_envs_cache()  # as after TRL's colocated engine started
@@ -273,9 +281,66 @@ def test_vllm_explorer_engine_placement_seeds_and_sleep(monkeypatch):
     assert explorer.generate([], 2).completion_ids == []  # a process without explorer slots still counts a call
     seeds = [explorer.prompt_seed(0, 0), explorer.prompt_seed(0, 1)]
     assert len(set(seeds + [explorer.prompt_seed(1, 0)])) == 3
-    assert llm.events == [("sleep", 1), ("wake",), ("generate", seeds), ("sleep", 1)]
+    # Woken after this process's CUDA cache is emptied (as TRL wakes its own engine), for the call only.
+    assert llm.events == [("sleep", 1), ("empty_cache",), ("wake",), ("generate", seeds), ("sleep", 1)]
     assert explorer.state_dict() == {"seed": 7, "calls": 2}
     other_process = VLLMEngineExplorer("some/explorer", sampling=SamplingSettings(seed=7), seed_stream=0)
     assert other_process.prompt_seed(0, 0) != seeds[0]
     with pytest.raises(ValueError, match=r"llm_kwargs sets \['seed'\]"):
         VLLMEngineExplorer("some/explorer", llm_kwargs={"seed": 3})
+
+
+def test_a_sleeping_vllm_explorer_is_awake_only_while_the_round_generates_never_while_the_learner_trains(
+    tiny, tmp_path, monkeypatch
+):
+    """Sleep mode frees the engine's GPU memory for training: with prefetch on (the default) a prefetch would call the
+    explorer one round ahead, right after scoring, i.e. while the learner trains (waking the engine then and putting
+    it to sleep during the next round's generation). The trainer therefore prefetches nothing from an explorer that
+    sleeps between calls: each round's call wakes the engine (after `empty_cache`) while that round generates, and the
+    engine sleeps at every loss computation. vLLM-CPU has no sleep mode, so the engine is a recording fake (the
+    trainer, the explorer and the rounds are the real ones)."""
+    vllm = pytest.importorskip("vllm")
+    from trainer_utils import digit_reward, s2l_args, tiny_dataset
+
+    from s2l_trl import S2LTrainer
+    from s2l_trl.explorers import SamplingSettings
+    from s2l_trl.explorers.vllm_engine import VLLMEngineExplorer
+
+    monkeypatch.setattr(vllm, "LLM", _FakeLLM)
+    _record_empty_cache(monkeypatch)
+    explorer = VLLMEngineExplorer(
+        "some/explorer",
+        sampling=SamplingSettings(seed=7, max_tokens=2),
+        max_model_len=512,
+        own_process=True,  # what training uses: the engine in a process of its own, called from a worker thread
+        enable_sleep_mode=True,
+    )
+    llm = _FakeLLM.built[-1]
+    args = s2l_args(tmp_path, max_steps=3, mix_schedule="constant", mix_alpha_start=0.5, explorer_prefetch=True)
+    trainer = S2LTrainer(
+        str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny), explorer=explorer
+    )
+    assert not trainer.prefetch_enabled
+    awake_at_loss = []
+    generate, compute_loss = trainer._generate_and_score_completions, trainer._compute_loss
+
+    def generating(inputs):
+        llm.events.append(("round starts",))
+        try:
+            return generate(inputs)
+        finally:
+            llm.events.append(("round scored",))
+
+    def loss(model, inputs):
+        awake_at_loss.append(not explorer._sleeping)
+        return compute_loss(model, inputs)
+
+    trainer._generate_and_score_completions, trainer._compute_loss = generating, loss
+    trainer.train()
+    assert awake_at_loss and not any(awake_at_loss)
+    # Per round, inside its generation: empty the cache, wake, generate, sleep. Nothing between rounds.
+    rounds = llm.events[1:]
+    assert len(rounds) == 3 * 6, llm.events
+    for k in range(3):
+        names = [event[0] for event in rounds[6 * k : 6 * k + 6]]
+        assert names == ["round starts", "empty_cache", "wake", "generate", "sleep", "round scored"], llm.events

@@ -10,6 +10,9 @@ that generates:
   Transformers registers with FSDP), each layer gathered as it runs; `synced_gpus` keeps every process decoding
   until all are done, since each step is collective.
 
+Under FSDP2 and ZeRO-3 (gathered or not) generating is collective, so every process generates, a throw-away row
+where it holds none (`collective_generation`).
+
 `sample_completions` is the one transformers sampling routine of CoDistill (the small model's rollouts): TRL's
 transformers path (left-padded prompts, the trainer's `generation_config`, torch's global generator, rows cut after
 their first EOS), so a CoDistill run with `kd_coef = 0` draws what `GRPOTrainer` on the small model draws.
@@ -39,11 +42,20 @@ def is_sharded(trainer) -> bool:
 
 
 def collective_generation(trainer) -> bool:
-    """Whether every decoding step is a collective (parameters gathered per layer): all processes must decode."""
+    """Whether generating is collective, so that every process must generate (a throw-away row where it holds none):
+    under FSDP2 each decoding step gathers parameters; under ZeRO-3 so it does without `ds3_gather_for_generation`,
+    and with it (TRL's default) the gather before decoding is one, and Transformers decodes with `synced_gpus` (each
+    step reports whether the process is done)."""
     backend = _backend(trainer)
     if trainer.accelerator.num_processes < 2:
         return False
-    return backend.is_fsdp or (backend.is_zero3 and not trainer.args.ds3_gather_for_generation)
+    return backend.is_fsdp or backend.is_zero3
+
+
+def gathers_one_model_for_generation(trainer) -> bool:
+    """Whether `generation_model` gathers the generating model's parameters whole before it decodes (ZeRO-3 with
+    `ds3_gather_for_generation`), where TRL's own generation path gathers the whole module, both models."""
+    return _backend(trainer).is_zero3 and bool(trainer.args.ds3_gather_for_generation)
 
 
 @contextlib.contextmanager
@@ -57,7 +69,7 @@ def generation_model(trainer, role: str) -> Iterator[Any]:
     backend = _backend(trainer)
     try:
         with module.routed(role):
-            if backend.is_zero3 and trainer.args.ds3_gather_for_generation:
+            if gathers_one_model_for_generation(trainer):
                 import deepspeed
                 from trl.models.utils import add_hooks, remove_hooks
 
@@ -80,8 +92,8 @@ def generation_model(trainer, role: str) -> Iterator[Any]:
 def sample_completions(trainer, role: str, rows: list[list[int]]) -> list[list[int]]:
     """One completion per prompt row (token ids, cut after the first EOS), sampled by the `role` model.
 
-    When decoding is collective (FSDP2, ZeRO-3 without the gather), a process without rows still decodes one
-    throw-away row, so that the others are not left waiting in a collective.
+    When generating is collective (FSDP2, ZeRO-3), a process without rows still decodes one throw-away row, so that
+    the others are not left waiting in a collective (as S2L-PO's learner path does).
     """
     from trl.trainer.utils import pad
 
@@ -118,4 +130,10 @@ def sample_completions(trainer, role: str, rows: list[list[int]]) -> list[list[i
     return [c[:n] for c, n in zip(completions, lengths)]
 
 
-__all__ = ["collective_generation", "generation_model", "is_sharded", "sample_completions"]
+__all__ = [
+    "collective_generation",
+    "gathers_one_model_for_generation",
+    "generation_model",
+    "is_sharded",
+    "sample_completions",
+]

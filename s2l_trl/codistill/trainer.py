@@ -48,7 +48,8 @@ from ..trainer import S2LTrainer
 from . import objectives
 from .config import CoDistillConfig, check_model_sizes
 from .explorer import SmallModelExplorer
-from .module import LARGE, SMALL, CoDistillModule
+from .generation import gathers_one_model_for_generation, sample_completions
+from .module import LARGE, ROLES, SMALL, CoDistillModule
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ class CoDistillTrainer(S2LTrainer):
     `codistill/is_weight/{min,mean,max}` and `codistill/is_weight_raw/{min,mean,max}` (after / before truncation or
     masking), `codistill/reward/small`, `codistill/reward/large` (evaluation, the large model's own samples),
     `codistill/{small,large}/rollout_time_s`, `codistill/{large,small}/logp_time_s` (the scoring forwards),
-    `codistill/update_time_s` (one micro-step's forward and backward of both models), and the small model's GRPO
+    `codistill/update_time_s` (one micro-step's forward and backward of both models), `codistill/grad_norm/large` and
+    `codistill/grad_norm/small` (each model's norm before its own clip, under every engine), and the small model's GRPO
     metrics under `small/` (`small/loss`, `small/grad_norm`, `small/learning_rate`, `small/entropy`, ...). TRL's own
     `loss`, `grad_norm`, `entropy`, ... are the large model's. With `small_use_vllm`: `codistill/small/
     vllm_logp_gap` and `codistill/small/weight_sync_time_s`.
@@ -196,6 +198,7 @@ class CoDistillTrainer(S2LTrainer):
         self._optimizer_roles: list[str] = []  # the role of each optimizer parameter group
         self._window_small_rows = False  # whether the current accumulation window trained the small model
         self._window_small_loss = 0.0
+        self._grad_norms: dict[str, torch.Tensor] | None = None  # both models' norms at the last clip, by role
         self._final_save = False
         self._round_seconds = 0.0  # time of the generation round inside the current micro-step
         self._small_explorer.bind(self)
@@ -315,9 +318,19 @@ class CoDistillTrainer(S2LTrainer):
         return output
 
     def _generate_learner_rows(self, rnd, prompt_ids, images, multimodal_fields, has_tool_images):
+        """The large model's `G_s` rows per group. Under ZeRO-3 with `ds3_gather_for_generation`, TRL's path would
+        gather the whole two-model module to generate; they are sampled as TRL samples them (`sample_completions`)
+        with only the large model's parameters gathered (every process generates, a throw-away row where it holds
+        none)."""
         start = time.perf_counter()
         try:
-            return super()._generate_learner_rows(rnd, prompt_ids, images, multimodal_fields, has_tool_images)
+            if not gathers_one_model_for_generation(self):
+                return super()._generate_learner_rows(rnd, prompt_ids, images, multimodal_fields, has_tool_images)
+            rows = rnd.placement.learner_rows  # every row at G_w = 0
+            rnd.learner_rows = len(rows)
+            if rnd.g_s == 0:
+                return [], None
+            return sample_completions(self, LARGE, [prompt_ids[i] for i in rows]), None
         finally:
             self._metrics["train"]["codistill/large/rollout_time_s"].append(time.perf_counter() - start)
 
@@ -464,6 +477,15 @@ class CoDistillTrainer(S2LTrainer):
             self._window_small_rows |= bool(inputs["codistill_small_num_items"] > 0)
         is_small = inputs["s2l_is_explorer"].bool() if mixed else None
         trains_small = mixed and bool((is_small.unsqueeze(1) & inputs["completion_mask"].bool()).any())
+        if mixed and self.accelerator.num_processes > 1:
+            # The small model's loss has collectives of its own (TRL's metrics): when any process trains it in this
+            # micro-step, every process computes it, over no tokens where it holds no small rows.
+            trains_small = bool(
+                self.accelerator.reduce(
+                    torch.tensor(float(trains_small), device=self.accelerator.device), reduction="sum"
+                )
+                > 0
+            )
         large_call = self._forward_call(inputs, inputs["completion_mask"])
         if trains_small:
             small_mask = inputs["completion_mask"] * is_small.unsqueeze(1).to(inputs["completion_mask"].dtype)
@@ -538,6 +560,8 @@ class CoDistillTrainer(S2LTrainer):
         proportion to their forward times (a backward costs about twice its forward, per model)."""
         self.codistill.forward_seconds = {}
         self._round_seconds = 0.0
+        if self.is_deepspeed_enabled:
+            self._clip_deepspeed_per_model()
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
         elapsed = time.perf_counter() - start - self._round_seconds
@@ -552,17 +576,22 @@ class CoDistillTrainer(S2LTrainer):
     # ------------------------------------------------------------------ clipping and the optimizer step
     def _clip_grad_norm(self, model):
         """Transformers clips before each optimizer step; CoDistill clips each model by its own norm
-        (`max_grad_norm`, `small_max_grad_norm`) and returns the large model's (TRL's `grad_norm`). DeepSpeed clips
-        inside its engine, over both models (the config refuses two different norms there)."""
+        (`max_grad_norm`, `small_max_grad_norm`) and returns the large model's (TRL's `grad_norm`). Under DeepSpeed
+        the engine steps inside the last micro-step's backward, so both models were clipped there already
+        (`_clip_deepspeed_per_model`): their norms are only read here."""
         if self.is_deepspeed_enabled:
-            return super()._clip_grad_norm(model)
+            return (self._grad_norms or {}).get(LARGE)
         return self._per_model_clip()
 
     def _get_grad_norm(self, model, grad_norm=None):
-        """Called once per optimizer step, after clipping and before the step: the small model's window ends here."""
-        if grad_norm is None and not self.is_deepspeed_enabled:
-            grad_norm = self._per_model_clip()
+        """Called once per optimizer step, after clipping and before the step: the small model's window ends here.
+        Both models' norms (before clipping) are logged as `codistill/grad_norm/large` and `codistill/grad_norm/small`;
+        TRL's `grad_norm` is the large model's."""
+        if grad_norm is None:
+            grad_norm = (self._grad_norms or {}).get(LARGE) if self.is_deepspeed_enabled else self._per_model_clip()
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        for role, norm in (self._grad_norms or {}).items():
+            self._metrics["train"][f"codistill/grad_norm/{role}"].append(float(norm))
         self._end_small_window()
         return grad_norm
 
@@ -571,16 +600,62 @@ class CoDistillTrainer(S2LTrainer):
         self.accelerator.unscale_gradients()  # once, under fp16: one scaler for the one optimizer
         norms = {}
         for role, max_norm in ((LARGE, a.max_grad_norm), (SMALL, a.small_clip)):
-            grads = [p.grad for p in self.codistill.role_parameters(role) if p.grad is not None]
-            if not grads:
+            params = [p for p in self.codistill.role_parameters(role) if p.grad is not None]
+            if not params:
                 norms[role] = torch.zeros((), device=self.accelerator.device)
                 continue
-            norm = torch.nn.utils.get_total_norm(grads)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             if max_norm and max_norm > 0:
-                torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm)
+                # Takes the parameters (it scales their `.grad`): given the gradients themselves it scales nothing.
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
             norms[role] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        self._small_grad_norm = norms[SMALL]
+        self._grad_norms = norms
         return norms[LARGE]
+
+    def _clip_deepspeed_per_model(self) -> None:
+        """Under DeepSpeed: each model clipped by its own norm, as under DDP / FSDP2, in place of the engine's one
+        clip of the whole module (which would scale the large model's step by the small model's gradient).
+
+        DeepSpeed steps inside `accelerator.backward` of the last micro-step, so this runs there: the engine's own
+        clipping is switched off and its `step` first calls `_deepspeed_clip_step`, between the gradients' reduction
+        and the optimizer step."""
+        engine = self.accelerator.deepspeed_engine_wrapped.engine
+        if getattr(engine, "_s2l_per_model_clip", False):
+            return
+        engine._config.gradient_clipping = 0.0
+        if hasattr(engine.optimizer, "clip_grad"):  # ZeRO-1/2/3 and DeepSpeed's fp16 / bf16 optimizers
+            engine.optimizer.clip_grad = 0.0
+        step = engine.step
+
+        def clipped_step(*args, **kwargs):
+            if engine.is_gradient_accumulation_boundary():
+                self._deepspeed_clip_step(engine)
+            return step(*args, **kwargs)
+
+        engine.step = clipped_step
+        engine._s2l_per_model_clip = True
+
+    def _deepspeed_clip_step(self, engine) -> None:
+        """Both models' gradient norms from this process's share of each gradient inside the engine (one all-reduce
+        of two numbers), then each model's share scaled by `min(1, max_norm / norm)`."""
+        a = self.args
+        shards = {role: _deepspeed_grad_shards(engine, self.codistill.role_parameters(role)) for role in ROLES}
+        device = self.accelerator.device
+        squares = torch.stack(
+            [sum((g.float().square().sum() for g, _ in shards[role]), torch.zeros((), device=device)) for role in ROLES]
+        ).to(device)
+        if engine.zero_optimization_stage() > 0:  # partitions: each process holds a disjoint share
+            torch.distributed.all_reduce(squares)
+        # DeepSpeed keeps fp16 gradients multiplied by its loss scale until its own step.
+        loss_scale = float(getattr(engine.optimizer, "loss_scale", 1.0) or 1.0)
+        norms = dict(zip(ROLES, (squares.sqrt() / loss_scale).unbind()))
+        for role, max_norm in ((LARGE, a.max_grad_norm), (SMALL, a.small_clip)):
+            norm = norms[role]
+            if max_norm and max_norm > 0 and torch.isfinite(norm) and norm > max_norm:
+                coefficient = max_norm / (float(norm) + 1e-6)  # torch's clip_grad_norm_ coefficient
+                for grad, write in shards[role]:
+                    write(grad * coefficient)
+        self._grad_norms = norms
 
     def _end_small_window(self) -> None:
         """A window without small rows leaves the small model exactly as it was: its gradients (zeros) are dropped,
@@ -588,7 +663,7 @@ class CoDistillTrainer(S2LTrainer):
         metrics = self._metrics["train"]
         if self._window_small_rows:
             self.small_optimizer_steps += 1
-            norm = getattr(self, "_small_grad_norm", None)
+            norm = (self._grad_norms or {}).get(SMALL)
             if norm is not None:
                 metrics["small/grad_norm"].append(float(norm))
             loss = torch.tensor([self._window_small_loss], device=self.accelerator.device)
@@ -597,7 +672,7 @@ class CoDistillTrainer(S2LTrainer):
         elif not self.is_deepspeed_enabled:
             for p in self.codistill.role_parameters(SMALL):
                 p.grad = None
-        self._window_small_rows, self._window_small_loss, self._small_grad_norm = False, 0.0, None
+        self._window_small_rows, self._window_small_loss, self._grad_norms = False, 0.0, None
 
     def _group_lr(self, role: str) -> float:
         for group, r in zip(self.optimizer.param_groups, self._optimizer_roles):
@@ -690,21 +765,41 @@ class CoDistillTrainer(S2LTrainer):
 
 def _check_engine(args: CoDistillConfig) -> None:
     """Engine settings CoDistill cannot honour, refused before any model is loaded."""
-    from accelerate.utils import parse_flag_from_env
-
     if args.use_vllm:
         raise ValueError(
             "CoDistillTrainer does not sample the large model with vLLM (use_vllm=True given): the small model "
             "samples the rollouts. To sample them with vLLM set small_use_vllm=True (and use_vllm=False); the "
             "vllm_* fields configure the small model's engine (docs/codistill.md)."
         )
-    deepspeed = bool(args.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
-    if deepspeed and args.small_max_grad_norm is not None and args.small_max_grad_norm != args.max_grad_norm:
-        raise ValueError(
-            f"small_max_grad_norm={args.small_max_grad_norm!r} differs from max_grad_norm={args.max_grad_norm!r}, "
-            "but DeepSpeed clips the whole module by one norm inside its engine: leave small_max_grad_norm unset "
-            "under DeepSpeed (or use DDP / FSDP2, where each model is clipped by its own norm)."
-        )
+
+
+def _deepspeed_grad_shards(engine, params) -> list[tuple[torch.Tensor, Any]]:
+    """This process's share of each parameter's gradient inside a DeepSpeed engine, between its backward and its step,
+    as `(gradient, write)` pairs (`write(new)` stores a new value): ZeRO-3 its partition of every parameter, ZeRO-1/2
+    the fragment of the flat partition it owns (disjoint across processes, so squared norms add up); without ZeRO the
+    whole, all-reduced gradient (the same on every process)."""
+    shards = []
+    stage = engine.zero_optimization_stage()
+    for p in params:
+        if not p.requires_grad:
+            continue
+        if stage == 3:
+            from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
+
+            grad = safe_get_local_grad(p)
+            if grad is not None:
+                shards.append((grad, lambda value, p=p: safe_set_local_grad(p, value)))
+        elif getattr(p, "_hp_mapping", None) is not None:  # ZeRO-1/2 (and DeepSpeed's bf16 optimizer)
+            mapping = p._hp_mapping
+            grad = mapping.get_lp_grad_fragment(p._index_in_param_group).view(-1)
+            if grad.numel() == p.numel() and mapping.lp_fragment_address.numel != p.numel():
+                # A full accumulation buffer per process: only the owned fragment counts and is written.
+                address = mapping.lp_fragment_address
+                grad = grad.narrow(0, address.start, address.numel)
+            shards.append((grad, grad.copy_))
+        elif stage == 0 and p.grad is not None:
+            shards.append((p.grad, p.grad.copy_))
+    return shards
 
 
 def _load_small_model(small_model, args: CoDistillConfig, peft_config):

@@ -15,6 +15,11 @@ LOGPROB_TOLERANCE = 1e-3
 # vLLM's OpenAI server writes a log-prob of -inf as -9999.0 (JSON has no infinity): read it as -inf.
 LOGPROB_FLOOR = -9999.0
 
+# The key under which the trainer's explorer calls add each prompt's global group index (in its round) to `inputs`:
+# a group split across two processes is asked for by both, and a backend that draws per group (offline rollouts) can
+# then make the same draws for it on both.
+GROUP_FIELD = "s2l_group"
+
 
 @dataclass
 class SamplingSettings:

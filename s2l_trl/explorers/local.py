@@ -6,14 +6,20 @@ stream the learner's sampling must keep (GRPO at alpha 0 and reruns with the sam
 draws from a `torch.Generator` of its own, seeded from the base seed, the explorer's stream and the call's index
 (:meth:`LocalExplorer.call_seed`), and samples by the Gumbel-max trick (exponential race) on the warped logits,
 decoded greedily by `generate` (see :class:`GumbelSampler`). On a GPU it decodes on a CUDA stream of its own.
+
+Under a sharded engine (DeepSpeed ZeRO-3, FSDP with cpu-RAM-efficient loading) every process still holds the whole
+explorer: it is loaded outside the engine's sharded loading (:func:`whole_model_loading`) and its `generate` is never
+collective (``synced_gpus=False``), since it runs in a worker thread beside the learner's collectives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,6 +29,56 @@ from .base import ExplorerError, ExplorerOutput, ExplorerStats, SamplingSettings
 # Prompt widths are padded up to a multiple of this when decoding is compiled, so that a handful of shapes (and
 # compilations) serve every round.
 _COMPILE_WIDTH_BUCKET = 64
+
+
+@contextlib.contextmanager
+def whole_model_loading() -> Iterator[None]:
+    """Inside, `from_pretrained` loads a model whole on this process, whatever sharded engine accelerate set up.
+
+    Once a training config names DeepSpeed ZeRO-3, Transformers builds every model inside `deepspeed.zero.Init`, which
+    partitions it across processes (each keeps parameters of shape ``(0,)``); with FSDP's cpu-RAM-efficient loading
+    (``FSDP_CPU_RAM_EFFICIENT_LOADING``, the recipes' ``fsdp_cpu_ram_efficient_loading: true``) it fills the weights
+    with zeros on every process but local rank 0 and counts on FSDP to broadcast rank 0's. Both are right for the
+    model the engine then wraps, and wrong for a frozen helper it never wraps (the explorer): that one must be loaded
+    here. Process-wide switches are set back on exit; load from the main thread only.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    ds_config = ref() if ref is not None else None  # the live HfDeepSpeedConfig that turns zero.Init on, if any
+    fsdp_env = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    hf_deepspeed.unset_hf_deepspeed_config()
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+    try:
+        yield
+    finally:
+        if fsdp_env is None:
+            os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
+        else:
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = fsdp_env
+        if ds_config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(ds_config)
+
+
+def check_whole_model(model, owner: str = "The local explorer") -> None:
+    """Refuse a model whose parameters are sharded across processes (ZeRO-3 partitions, FSDP DTensors): a frozen
+    helper model must be whole on every process, since no engine gathers it."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed support
+        DTensor = ()
+    for name, param in model.named_parameters():
+        engine = None
+        if hasattr(param, "ds_id"):
+            engine = "DeepSpeed ZeRO-3 (zero.Init)"
+        elif isinstance(param, DTensor):
+            engine = "FSDP"
+        if engine is not None:
+            raise ValueError(
+                f"{owner}'s model is sharded across processes by {engine} (parameter {name!r}): each process needs it "
+                "whole. Pass the model's path instead of a model object, so that it is loaded whole on every process "
+                "(outside the engine's sharded loading), or use explorer_mode='server'."
+            )
 
 
 class ExplorerCancelled(ExplorerError):
@@ -95,7 +151,8 @@ class LocalExplorer:
     applied), what vLLM's ``processed_logprobs`` reports too; nothing of size ``batch x steps x vocabulary`` is kept.
 
     Args:
-        model: a causal LM or a model id/path (loaded with ``AutoModelForCausalLM``).
+        model: a causal LM or a model id/path (loaded whole on this process with ``AutoModelForCausalLM``, outside any
+            sharded loading: :func:`whole_model_loading`); a model object must be whole (not ZeRO-3 / FSDP sharded).
         tokenizer: tokenizer of the explorer (its pad/eos ids are used); loaded from ``model`` when omitted.
         sampling: sampling settings of every request.
         batch_size: rows generated per ``generate`` call, to bound memory.
@@ -128,7 +185,9 @@ class LocalExplorer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
         if isinstance(model, str):
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model, **(model_init_kwargs or {}))
+            with whole_model_loading():
+                model = AutoModelForCausalLM.from_pretrained(model, **(model_init_kwargs or {}))
+        check_whole_model(model)
         if tokenizer is None:
             raise ValueError("LocalExplorer needs a tokenizer when `model` is a model object, not a path.")
         if device is not None:
@@ -232,8 +291,14 @@ class LocalExplorer:
         sampler = GumbelSampler(s.temperature, s.top_k, s.top_p, generator, self._cancelled)
         input_ids = torch.tensor([[self.pad_token_id] * (width - len(r)) + list(r) for r in batch], device=self.device)
         attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=self.device)
+        # Never collective: Transformers turns `synced_gpus` on under ZeRO-3 (world size > 1) for every model, and this
+        # one is whole and runs in a worker thread beside the learner's collectives.
         sequences = self.model.generate(
-            input_ids=input_ids, attention_mask=attention, generation_config=config, logits_processor=[sampler]
+            input_ids=input_ids,
+            attention_mask=attention,
+            generation_config=config,
+            logits_processor=[sampler],
+            synced_gpus=False,
         )
         new_tokens = sequences[:real, width:]
         token_logps = sampler.token_logps(new_tokens.size(1))[:real]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ExplorerError, ExplorerOutput
+from .base import GROUP_FIELD, ExplorerError, ExplorerOutput
 from .rollout_store import (
     KEY_ID,
     KEY_PROMPT,
@@ -82,10 +82,13 @@ class OfflineExplorer:
 
     For each request it draws ``n`` rows of the prompt without replacement; when fewer exist it draws with
     replacement (``missing(examples, n)`` warns once about all such prompts at start-up; otherwise the first request
-    that meets one warns, once per run). The draws of the ``k``-th request come from a generator seeded by
-    ``(seed, k)``, so a run is reproducible and a resumed run continues the same sequence once the request counter
-    is restored (:meth:`state_dict` / :meth:`load_state_dict`). Stored ``reward``/``is_correct`` are never used: the
-    trainer re-scores every row.
+    that meets one warns, once per run). The draws of a prompt in the ``k``-th request come from a generator of its
+    own, seeded by ``(seed, k, group)``: the prompt's group index in the round when the trainer gives it (``inputs``
+    key ``s2l_group``), else the prompt's key and its occurrence in the request. So a group split across two training
+    processes, asked for by both (each keeping its own slots), gets the same draws on both and no stored rollout
+    twice; a run is reproducible, and a resumed run continues the same sequence once the request counter is restored
+    (:meth:`state_dict` / :meth:`load_state_dict`). Stored ``reward``/``is_correct`` are never used: the trainer
+    re-scores every row.
 
     Args:
         path: JSONL, parquet or `datasets` directory.
@@ -352,13 +355,19 @@ class OfflineExplorer:
     ) -> ExplorerOutput:
         if inputs is None or len(inputs) != len(prompt_ids):
             raise ValueError("OfflineExplorer needs the data-set rows (`inputs`) of the prompts to look them up.")
-        # One generator per request, seeded by (seed, request index): string seeds are hashed with SHA-512, so the
-        # draws are the same in every process and run.
-        rng = random.Random(f"s2l-offline:{self.seed}:{self.requests_served}")
-        self.requests_served += 1
+        call, self.requests_served = self.requests_served, self.requests_served + 1
         picks: list[int] = []
+        occurrences: dict[str, int] = {}
         for example in inputs:
             label, candidates = self._candidates(example)
+            # One generator per (request, group), not one per request drawn in prompt order: the processes that share
+            # a split group hold it at different positions of their requests. String seeds are hashed with SHA-512,
+            # so the draws are the same in every process and run.
+            group = example.get(GROUP_FIELD)
+            if group is None:
+                occurrences[label] = occurrences.get(label, -1) + 1
+                group = f"{label}#{occurrences[label]}"
+            rng = random.Random(f"s2l-offline:{self.seed}:{call}:{group}")
             if not candidates:
                 raise ExplorerError(
                     f"{self.path}: no rollouts for {label}; every training prompt needs explorer "

@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonl import write_json_atomic
-from .base import Explorer, ExplorerError, ExplorerOutput, generate_checked
+from .base import GROUP_FIELD, Explorer, ExplorerError, ExplorerOutput, generate_checked
 
 logger = logging.getLogger(__name__)
 
 Row = tuple[list[int], "list[float] | None"]
+# How often the cancel of a dropped call is made again until the call ends (see `ExplorerRounds._drop`).
+_CANCEL_REPEAT_S = 0.05
 # Written into every checkpoint folder: what a resumed run needs of the explorer beyond TRL's own state.
 STATE_NAME = "s2l_state.json"
 
@@ -118,7 +120,8 @@ class ExplorerRounds:
 
     Args:
         explorer: the backend (see `Explorer`).
-        prefetch: allow `prefetch` (ignored for foreground explorers).
+        prefetch: allow `prefetch` (ignored for foreground explorers and for explorers that sleep between calls,
+            `sleeps_between_calls = True`: a prefetch would call them while the learner trains).
         foreground: `round -> context manager` wrapping a foreground explorer's call (default: none).
         logprobs_needed_by: the run's option that weighs explorer tokens with their sampling log-probs (e.g.
             `"explorer_importance_sampling='token_truncate'"`): a round whose explorer answer carries none (no
@@ -139,7 +142,15 @@ class ExplorerRounds:
         self.explorer = explorer
         self.logprobs_needed_by = logprobs_needed_by
         self.background = bool(getattr(explorer, "runs_in_background", True))
-        self.prefetch_enabled = prefetch and self.background
+        # An explorer whose engine sleeps between calls (to leave its memory to training) must not be called while
+        # the learner trains, which is when a prefetch runs.
+        sleeps = bool(getattr(explorer, "sleeps_between_calls", False))
+        if prefetch and self.background and sleeps:
+            logger.info(
+                "Explorer prefetch is off: the explorer's engine sleeps between calls (sleep mode), and a prefetch "
+                "would wake it while the learner trains."
+            )
+        self.prefetch_enabled = prefetch and self.background and not sleeps
         self.foreground = foreground or (lambda _round: contextlib.nullcontext())
         self.lookahead: Lookahead | None = None
         self._calls: dict[int, _Call] = {}  # started (or planned) calls by round; at most the current and the next
@@ -274,10 +285,16 @@ class ExplorerRounds:
         """Forget a started call, then undo its draws so that the round's own call draws what it would have."""
         if call.future is not None and not call.future.cancel():
             # Already running: an explorer that can cancel stops at once; one that cannot is waited for, since it
-            # advances the random state the round's own call must start from.
-            _cancel(self.explorer)
-            with contextlib.suppress(Exception, CancelledError):
-                call.future.result()
+            # advances the random state the round's own call must start from. Explorers clear their cancel flag when
+            # a call starts, so a cancel landing after the worker thread started but before that is lost: it is made
+            # again until the call ends (harmless once it has: the next call clears it, and starts only after this).
+            can_cancel = callable(getattr(self.explorer, "cancel", None))
+            while True:
+                _cancel(self.explorer)
+                with contextlib.suppress(Exception, CancelledError):
+                    call.future.result(timeout=_CANCEL_REPEAT_S if can_cancel else None)
+                if call.future.done():
+                    break
         self.load_state_dict(self._state_before.get(call.request.round))
 
 
@@ -296,7 +313,9 @@ def _cancel(explorer: Explorer) -> None:
 def _timed_generate(explorer: Explorer, request: ExplorerRequest) -> tuple[ExplorerOutput, float]:
     start = time.perf_counter()
     prompt_ids = [list(p) for p in request.prompt_ids]
-    output = generate_checked(explorer, prompt_ids, request.n, inputs=list(request.inputs))
+    # Each prompt's group index in the round rides along (`GROUP_FIELD`), for backends that draw per group.
+    inputs = [{**fields, GROUP_FIELD: group} for fields, group in zip(request.inputs, request.groups)]
+    output = generate_checked(explorer, prompt_ids, request.n, inputs=inputs)
     return output, time.perf_counter() - start
 
 

@@ -60,8 +60,11 @@ class VLLMEngineExplorer:
     ``False`` runs the engine core in this process, in the foreground.
 
     **Sleep.** With ``enable_sleep_mode`` (GPU only) the engine sleeps (level 1: weights offloaded to CPU memory, KV
-    cache discarded) from construction and after every call, and wakes at the start of the next: its GPU memory
-    serves training between rounds, and for good once mixing is over, at the cost of a weight copy per round.
+    cache discarded) from construction and after every call, and wakes at the start of the next (after emptying this
+    process's CUDA cache, as TRL does before waking its own engine, so that the engine finds the memory training
+    freed): its GPU memory serves training between rounds, and for good once mixing is over, at the cost of a weight
+    copy per round. Such an explorer says so (:attr:`sleeps_between_calls`), and the trainer then prefetches nothing:
+    a prefetch calls the explorer while the learner trains, exactly when the engine must sleep.
 
     Args:
         model: model id or path.
@@ -134,6 +137,12 @@ class VLLMEngineExplorer:
         self.max_model_len: int | None = getattr(model_config, "max_model_len", None)
         if enable_sleep_mode:
             self._sleep()
+
+    @property
+    def sleeps_between_calls(self) -> bool:
+        """Whether the engine sleeps between calls (``enable_sleep_mode``): it must then be called only between the
+        learner's training phases, never one round ahead (`ExplorerRounds` turns prefetch off)."""
+        return self.enable_sleep_mode
 
     @property
     def runs_in_background(self) -> bool:
@@ -233,6 +242,11 @@ class VLLMEngineExplorer:
 
     def _wake_up(self) -> None:
         if self._sleeping:
+            import torch
+
+            # As TRL before waking its engine: return this process's cached, unused blocks to the device first, or the
+            # engine (another process when `own_process`) may not find room for its weights and KV cache.
+            torch.cuda.empty_cache()
             self.llm.wake_up()
             self._sleeping = False
 

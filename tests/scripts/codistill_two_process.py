@@ -69,9 +69,10 @@ def main(workdir: str) -> None:
             max_steps=2,
             per_device_train_batch_size=6,
             max_completion_length=8,
-            # No clipping: DeepSpeed clips both models by one norm, the others each by its own; unclipped, every
-            # engine must end where DDP ends.
-            max_grad_norm=1e9,
+            # Clipping on, each model by its own norm (both models' gradients are larger): every engine, DeepSpeed
+            # included, must clip them as DDP does and end where DDP ends.
+            max_grad_norm=0.5,
+            small_max_grad_norm=0.2,
             **extra,
         ),
     )
