@@ -26,6 +26,14 @@ class MissingPathError(InputError, FileNotFoundError):
     """A path the run needs does not exist (an `InputError` that `except FileNotFoundError` also catches)."""
 
 
+class MissingPackageError(InputError, ImportError):
+    """A package the run asks for is not installed (an `InputError` that `except ImportError` also catches)."""
+
+
+class DiskFullError(OSError):
+    """A write failed because its disk is full (`errno.ENOSPC`); the message names the folder and the free space."""
+
+
 # ---------------------------------------------------------------------- model paths
 _HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
 
@@ -128,8 +136,9 @@ def _can_write_in(folder: Path) -> bool:
     return True
 
 
-def no_space_error(exc: BaseException, folder: str | os.PathLike) -> OSError | None:
-    """A clear `OSError(ENOSPC)` for a write under `folder` that failed because its disk is full, else `None`.
+def no_space_error(exc: BaseException, folder: str | os.PathLike) -> DiskFullError | None:
+    """A clear `DiskFullError` (an `OSError(ENOSPC)`) for a write under `folder` that failed because its disk is
+    full, else `None`.
 
     Python's writes say `OSError(ENOSPC)`; torch's C++ writer says `basic_ios::clear: iostream error` or `unexpected
     pos ...`, so any other write error on a disk with less than 64 MiB left is taken for a full disk too (the
@@ -146,7 +155,7 @@ def no_space_error(exc: BaseException, folder: str | os.PathLike) -> OSError | N
     if not full and (free is None or free > 64 * 2**20):
         return None
     shown = "unknown" if free is None else f"{free / 2**20:.1f} MiB"
-    return OSError(
+    return DiskFullError(
         errno.ENOSPC,
         f"No space left on device while writing to {str(folder)!r} (free: {shown}); free some space or set "
         f"output_dir on a larger disk (original error: {type(exc).__name__}: {str(exc)[:200]})",

@@ -135,7 +135,7 @@ class S2LTrainer(GRPOTrainer):
             retokenizes_itself=args.explorer_mode == "offline",
         )
         if args.explorer_importance_sampling != "none" and not self.token_bridge.matches:
-            raise ValueError(
+            raise preflight.InputError(
                 f"explorer_importance_sampling={args.explorer_importance_sampling!r} needs explorer log-probs, which "
                 "are unusable when the explorer tokenizer differs from the learner's; use 'none'."
             )

@@ -10,12 +10,12 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 
 from ..callbacks import MixProgressCallback
 from ..codistill import CoDistillConfig
 from ..data import PromptDataArguments
-from .errors import run_cli
+from .errors import CliParser, run_cli
 from .train import _config_flag_apart, prepare_run
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ def main(script_args: CoDistillScriptArguments, training_args: CoDistillConfig, 
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((CoDistillScriptArguments, CoDistillConfig, ModelConfig))
+def make_parser() -> CliParser:
+    return CliParser((CoDistillScriptArguments, CoDistillConfig, ModelConfig), prog="s2l-codistill")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CoDistillScriptArguments, CoDistillConfig, ModelConfig]:

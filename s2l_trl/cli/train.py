@@ -11,7 +11,7 @@ from typing import Any
 import datasets
 import transformers
 from transformers import set_seed
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from ..callbacks import MixProgressCallback
 from ..checkpoints import last_complete_checkpoint
@@ -19,7 +19,7 @@ from ..config import S2LConfig
 from ..data import PromptDataArguments, load_train_dataset
 from ..preflight import check_deepspeed_installed, check_model_path, check_output_dir, reads_argument
 from ..rewards import get_reward_funcs
-from .errors import run_cli
+from .errors import CliParser, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +133,11 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
-def make_parser(trainer: str = "s2l") -> TrlParser:
+def make_parser(trainer: str = "s2l") -> CliParser:
     """The parser of one kind of run: script arguments, `S2LConfig` (or `GRPOConfig` for `trainer="grpo"`), model."""
     if trainer not in TRAINERS:
         raise ValueError(f"trainer must be 's2l' or 'grpo', got {trainer!r}.")
-    return TrlParser((S2LScriptArguments, S2LConfig if trainer == "s2l" else GRPOConfig, ModelConfig))
+    return CliParser((S2LScriptArguments, S2LConfig if trainer == "s2l" else GRPOConfig, ModelConfig), prog="s2l-train")
 
 
 def _config_flag_apart(argv: list[str]) -> list[str]:
@@ -157,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[S2LScriptArguments, S2LCo
     argv = _config_flag_apart(list(sys.argv[1:] if argv is None else argv))
     # No -h here (the full parser prints the full help) and no abbreviations (a training flag must never be taken
     # for a prefix of a script flag).
-    script_parser = TrlParser(S2LScriptArguments, add_help=False, allow_abbrev=False)
+    script_parser = CliParser(S2LScriptArguments, prog="s2l-train", add_help=False, allow_abbrev=False)
     script_args, _ = script_parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     # Before GRPOConfig's own __post_init__ (trainer "grpo" too), which fails inside transformers without DeepSpeed.
     check_deepspeed_installed(None)
