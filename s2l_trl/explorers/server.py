@@ -136,6 +136,30 @@ def _url_problem(item: Any) -> str | None:
     return None
 
 
+def same_server(a: str, b: str) -> bool:
+    """Whether two server URLs reach the same server: scheme-default ports filled in, host names compared without
+    case, and every name of this machine's loopback (``localhost``, ``127.x.x.x``, ``::1``, ``0.0.0.0``, its own host
+    name) taken as one host. Nothing is resolved over the network."""
+    return _server_key(a) == _server_key(b)
+
+
+def _server_key(url: str) -> tuple[str, int | None]:
+    import socket
+
+    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    host = (parts.hostname or "").lower().rstrip(".")
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        port = None
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+        loopback = address.is_loopback or address.is_unspecified
+    except ValueError:
+        loopback = host in ("localhost", "localhost.localdomain", socket.gethostname().lower())
+    return ("<this machine>" if loopback else host), port
+
+
 # ---------------------------------------------------------------------------------------------------- logging
 class _FallbackHandler(logging.StreamHandler):
     """Prints this module's records (stderr) only while nothing else would: no handler on the loggers above it, as in
