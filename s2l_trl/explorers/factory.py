@@ -143,6 +143,7 @@ def build_training_explorer(
         server_kwargs={
             "startup_timeout": args.explorer_server_timeout,
             "request_timeout": args.explorer_request_timeout,
+            "stall_timeout": args.explorer_stall_timeout,
             "max_retries": args.explorer_max_retries,
             "prompts_per_request": args.explorer_prompts_per_request,
             "max_concurrent_requests": args.explorer_max_concurrent_requests,
