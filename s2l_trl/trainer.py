@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from . import mixing, preflight
+from .checkpoints import hold_output_dir
 from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, build_training_explorer
 from .explorers.rounds import CollectedRows, ExplorerRequest, ExplorerRounds
@@ -111,11 +113,20 @@ class S2LTrainer(GRPOTrainer):
             args.mix_alpha_end,
         )
         with preflight.removing_created_folder(args.output_dir):
-            super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-            self._set_up_mixing(args, explorer)
-            preflight.check_prompts_fit(
-                self.train_dataset, lambda prompts: self._tokenize_prompts(prompts)[0], self._context_limits()
-            )
+            # The only run writing output_dir from here on (a second one is refused); released with the trainer.
+            lock = hold_output_dir(args.output_dir, owner=args.should_save)
+            try:
+                super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+                self._set_up_mixing(args, explorer)
+                preflight.check_prompts_fit(
+                    self.train_dataset, lambda prompts: self._tokenize_prompts(prompts)[0], self._context_limits()
+                )
+            except BaseException:
+                if lock is not None:
+                    lock.release()
+                raise
+        if lock is not None:
+            weakref.finalize(self, lock.release)
 
     def _set_up_mixing(self, args: S2LConfig, explorer: Explorer | None) -> None:
         self._round: MixedRound | None = None

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, get_peft_config
 
 from ..callbacks import MixProgressCallback
+from ..checkpoints import output_dir_held
 from ..codistill import CoDistillConfig
 from ..data import PromptDataArguments
+from ..preflight import InputError
 from .errors import CliParser, run_cli
 from .train import _config_flag_apart, prepare_run
 
@@ -51,7 +53,15 @@ class CoDistillScriptArguments(PromptDataArguments):
 
 def main(script_args: CoDistillScriptArguments, training_args: CoDistillConfig, model_args: ModelConfig) -> None:
     if not training_args.small_model:
-        raise ValueError("s2l-codistill needs small_model (the small model's id or path) in the recipe.")
+        raise InputError("s2l-codistill needs small_model (the small model's id or path) in the recipe.")
+    # The only run writing output_dir (a second one is refused at once), from before anything is read or written.
+    with output_dir_held(training_args.output_dir, owner=training_args.should_save):
+        run_training(script_args, training_args, model_args)
+
+
+def run_training(
+    script_args: CoDistillScriptArguments, training_args: CoDistillConfig, model_args: ModelConfig
+) -> None:
     reward_funcs, train_dataset, checkpoint = prepare_run(script_args, training_args, model_args)
     peft_config = get_peft_config(model_args)
     small_peft_config = None

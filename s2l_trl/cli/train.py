@@ -14,7 +14,7 @@ from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from ..callbacks import MixProgressCallback
-from ..checkpoints import last_complete_checkpoint
+from ..checkpoints import last_complete_checkpoint, output_dir_held
 from ..config import S2LConfig
 from ..data import PromptDataArguments, load_train_dataset
 from ..preflight import check_deepspeed_installed, check_model_path, check_output_dir, reads_argument
@@ -106,6 +106,14 @@ def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[li
 
 
 def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig) -> None:
+    # The only run writing output_dir (a second one is refused at once), from before anything is read or written.
+    with output_dir_held(training_args.output_dir, owner=training_args.should_save):
+        run_training(script_args, training_args, model_args)
+
+
+def run_training(
+    script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig
+) -> None:
     reward_funcs, train_dataset, checkpoint = prepare_run(script_args, training_args, model_args)
     if script_args.trainer == "grpo":
         trainer_cls = GRPOTrainer
