@@ -32,7 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from . import mixing, preflight
-from .checkpoints import hold_output_dir
+from .checkpoints import RunSettingsCallback, hold_output_dir, resolve_resume, run_settings
 from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, build_training_explorer
 from .explorers.rounds import CollectedRows, ExplorerRequest, ExplorerRounds
@@ -106,6 +106,7 @@ class S2LTrainer(GRPOTrainer):
         # Everything checkable from the arguments alone is checked before TRL builds anything or writes output_dir.
         train_dataset = kwargs.get("train_dataset", pargs[0] if pargs else None)
         preflight.check_trainer_inputs(model, reward_funcs, args, train_dataset, explorer, mix_schedule)
+        self._learner_id = model if isinstance(model, (str, os.PathLike)) else None  # for `run_settings`
         self.alpha_fn = make_alpha_fn(
             mix_schedule if mix_schedule is not None else args.mix_schedule,
             args.mix_steps,
@@ -382,14 +383,42 @@ class S2LTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         """TRL's checkpoint, plus `s2l_state.json`: the explorer's random state before the round a resumed run
         generates first (the current round when the checkpoint falls inside it, else the next), so that the resumed
-        run redraws the explorer rows the uninterrupted run drew. A full disk is reported as such."""
+        run redraws the explorer rows the uninterrupted run drew. Written first: transformers writes
+        `trainer_state.json` last, so that file marks the whole checkpoint complete (`checkpoints.checkpoint_problem`).
+        A full disk is reported as such."""
         with preflight.explained_write_errors(self.args.output_dir):
+            if self.args.should_save and self.explorer_rounds is not None:
+                every = self.args.steps_per_generation * self.num_iterations
+                folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                pending = self.state.global_step * self.args.gradient_accumulation_steps // every
+                os.makedirs(folder, exist_ok=True)
+                self.explorer_rounds.save(folder, self.state.global_step, pending)
             super()._save_checkpoint(model, trial)
-        if self.args.should_save and self.explorer_rounds is not None:
-            every = self.args.steps_per_generation * self.num_iterations
-            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            pending = self.state.global_step * self.args.gradient_accumulation_steps // every
-            self.explorer_rounds.save(folder, self.state.global_step, pending)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+        """TRL's training loop. S2L: where it resumes is decided first (`checkpoints.resolve_resume`), as TRL does
+        only when asked, but loudly and safely: `resume_from_checkpoint=True` takes the newest *complete* checkpoint
+        (torn ones are skipped with a warning), a named checkpoint must be complete, the resume is announced at
+        WARNING and settings that differ from the checkpoint's are listed; without it, an `output_dir` that already
+        holds checkpoints is refused (the new run would overwrite them). Every checkpoint records the run's settings
+        (`s2l_run.json`) for the next comparison."""
+        learner = self._learner_id if self._learner_id is not None else self.model
+        settings = run_settings(
+            self.args, learner, self.train_dataset, self.reward_funcs, self.accelerator.num_processes
+        )
+        checkpoint = resolve_resume(
+            self.args.output_dir,
+            resume_from_checkpoint,
+            settings,
+            implicit=False,
+            ask="trainer.train(resume_from_checkpoint=True) (or a checkpoint path)",
+        )
+        recorder = next((c for c in self.callback_handler.callbacks if isinstance(c, RunSettingsCallback)), None)
+        if recorder is None:
+            self.add_callback(RunSettingsCallback(settings))
+        else:
+            recorder.settings = settings
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         """Transformers calls this when resuming; S2L also restores the explorer's random state."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, get_peft_config
 
-from ..callbacks import MixProgressCallback
 from ..checkpoints import output_dir_held
 from ..codistill import CoDistillConfig
 from ..data import PromptDataArguments
@@ -62,7 +61,7 @@ def main(script_args: CoDistillScriptArguments, training_args: CoDistillConfig, 
 def run_training(
     script_args: CoDistillScriptArguments, training_args: CoDistillConfig, model_args: ModelConfig
 ) -> None:
-    reward_funcs, train_dataset, checkpoint = prepare_run(script_args, training_args, model_args)
+    reward_funcs, train_dataset, checkpoint, callbacks = prepare_run(script_args, training_args, model_args)
     peft_config = get_peft_config(model_args)
     small_peft_config = None
     if script_args.small_use_peft:
@@ -79,7 +78,7 @@ def run_training(
         train_dataset=train_dataset,
         peft_config=peft_config,
         small_peft_config=small_peft_config,
-        callbacks=[MixProgressCallback()],
+        callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,7 @@ from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from ..callbacks import MixProgressCallback
-from ..checkpoints import last_complete_checkpoint, output_dir_held
+from ..checkpoints import RunSettingsCallback, output_dir_held, resolve_resume, run_settings
 from ..config import S2LConfig
 from ..data import PromptDataArguments, load_train_dataset
 from ..preflight import check_deepspeed_installed, check_model_path, check_output_dir, reads_argument
@@ -60,10 +59,16 @@ class S2LScriptArguments(PromptDataArguments):
             raise ValueError(f"trainer must be 's2l' or 'grpo', got {self.trainer!r}.")
 
 
-def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[list, Any, str | None]:
+def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[list, Any, str | None, list]:
     """What every training CLI does before building its trainer: seed and logging, the reward functions, the data
     set (validated before a trainer or an output folder exists), the checkpoint to resume from, and the learner's
-    loading arguments. Returns `(reward_funcs, train_dataset, checkpoint)`."""
+    loading arguments. Returns `(reward_funcs, train_dataset, checkpoint, callbacks)`.
+
+    Resuming follows open-r1: a rerun into an `output_dir` that holds a run resumes it from its newest complete
+    checkpoint, said at WARNING, when the model and the settings that shape the run are the checkpoint's; when they
+    differ it is refused, naming them, unless `--resume_from_checkpoint true` (or a checkpoint path) asks for the
+    resume anyway (`checkpoints.resolve_resume`). `--resume_from_checkpoint false` never resumes, so an `output_dir`
+    with checkpoints is refused."""
     set_seed(training_args.seed)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
@@ -85,12 +90,16 @@ def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[li
 
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
 
-    # Resume from the newest checkpoint that was saved to the end (a kill during a save leaves a torn one behind).
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        if checkpoint is not None:
-            logger.info("Checkpoint found, resuming training at %s.", checkpoint)
+    # Resume from the newest checkpoint that was saved to the end (a kill during a save leaves a torn one behind),
+    # when this run is that run; every checkpoint records the settings compared here.
+    settings = run_settings(training_args, model_args.model_name_or_path, train_dataset, reward_funcs)
+    checkpoint = resolve_resume(
+        training_args.output_dir,
+        training_args.resume_from_checkpoint,
+        settings,
+        implicit=training_args.resume_from_checkpoint is None,
+        ask="--resume_from_checkpoint true (or a checkpoint folder)",
+    )
 
     # The trainer loads the learner from its id with these (trust_remote_code lives on the config itself).
     model_init_kwargs = {
@@ -102,7 +111,7 @@ def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[li
         **{k: v for k, v in model_init_kwargs.items() if v is not None},
         **(training_args.model_init_kwargs or {}),
     }
-    return reward_funcs, train_dataset, checkpoint
+    return reward_funcs, train_dataset, checkpoint, [MixProgressCallback(), RunSettingsCallback(settings)]
 
 
 def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig) -> None:
@@ -114,7 +123,7 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
 def run_training(
     script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig
 ) -> None:
-    reward_funcs, train_dataset, checkpoint = prepare_run(script_args, training_args, model_args)
+    reward_funcs, train_dataset, checkpoint, callbacks = prepare_run(script_args, training_args, model_args)
     if script_args.trainer == "grpo":
         trainer_cls = GRPOTrainer
     else:
@@ -126,7 +135,7 @@ def run_training(
         args=training_args,
         train_dataset=train_dataset,
         peft_config=get_peft_config(model_args),
-        callbacks=[MixProgressCallback()],
+        callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
