@@ -409,8 +409,10 @@ def _data_fingerprint(dataset: Any) -> dict[str, Any] | None:
     if dataset is None or not hasattr(dataset, "__len__") or "prompt" not in columns:
         return None
     digest = hashlib.sha256()
-    for column in [c for c in ("prompt", "solution") if c in columns]:
-        digest.update(json.dumps(list(dataset[column]), sort_keys=True, default=str).encode())
+    kept = [c for c in ("prompt", "solution") if c in columns]
+    rows = dataset.select_columns(kept) if hasattr(dataset, "select_columns") else dataset
+    for start in range(0, len(rows), 4096):  # in slices: bounded memory at any data-set size
+        digest.update(json.dumps(rows[start : start + 4096], sort_keys=True, default=str).encode())
     return {"rows": len(dataset), "sha256": digest.hexdigest()[:16]}
 
 

@@ -55,6 +55,12 @@ def test_a_rerun_with_other_settings_is_refused_and_the_same_run_resumes_loudly(
         run_cli("s2l-train", cli, _command(tiny, out, "--model_name_or_path", str(tiny["explorer"])))
     err = capsys.readouterr().err
     assert "model.name:" in err and "model.architecture.hidden_size: 64 -> 32" in err
+    # Other training prompts (one row fewer): refused too.
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("".join(tiny["dataset"].read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(SystemExit):
+        run_cli("s2l-train", cli, _command(tiny, out, "--dataset_name", str(fewer)))
+    assert "data.rows: 64 -> 63" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == weights and _step(out) == 2  # nothing was touched
 
     # The same run, longer: resumed from its newest checkpoint, said at WARNING.
