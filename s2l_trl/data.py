@@ -362,9 +362,9 @@ def parse_chat_template_kwargs(value: dict | str | None, name: str = "chat_templ
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{name} {value!r} is not valid JSON; expected an object such as '{{\"x\": 1}}'.") from exc
+            raise InputError(f"{name} {value!r} is not valid JSON; expected an object such as '{{\"x\": 1}}'.") from exc
     if not isinstance(value, Mapping):
-        raise ValueError(f"{name} must be a mapping (JSON object), got {value!r}.")
+        raise InputError(f"{name} must be a mapping (JSON object), got {value!r}.")
     return dict(value)
 
 

@@ -45,7 +45,7 @@ from ..data import PromptDataArguments, load_train_dataset, parse_chat_template_
 from ..explorers.base import SamplingSettings
 from ..explorers.offline import prompt_text_key
 from ..jsonl import JsonlWriter, drop_torn_tail, read_jsonl, write_jsonl_atomic
-from ..preflight import check_model_path, check_output_dir
+from ..preflight import InputError, check_model_path, check_output_dir
 from .engine import EngineArguments, SamplingEngine
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _completed_samplings(path: Path, num_generations: int, occurrences: Counter)
     for pid, count in counts.items():
         limit = num_generations * max(1, occurrences.get(pid, 1))
         if count > limit:
-            raise ValueError(
+            raise InputError(
                 f"{path}: prompt_id {pid!r} has {count} rollouts, more than num_generations={num_generations} "
                 f"x {max(1, occurrences.get(pid, 1))} occurrence(s); it was made with other settings."
             )
@@ -123,7 +123,7 @@ def _check_settings(output_dir: Path, settings: dict[str, Any]) -> None:
             if k in old and old.get(k) != settings.get(k)
         ]
         if clashes:
-            raise ValueError(
+            raise InputError(
                 f"{output_dir} holds rollouts sampled with other settings: {'; '.join(clashes)}. "
                 "Use another output directory."
             )
@@ -195,9 +195,9 @@ def sample_rollouts(
         worker's shard file.
     """
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}.")
+        raise InputError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}.")
     if num_generations < 1:
-        raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+        raise InputError(f"num_generations must be >= 1, got {num_generations}.")
     if engine is None:
         check_model_path(model_path, "model_path")
     check_output_dir(output_dir)
@@ -254,11 +254,11 @@ def sample_rollouts(
         own_engine = engine is None
         if own_engine:
             if model_path is None:
-                raise ValueError("sample_rollouts needs model_path (or a ready engine).")
+                raise InputError("sample_rollouts needs model_path (or a ready engine).")
             engine_args = engine_args or EngineArguments(backend=backend, server_base_url=server_base_url)
             engine = engine_args.build_engine(model_path, sampling, chat_template_kwargs)
         elif chat_template_kwargs and engine.chat_template_kwargs != chat_template_kwargs:
-            raise ValueError(
+            raise InputError(
                 f"chat_template_kwargs {chat_template_kwargs!r} differ from the ready engine's "
                 f"{engine.chat_template_kwargs!r}; build the engine with them."
             )
