@@ -90,3 +90,19 @@ def test_the_stall_check_can_be_turned_off():
             assert len(explorer.generate([[1, 2, 3]], 2).completion_ids) == 2
         finally:
             explorer.close()
+
+
+@pytest.mark.server
+def test_a_real_vllm_server_exposes_the_counters_the_stall_check_reads(explorer_server):
+    """The premise of the check: `trl vllm-serve` (vLLM's own server) has both token counters, and they move with
+    a request's work."""
+    explorer = ServerExplorer(explorer_server.base_url, SAMPLING, stall_timeout=180, log_interval_s=30.0)
+    try:
+        server = explorer.servers[0]
+        assert server.has_counters and server.work_counter is not None
+        before = server.work_counter
+        explorer.generate([[1, 2, 3]], 2)
+        explorer._transport.run(explorer._poll_generated(server))
+        assert server.work_counter > before
+    finally:
+        explorer.close()
