@@ -41,13 +41,14 @@ _HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
 def looks_like_local_path(name: str) -> bool:
     """Whether ``name`` is meant as a local path rather than a Hub id (``name`` or ``org/name``).
 
-    True when it exists; starts with ``/``, ``./``, ``../`` or ``~``; ends with a separator; is no valid Hub id
-    (more than one ``/``, characters other than letters, digits, ``-``, ``_``, ``.``); or is ``org/name`` whose
-    ``org`` is an existing local folder (``outputs/run`` when ``outputs/`` exists).
+    True when it exists; starts with ``/``, ``.``, ``-`` or ``~``; ends with a separator, ``.`` or ``-``; is no
+    valid Hub id (more than one ``/``, characters other than letters, digits, ``-``, ``_``, ``.``); or is
+    ``org/name`` whose ``org`` is an existing local folder (``outputs/run`` when ``outputs/`` exists).
     """
     if os.path.exists(name) or name in (".", ".."):
         return True
-    if name.startswith(("/", "./", "../", "~")) or name.endswith(("/", os.sep)):
+    # A Hub id neither starts nor ends with "." or "-" (huggingface_hub's rule): `.tiny/explorer` is a path.
+    if name.startswith(("/", ".", "-", "~")) or name.endswith(("/", os.sep, ".", "-")):
         return True
     if not _HUB_ID.fullmatch(name) or ".." in name:
         return True
@@ -75,8 +76,12 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
 
 def _in_hub_cache(name: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    return any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "tokenizer_config.json"))
+    try:
+        return any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "tokenizer_config.json"))
+    except HFValidationError:  # not a valid Hub id: not in the cache either
+        return False
 
 
 def check_model_path(name: Any, option: str = "model_path", hint: str = "") -> None:

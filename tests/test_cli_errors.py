@@ -144,6 +144,9 @@ def test_an_explorer_model_that_cannot_be_had_is_refused_at_once(tiny, tmp_path,
     from huggingface_hub import constants
 
     rollouts = write_oracle_rollouts(tiny, tmp_path / "r.jsonl")
+    missing = s2l_args(tmp_path, rollouts, explorer_model=".tiny/no-such-explorer")  # a path, never a Hub id
+    with pytest.raises(InputError, match=r"explorer_model '.tiny/no-such-explorer' looks like a local path but does"):
+        S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=missing, train_dataset=tiny_dataset(tiny))
     args = s2l_args(tmp_path, rollouts, explorer_model="nobody/no-such-explorer")
     with pytest.raises(InputError, match=r"explorer_model 'nobody/no-such-explorer' .* offline \(HF_HUB_OFFLINE=1\)"):
         S2LTrainer(str(tiny["learner"]), [accuracy_reward], args=args, train_dataset=tiny_dataset(tiny))
