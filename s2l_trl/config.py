@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -10,10 +11,12 @@ from trl import GRPOConfig
 
 from .explorers.factory import resolve_backend
 from .explorers.rollout_store import RolloutSource
-from .explorers.server import parse_server_urls
+from .explorers.server import parse_server_urls, same_server
 from .mixing import EXPLORER_IS_MODES
-from .preflight import check_deepspeed_installed
-from .schedule import SCHEDULES, validate_schedule
+from .preflight import InputError, MissingPackageError, check_deepspeed_installed
+from .schedule import SCHEDULES, mix_alpha, validate_schedule
+
+logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class S2LConfig(GRPOConfig):
         default=240.0,
         metadata=field_help(
             """Seconds to wait for each explorer server's `/health` at start-up before failing with an error naming
-            the URL; a URL that answers 4xx (not a vLLM server) fails at once."""
+            the URL; a URL that answers 4xx (not a vLLM server) fails at once. `0` checks once, without waiting."""
         ),
     )
     explorer_server_check_model_name: bool = field(
@@ -121,7 +124,21 @@ class S2LConfig(GRPOConfig):
         default=600.0,
         metadata=field_help(
             """Seconds one explorer request (one chunk of `explorer_prompts_per_request` prompts) may take, queueing
-            in the server included, before it is retried."""
+            in the server included, before it is retried. The bound of a slow request; a hung server is found sooner
+            by `explorer_stall_timeout`."""
+        ),
+    )
+    explorer_stall_timeout: float = field(
+        default=180.0,
+        metadata=field_help(
+            """Seconds an explorer server may hold requests without making progress before it counts as hung:
+            vLLM's token counters (`vllm:generation_tokens_total`, `vllm:prompt_tokens_total` on `/metrics`) do not
+            move, and none of its requests finishes. A hung server is dropped while others remain (its requests go
+            to them); the last one fails the round at once with an error naming it, instead of after
+            `explorer_request_timeout` x (1 + `explorer_max_retries`). A live vLLM engine moves its counters at
+            every step (well under a second, also while it decodes a 512-sequence request of 4,096-token
+            completions for a minute or two), so 180 s only trips on a stuck server. Servers without these counters
+            are left to `explorer_request_timeout`. `0` turns the check off."""
         ),
     )
     explorer_max_retries: int = field(
@@ -341,7 +358,61 @@ class S2LConfig(GRPOConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
         if self.explorer_max_retries < 0:
             raise ValueError(f"explorer_max_retries must be >= 0, got {self.explorer_max_retries!r}.")
+        self._check_explorer_timeouts()
         self._check_explorer_vllm()
+        self._check_learner_server()
+        self._warn_if_mixing_outlasts_run()
+
+    def _check_explorer_timeouts(self) -> None:
+        if not self.explorer_request_timeout > 0:
+            raise InputError(
+                f"explorer_request_timeout must be > 0 seconds, got {self.explorer_request_timeout!r}: it bounds one "
+                "explorer request (the default 600 s covers a 512-sequence request of 4,096-token completions)."
+            )
+        if not self.explorer_server_timeout >= 0:
+            raise InputError(
+                f"explorer_server_timeout must be >= 0 seconds, got {self.explorer_server_timeout!r}: it is how long "
+                "start-up waits for each explorer server's /health (0: check once, without waiting)."
+            )
+        if not self.explorer_stall_timeout >= 0:
+            raise InputError(
+                f"explorer_stall_timeout must be >= 0 seconds, got {self.explorer_stall_timeout!r}: a server that "
+                "makes no progress that long counts as hung (0 turns the check off)."
+            )
+
+    def _check_learner_server(self) -> None:
+        """The learner's vLLM server (TRL's `vllm_mode="server"`) must not be an explorer server: TRL pushes the
+        learner's weights into its server after every step, which would overwrite the frozen explorer."""
+        if not (self.use_vllm and self.vllm_mode == "server" and self.explorer_mode == "server"):
+            return
+        learner = self.vllm_server_base_url or f"http://{self.vllm_server_host}:{self.vllm_server_port}"
+        for url in parse_server_urls(self.explorer_server_base_url):
+            if same_server(learner, url):
+                given = (
+                    f"vllm_server_base_url={self.vllm_server_base_url!r}"
+                    if self.vllm_server_base_url
+                    else f"vllm_server_host:vllm_server_port={self.vllm_server_host}:{self.vllm_server_port}"
+                )
+                raise InputError(
+                    f"The learner's vLLM server ({given}) is the explorer server {url} (explorer_server_base_url): TRL "
+                    "syncs the learner's weights into its server after every step, which would overwrite the frozen "
+                    "explorer. Start a second server for the learner (e.g. `trl vllm-serve` on other GPUs and port) "
+                    "and point vllm_server_base_url at it."
+                )
+
+    def _warn_if_mixing_outlasts_run(self) -> None:
+        if self.max_steps is None or self.max_steps <= 0 or self.mix_steps <= self.max_steps:
+            return
+        last = mix_alpha(self.max_steps, self.mix_schedule, self.mix_steps, self.mix_alpha_start, self.mix_alpha_end)
+        logger.warning(
+            "mix_steps=%d (T_mix) exceeds max_steps=%d: the explorer share never reaches its end value, the run ends "
+            "at alpha=%.3g (step %d) and never trains on-policy. Lower mix_steps to at most max_steps (the paper "
+            "anneals over half the run), or raise max_steps.",
+            self.mix_steps,
+            self.max_steps,
+            last,
+            self.max_steps,
+        )
 
     def _check_explorer_cap(self) -> None:
         """Explorer and learner completions follow one truncation rule (`max_completion_length`)."""
@@ -368,6 +439,11 @@ class S2LConfig(GRPOConfig):
     def _check_explorer_vllm(self) -> None:
         """The `explorer_vllm_*` fields: each bad value named with its fix, before any engine starts."""
         util = self.explorer_vllm_gpu_memory_utilization
+        if self.explorer_mode == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise MissingPackageError(
+                "explorer_mode='vllm' runs the explorer in an in-process vLLM engine, but vLLM is not installed: "
+                "`pip install trl[vllm]` (on a GPU machine), or choose explorer_mode 'server', 'offline' or 'local'."
+            )
         if not 0.0 < util <= 1.0:
             raise ValueError(
                 f"explorer_vllm_gpu_memory_utilization must be in (0, 1], got {util!r} (e.g. 0.3: the explorer's "

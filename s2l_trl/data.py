@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .jsonl import read_jsonl
-from .preflight import InputError, check_prompt
+from .preflight import InputError, MissingPathError, check_prompt
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -129,25 +129,48 @@ class PromptDataArguments:
 def load_prompt_dataset(name: str, config: str | None = None, split: str = "train"):
     """A `datasets.Dataset` from a local JSONL/JSON/parquet/CSV file, a saved dataset directory, or a Hub id.
 
-    A local JSONL file is read line by line, so a malformed line is an error naming the file and the line.
+    A local JSONL file is read line by line, so a malformed line is an error naming the file and the line. A single
+    file, or a folder holding one saved `Dataset`, is one split, `"train"`: another `split` is refused rather than
+    ignored (it would train on the whole file); a saved `DatasetDict` must have the split asked for.
     """
     import datasets
 
     path = Path(name)
-    if path.suffix == ".jsonl":  # read here so that a malformed line is an error naming file and line
-        if not path.exists():
-            raise FileNotFoundError(f"dataset file {name!r} does not exist.")
-        return datasets.Dataset.from_list(read_jsonl(path))
     if path.suffix in LOCAL_FORMATS:
         if not path.exists():
-            raise FileNotFoundError(f"dataset file {name!r} does not exist.")
+            raise MissingPathError(f"dataset file {name!r} does not exist.")
+        _check_single_split(name, "file", split)
+        if path.suffix == ".jsonl":  # read here so that a malformed line is an error naming file and line
+            return datasets.Dataset.from_list(read_jsonl(path))
         return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+        if any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
             loaded = datasets.load_from_disk(str(path))
-            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return datasets.load_dataset(str(path), config, split=split)
-    return datasets.load_dataset(name, config, split=split)  # Hub id
+            if not isinstance(loaded, datasets.DatasetDict):
+                _check_single_split(name, "folder holding one saved Dataset", split)
+                return loaded
+            if split not in loaded:
+                raise InputError(
+                    f"dataset_train_split {split!r} is not a split of {name!r}, which has the splits {sorted(loaded)}; "
+                    "set dataset_train_split to one of them."
+                )
+            return loaded[split]
+    try:  # a folder of data files, or a Hub id
+        return datasets.load_dataset(str(path) if path.is_dir() else name, config, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError) as exc:  # no such data set / config / split, no Hub
+        raise InputError(
+            f"dataset_name {name!r} (dataset_config {config!r}, dataset_train_split {split!r}) cannot be loaded: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _check_single_split(name: str, what: str, split: str) -> None:
+    if split != "train":
+        raise InputError(
+            f"dataset_train_split {split!r} does not apply to {name!r}: a {what} is one split, 'train', so the run "
+            "would train on all of it. Leave dataset_train_split at 'train', or give a data set with that split (a "
+            "Hub id, or a folder saved by `DatasetDict.save_to_disk`)."
+        )
 
 
 def get_field(row: dict[str, Any], column: str) -> Any:
@@ -309,7 +332,7 @@ def load_train_dataset(
         try:
             raw = datasets.Dataset.from_list([dict(r) for r in rows])
         except (TypeError, ValueError) as exc:  # pyarrow's ArrowInvalid / ArrowTypeError are ValueError / TypeError
-            raise ValueError(
+            raise InputError(
                 f"the rows do not form a data set: {exc}; expected one type per column in every row (as a file "
                 "read by `datasets` needs too)."
             ) from exc
@@ -339,9 +362,9 @@ def parse_chat_template_kwargs(value: dict | str | None, name: str = "chat_templ
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{name} {value!r} is not valid JSON; expected an object such as '{{\"x\": 1}}'.") from exc
+            raise InputError(f"{name} {value!r} is not valid JSON; expected an object such as '{{\"x\": 1}}'.") from exc
     if not isinstance(value, Mapping):
-        raise ValueError(f"{name} must be a mapping (JSON object), got {value!r}.")
+        raise InputError(f"{name} must be a mapping (JSON object), got {value!r}.")
     return dict(value)
 
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .preflight import InputError
+
 try:  # a C JSON parser ~7x faster than `json` on long lines of numbers; optional (see `loads_jsonl_line_fast`)
     import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the environment
@@ -17,7 +19,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def loads_jsonl_line(raw: bytes, where: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+def loads_jsonl_line(raw: bytes, where: str, error: type[Exception] = InputError) -> dict[str, Any]:
     """Parse one JSONL line (bytes, as read from the file) into an object; ``where`` (``<file>:<line>``) starts the
     message of ``error`` when the line is not UTF-8, not JSON, or not a JSON object."""
     raw = raw.rstrip(b"\r\n")  # json would call the end of line an "invalid control character" in a cut string
@@ -38,7 +40,7 @@ def loads_jsonl_line(raw: bytes, where: str, error: type[Exception] = ValueError
     return row
 
 
-def loads_jsonl_line_fast(raw: bytes, where: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+def loads_jsonl_line_fast(raw: bytes, where: str, error: type[Exception] = InputError) -> dict[str, Any]:
     """:func:`loads_jsonl_line` through ``orjson`` when it is installed, for readers of very large files.
 
     Whatever ``orjson`` refuses (``NaN``, lone surrogates, bad bytes, bad JSON) goes through ``json``, so the result
@@ -56,7 +58,7 @@ def loads_jsonl_line_fast(raw: bytes, where: str, error: type[Exception] = Value
     return loads_jsonl_line(raw, where, error)
 
 
-def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: str | Path, error: type[Exception] = InputError) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, object)`` for each non-blank line; a line that is not UTF-8, not JSON or not an object
     raises ``error`` with ``<file>:<line>`` in its message. A UTF-8 byte-order mark at the start is skipped."""
     path = Path(path)
@@ -70,7 +72,7 @@ def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterato
             yield lineno, loads_jsonl_line(raw, f"{path}:{lineno}", error)
 
 
-def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, error: type[Exception] = InputError) -> list[dict[str, Any]]:
     """All objects of a JSONL file (see :func:`iter_jsonl`)."""
     return [row for _, row in iter_jsonl(path, error)]
 

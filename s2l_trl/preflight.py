@@ -26,6 +26,14 @@ class MissingPathError(InputError, FileNotFoundError):
     """A path the run needs does not exist (an `InputError` that `except FileNotFoundError` also catches)."""
 
 
+class MissingPackageError(InputError, ImportError):
+    """A package the run asks for is not installed (an `InputError` that `except ImportError` also catches)."""
+
+
+class DiskFullError(OSError):
+    """A write failed because its disk is full (`errno.ENOSPC`); the message names the folder and the free space."""
+
+
 # ---------------------------------------------------------------------- model paths
 _HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
 
@@ -33,47 +41,80 @@ _HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
 def looks_like_local_path(name: str) -> bool:
     """Whether ``name`` is meant as a local path rather than a Hub id (``name`` or ``org/name``).
 
-    True when it exists; starts with ``/``, ``./``, ``../`` or ``~``; ends with a separator; is no valid Hub id
-    (more than one ``/``, characters other than letters, digits, ``-``, ``_``, ``.``); or is ``org/name`` whose
-    ``org`` is an existing local folder (``outputs/run`` when ``outputs/`` exists).
+    True when it exists; starts with ``/``, ``.``, ``-`` or ``~``; ends with a separator, ``.`` or ``-``; is no
+    valid Hub id (more than one ``/``, characters other than letters, digits, ``-``, ``_``, ``.``); or is
+    ``org/name`` whose ``org`` is an existing local folder (``outputs/run`` when ``outputs/`` exists).
     """
     if os.path.exists(name) or name in (".", ".."):
         return True
-    if name.startswith(("/", "./", "../", "~")) or name.endswith(("/", os.sep)):
+    # A Hub id neither starts nor ends with "." or "-" (huggingface_hub's rule): `.tiny/explorer` is a path.
+    if name.startswith(("/", ".", "-", "~")) or name.endswith(("/", os.sep, ".", "-")):
         return True
     if not _HUB_ID.fullmatch(name) or ".." in name:
         return True
     return "/" in name and os.path.isdir(name.split("/", 1)[0])
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub is switched off (`HF_HUB_OFFLINE=1`)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def check_model_path(name: Any, option: str = "model_path") -> None:
-    """Refuse a model that cannot load: a local path that does not exist or is a file, or (with `HF_HUB_OFFLINE=1`)
-    a Hub id that is not in the local Hugging Face cache. Model objects pass."""
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached (one request of at most `timeout` seconds, through the proxies the
+    environment names), or `None` when it answers. `huggingface_hub` itself retries a failed connection for tens of
+    seconds before it gives up; this says so at once."""
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"{constants.ENDPOINT}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "tokenizer_config.json"))
+    except HFValidationError:  # not a valid Hub id: not in the cache either
+        return False
+
+
+def check_model_path(name: Any, option: str = "model_path", hint: str = "") -> None:
+    """Refuse a model that cannot load: a local path that does not exist or is a file, or a Hub id that is not in the
+    local Hugging Face cache while the Hub is offline (`HF_HUB_OFFLINE=1`) or cannot be reached (one quick request,
+    :func:`hub_unreachable`). Model objects pass. `hint` is appended to every message."""
     if not isinstance(name, (str, os.PathLike)):
         return
     name = os.fspath(name)
     fix = "expected a model folder (with config.json and the tokenizer) or a Hub id of the form 'org/name'"
     if not name.strip():
-        raise InputError(f"{option} is empty; {fix}.")
+        raise InputError(f"{option} is empty; {fix}.{hint}")
     if looks_like_local_path(name):
         path = Path(os.path.expanduser(name))
         if not path.exists():
-            raise MissingPathError(f"{option} {name!r} looks like a local path but does not exist; {fix}.")
+            raise MissingPathError(f"{option} {name!r} looks like a local path but does not exist; {fix}.{hint}")
         if not path.is_dir():
-            raise InputError(f"{option} {name!r} is a file; {fix}.")
+            raise InputError(f"{option} {name!r} is a file; {fix}.{hint}")
         return
-    if _hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise InputError(
-                f"{option} {name!r} is neither a local folder nor a model in the Hugging Face cache, and the Hub is "
-                "offline (HF_HUB_OFFLINE=1); give the path of a model folder, or download the model first."
-            )
+    if _in_hub_cache(name):
+        return
+    if hub_offline():
+        raise InputError(
+            f"{option} {name!r} is neither a local folder nor a model in the Hugging Face cache, and the Hub is "
+            f"offline (HF_HUB_OFFLINE=1); give the path of a model folder, or download the model first.{hint}"
+        )
+    reason = hub_unreachable()
+    if reason is not None:
+        raise InputError(
+            f"{option} {name!r} is neither a local folder nor a model in the Hugging Face cache, and the Hub cannot "
+            f"be reached ({reason}); give the path of a model folder, or download the model first (`hf download "
+            f"{name}`).{hint}"
+        )
 
 
 # ---------------------------------------------------------------------- distributed engines
@@ -128,8 +169,9 @@ def _can_write_in(folder: Path) -> bool:
     return True
 
 
-def no_space_error(exc: BaseException, folder: str | os.PathLike) -> OSError | None:
-    """A clear `OSError(ENOSPC)` for a write under `folder` that failed because its disk is full, else `None`.
+def no_space_error(exc: BaseException, folder: str | os.PathLike) -> DiskFullError | None:
+    """A clear `DiskFullError` (an `OSError(ENOSPC)`) for a write under `folder` that failed because its disk is
+    full, else `None`.
 
     Python's writes say `OSError(ENOSPC)`; torch's C++ writer says `basic_ios::clear: iostream error` or `unexpected
     pos ...`, so any other write error on a disk with less than 64 MiB left is taken for a full disk too (the
@@ -146,7 +188,7 @@ def no_space_error(exc: BaseException, folder: str | os.PathLike) -> OSError | N
     if not full and (free is None or free > 64 * 2**20):
         return None
     shown = "unknown" if free is None else f"{free / 2**20:.1f} MiB"
-    return OSError(
+    return DiskFullError(
         errno.ENOSPC,
         f"No space left on device while writing to {str(folder)!r} (free: {shown}); free some space or set "
         f"output_dir on a larger disk (original error: {type(exc).__name__}: {str(exc)[:200]})",
@@ -358,8 +400,16 @@ def check_trainer_inputs(
     paths, an explorer object, the training data, and a schedule callable at the steps the run reaches."""
     check_output_dir(args.output_dir)
     check_model_path(model, "model")
-    if explorer is None and args.explorer_mode in ("local", "vllm"):
-        check_model_path(args.explorer_model, "explorer_model")
+    # Also for a server or offline explorer: its tokenizer decides whether explorer ids are used as learner ids, so
+    # a tokenizer that cannot be loaded is refused here rather than assumed to match.
+    if explorer is None and args.explorer_model:
+        hint = (
+            ""
+            if args.explorer_mode in ("local", "vllm")
+            else " (With a server or offline explorer it names the tokenizer the explorer's ids are checked against: "
+            "without it they are used as learner ids unchecked.)"
+        )
+        check_model_path(args.explorer_model, "explorer_model", hint)
     check_explorer_object(explorer)
     funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     check_train_dataset(train_dataset, [f for f in funcs if callable(f)])
@@ -376,11 +426,17 @@ def check_prompts_fit(
     its positions; a server explorer would fail the round with HTTP 400).
 
     Args:
-        dataset: the training `datasets.Dataset` (`prompt`, optional `prompt_id`); other data sets are not checked.
+        dataset: the training `datasets.Dataset` (`prompt`, optional `prompt_id`); other data sets (an
+            `IterableDataset`, read as training goes) are not checked.
         tokenize: prompts -> prompt token ids, as the trainer builds them.
         limits: `(which model, its context or None, the option that sets it, completion tokens it generates)`.
     """
-    if dataset is None or not hasattr(dataset, "column_names") or "prompt" not in dataset.column_names:
+    if (
+        dataset is None
+        or not hasattr(dataset, "__len__")
+        or not hasattr(dataset, "column_names")
+        or "prompt" not in (dataset.column_names or ())
+    ):
         return
     prompts = dataset["prompt"]
     lengths = [len(ids) for begin in range(0, len(prompts), 1024) for ids in tokenize(prompts[begin : begin + 1024])]

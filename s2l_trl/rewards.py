@@ -9,6 +9,7 @@ from trl.rewards import accuracy_reward as _trl_accuracy_reward
 from trl.rewards import think_format_reward
 
 from .answers import extract_math_answer
+from .preflight import InputError
 
 _BOXED = re.compile(r"\\boxed\{")
 
@@ -59,5 +60,5 @@ def get_reward_funcs(names: list[str]) -> list[Callable]:
     """Look reward functions up by name; an unknown name is an error listing the known ones."""
     unknown = [n for n in names if n not in REWARD_FUNCS]
     if unknown:
-        raise ValueError(f"Unknown reward function(s) {unknown}; expected names from {sorted(REWARD_FUNCS)}.")
+        raise InputError(f"Unknown reward function(s) {unknown}; expected names from {sorted(REWARD_FUNCS)}.")
     return [REWARD_FUNCS[n] for n in names]

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from . import mixing, preflight
+from .checkpoints import RunSettingsCallback, hold_output_dir, resolve_resume, run_settings
 from .config import S2LConfig
 from .explorers import Explorer, ExplorerError, build_training_explorer
 from .explorers.factory import logprobs_needed_by
@@ -110,6 +112,7 @@ class S2LTrainer(GRPOTrainer):
         # Everything checkable from the arguments alone is checked before TRL builds anything or writes output_dir.
         train_dataset = kwargs.get("train_dataset", pargs[0] if pargs else None)
         preflight.check_trainer_inputs(model, reward_funcs, args, train_dataset, explorer, mix_schedule)
+        self._learner_id = model if isinstance(model, (str, os.PathLike)) else None  # for `run_settings`
         self.alpha_fn = make_alpha_fn(
             mix_schedule if mix_schedule is not None else args.mix_schedule,
             args.mix_steps,
@@ -117,19 +120,28 @@ class S2LTrainer(GRPOTrainer):
             args.mix_alpha_end,
         )
         with preflight.removing_created_folder(args.output_dir):
-            super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-            self._set_up_mixing(args, explorer)
-            preflight.check_prompts_fit(
-                self.train_dataset, lambda prompts: self._tokenize_prompts(prompts)[0], self._context_limits()
-            )
-            explorer_limit = None if self.explorer is None else self._explorer_context_limit()
-            if explorer_limit is not None and explorer_limit[1] is not None and not self.token_bridge.matches:
-                # Another tokenizer: the explorer's prompts are its own template's rendering, counted in its tokens.
+            # The only run writing output_dir from here on (a second one is refused); released with the trainer.
+            lock = hold_output_dir(args.output_dir, owner=args.should_save)
+            try:
+                super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+                self._set_up_mixing(args, explorer)
                 preflight.check_prompts_fit(
-                    self.train_dataset,
-                    lambda prompts: [self.token_bridge.prompt_ids([], {"prompt": p}) for p in prompts],
-                    [explorer_limit],
+                    self.train_dataset, lambda prompts: self._tokenize_prompts(prompts)[0], self._context_limits()
                 )
+                explorer_limit = None if self.explorer is None else self._explorer_context_limit()
+                if explorer_limit is not None and explorer_limit[1] is not None and not self.token_bridge.matches:
+                    # Another tokenizer: the explorer's prompts are its own template's rendering, in its tokens.
+                    preflight.check_prompts_fit(
+                        self.train_dataset,
+                        lambda prompts: [self.token_bridge.prompt_ids([], {"prompt": p}) for p in prompts],
+                        [explorer_limit],
+                    )
+            except BaseException:
+                if lock is not None:
+                    lock.release()
+                raise
+        if lock is not None:
+            weakref.finalize(self, lock.release)
 
     def _set_up_mixing(self, args: S2LConfig, explorer: Explorer | None) -> None:
         self._round: MixedRound | None = None
@@ -150,7 +162,7 @@ class S2LTrainer(GRPOTrainer):
         )
         needs_logprobs = logprobs_needed_by(args) if self._weighs_explorer_logprobs else None
         if needs_logprobs and not self.token_bridge.matches:
-            raise ValueError(
+            raise preflight.InputError(
                 f"{needs_logprobs} needs explorer log-probs, which are unusable when the explorer tokenizer differs "
                 "from the learner's; set explorer_importance_sampling='none' and explorer_off_policy_mask=False."
             )
@@ -396,14 +408,42 @@ class S2LTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         """TRL's checkpoint, plus `s2l_state.json`: the explorer's random state before the round a resumed run
         generates first (the current round when the checkpoint falls inside it, else the next), so that the resumed
-        run redraws the explorer rows the uninterrupted run drew. A full disk is reported as such."""
+        run redraws the explorer rows the uninterrupted run drew. Written first: transformers writes
+        `trainer_state.json` last, so that file marks the whole checkpoint complete (`checkpoints.checkpoint_problem`).
+        A full disk is reported as such."""
         with preflight.explained_write_errors(self.args.output_dir):
+            if self.args.should_save and self.explorer_rounds is not None:
+                every = self.args.steps_per_generation * self.num_iterations
+                folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                pending = self.state.global_step * self.args.gradient_accumulation_steps // every
+                os.makedirs(folder, exist_ok=True)
+                self.explorer_rounds.save(folder, self.state.global_step, pending)
             super()._save_checkpoint(model, trial)
-        if self.args.should_save and self.explorer_rounds is not None:
-            every = self.args.steps_per_generation * self.num_iterations
-            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            pending = self.state.global_step * self.args.gradient_accumulation_steps // every
-            self.explorer_rounds.save(folder, self.state.global_step, pending)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+        """TRL's training loop. S2L: where it resumes is decided first (`checkpoints.resolve_resume`), as TRL does
+        only when asked, but loudly and safely: `resume_from_checkpoint=True` takes the newest *complete* checkpoint
+        (torn ones are skipped with a warning), a named checkpoint must be complete, the resume is announced at
+        WARNING and settings that differ from the checkpoint's are listed; without it, an `output_dir` that already
+        holds checkpoints is refused (the new run would overwrite them). Every checkpoint records the run's settings
+        (`s2l_run.json`) for the next comparison."""
+        learner = self._learner_id if self._learner_id is not None else self.model
+        settings = run_settings(
+            self.args, learner, self.train_dataset, self.reward_funcs, self.accelerator.num_processes
+        )
+        checkpoint = resolve_resume(
+            self.args.output_dir,
+            resume_from_checkpoint,
+            settings,
+            implicit=False,
+            ask="trainer.train(resume_from_checkpoint=True) (or a checkpoint path)",
+        )
+        recorder = next((c for c in self.callback_handler.callbacks if isinstance(c, RunSettingsCallback)), None)
+        if recorder is None:
+            self.add_callback(RunSettingsCallback(settings))
+        else:
+            recorder.settings = settings
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         """Transformers calls this when resuming; S2L also restores the explorer's random state."""

@@ -341,6 +341,8 @@ def test_progress_lines_are_seen_from_s2l_train(tiny, tmp_path):
         "offline",
         "--explorer_rollouts",
         str(rollouts),
+        "--explorer_model",  # the recipe's .tiny/explorer is not built here: an explorer_model must load
+        str(tiny["explorer"]),
     ]
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

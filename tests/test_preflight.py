@@ -310,13 +310,13 @@ def test_cli_prints_one_line_without_traceback_and_debug_shows_it(tiny, tmp_path
 
 def test_run_cli_exit_codes(capsys):
     def bad(argv):
-        raise ValueError(f"bad value {argv}")
+        raise InputError(f"bad value {argv}")
 
     with pytest.raises(SystemExit) as exit_info:
         run_cli("s2l-x", bad, ["--flag"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "s2l-x: error: bad value ['--flag']\n"
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         run_cli("s2l-x", bad, ["--debug"])
 
     def interrupted(argv):

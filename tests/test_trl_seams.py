@@ -29,6 +29,7 @@ def test_the_overridden_seams_are_the_documented_ones():
             "_calculate_rewards",
             "_compute_loss",
             "_save_checkpoint",
+            "train",
             "_load_optimizer_and_scheduler",
             "save_model",
             "create_model_card",

@@ -10,12 +10,13 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 
-from ..callbacks import MixProgressCallback
+from ..checkpoints import output_dir_held
 from ..codistill import CoDistillConfig
 from ..data import PromptDataArguments
-from .errors import run_cli
+from ..preflight import InputError
+from .errors import CliParser, run_cli
 from .train import _config_flag_apart, prepare_run
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,16 @@ class CoDistillScriptArguments(PromptDataArguments):
 
 def main(script_args: CoDistillScriptArguments, training_args: CoDistillConfig, model_args: ModelConfig) -> None:
     if not training_args.small_model:
-        raise ValueError("s2l-codistill needs small_model (the small model's id or path) in the recipe.")
-    reward_funcs, train_dataset, checkpoint = prepare_run(script_args, training_args, model_args)
+        raise InputError("s2l-codistill needs small_model (the small model's id or path) in the recipe.")
+    # The only run writing output_dir (a second one is refused at once), from before anything is read or written.
+    with output_dir_held(training_args.output_dir, owner=training_args.should_save):
+        run_training(script_args, training_args, model_args)
+
+
+def run_training(
+    script_args: CoDistillScriptArguments, training_args: CoDistillConfig, model_args: ModelConfig
+) -> None:
+    reward_funcs, train_dataset, checkpoint, callbacks = prepare_run(script_args, training_args, model_args)
     peft_config = get_peft_config(model_args)
     small_peft_config = None
     if script_args.small_use_peft:
@@ -69,7 +78,7 @@ def main(script_args: CoDistillScriptArguments, training_args: CoDistillConfig, 
         train_dataset=train_dataset,
         peft_config=peft_config,
         small_peft_config=small_peft_config,
-        callbacks=[MixProgressCallback()],
+        callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
@@ -81,8 +90,8 @@ def main(script_args: CoDistillScriptArguments, training_args: CoDistillConfig, 
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((CoDistillScriptArguments, CoDistillConfig, ModelConfig))
+def make_parser() -> CliParser:
+    return CliParser((CoDistillScriptArguments, CoDistillConfig, ModelConfig), prog="s2l-codistill")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CoDistillScriptArguments, CoDistillConfig, ModelConfig]:

@@ -15,10 +15,8 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from trl import TrlParser
-
 from ..evaluation.runner import EvalArguments
-from .errors import run_cli
+from .errors import CliParser, run_cli
 
 JUDGES = ("math_verify", "official_compat")
 
@@ -69,12 +67,12 @@ class PlotArguments:
             )
 
 
-def make_parser() -> TrlParser:
-    return TrlParser(EvalArguments, prog="s2l-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def make_parser() -> CliParser:
+    return CliParser(EvalArguments, prog="s2l-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 
 
-def make_plot_parser() -> TrlParser:
-    return TrlParser(PlotArguments, prog="s2l-eval plot", description=PlotArguments.__doc__.split("Parameters:")[0])
+def make_plot_parser() -> CliParser:
+    return CliParser(PlotArguments, prog="s2l-eval plot", description=PlotArguments.__doc__.split("Parameters:")[0])
 
 
 def plot(argv: list[str]) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,15 +10,15 @@ from typing import Any
 import datasets
 import transformers
 from transformers import set_seed
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from ..callbacks import MixProgressCallback
-from ..checkpoints import last_complete_checkpoint
+from ..checkpoints import RunSettingsCallback, output_dir_held, resolve_resume, run_settings
 from ..config import S2LConfig
 from ..data import PromptDataArguments, load_train_dataset
 from ..preflight import check_deepspeed_installed, check_model_path, check_output_dir, reads_argument
 from ..rewards import get_reward_funcs
-from .errors import run_cli
+from .errors import CliParser, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +59,16 @@ class S2LScriptArguments(PromptDataArguments):
             raise ValueError(f"trainer must be 's2l' or 'grpo', got {self.trainer!r}.")
 
 
-def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[list, Any, str | None]:
+def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[list, Any, str | None, list]:
     """What every training CLI does before building its trainer: seed and logging, the reward functions, the data
     set (validated before a trainer or an output folder exists), the checkpoint to resume from, and the learner's
-    loading arguments. Returns `(reward_funcs, train_dataset, checkpoint)`."""
+    loading arguments. Returns `(reward_funcs, train_dataset, checkpoint, callbacks)`.
+
+    Resuming follows open-r1: a rerun into an `output_dir` that holds a run resumes it from its newest complete
+    checkpoint, said at WARNING, when the model and the settings that shape the run are the checkpoint's; when they
+    differ it is refused, naming them, unless `--resume_from_checkpoint true` (or a checkpoint path) asks for the
+    resume anyway (`checkpoints.resolve_resume`). `--resume_from_checkpoint false` never resumes, so an `output_dir`
+    with checkpoints is refused."""
     set_seed(training_args.seed)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
@@ -85,12 +90,16 @@ def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[li
 
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
 
-    # Resume from the newest checkpoint that was saved to the end (a kill during a save leaves a torn one behind).
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        if checkpoint is not None:
-            logger.info("Checkpoint found, resuming training at %s.", checkpoint)
+    # Resume from the newest checkpoint that was saved to the end (a kill during a save leaves a torn one behind),
+    # when this run is that run; every checkpoint records the settings compared here.
+    settings = run_settings(training_args, model_args.model_name_or_path, train_dataset, reward_funcs)
+    checkpoint = resolve_resume(
+        training_args.output_dir,
+        training_args.resume_from_checkpoint,
+        settings,
+        implicit=training_args.resume_from_checkpoint is None,
+        ask="--resume_from_checkpoint true (or a checkpoint folder)",
+    )
 
     # The trainer loads the learner from its id with these (trust_remote_code lives on the config itself).
     model_init_kwargs = {
@@ -102,11 +111,19 @@ def prepare_run(script_args, training_args, model_args: ModelConfig) -> tuple[li
         **{k: v for k, v in model_init_kwargs.items() if v is not None},
         **(training_args.model_init_kwargs or {}),
     }
-    return reward_funcs, train_dataset, checkpoint
+    return reward_funcs, train_dataset, checkpoint, [MixProgressCallback(), RunSettingsCallback(settings)]
 
 
 def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig) -> None:
-    reward_funcs, train_dataset, checkpoint = prepare_run(script_args, training_args, model_args)
+    # The only run writing output_dir (a second one is refused at once), from before anything is read or written.
+    with output_dir_held(training_args.output_dir, owner=training_args.should_save):
+        run_training(script_args, training_args, model_args)
+
+
+def run_training(
+    script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig, model_args: ModelConfig
+) -> None:
+    reward_funcs, train_dataset, checkpoint, callbacks = prepare_run(script_args, training_args, model_args)
     if script_args.trainer == "grpo":
         trainer_cls = GRPOTrainer
     else:
@@ -118,7 +135,7 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
         args=training_args,
         train_dataset=train_dataset,
         peft_config=get_peft_config(model_args),
-        callbacks=[MixProgressCallback()],
+        callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
@@ -133,11 +150,11 @@ def main(script_args: S2LScriptArguments, training_args: S2LConfig | GRPOConfig,
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
-def make_parser(trainer: str = "s2l") -> TrlParser:
+def make_parser(trainer: str = "s2l") -> CliParser:
     """The parser of one kind of run: script arguments, `S2LConfig` (or `GRPOConfig` for `trainer="grpo"`), model."""
     if trainer not in TRAINERS:
         raise ValueError(f"trainer must be 's2l' or 'grpo', got {trainer!r}.")
-    return TrlParser((S2LScriptArguments, S2LConfig if trainer == "s2l" else GRPOConfig, ModelConfig))
+    return CliParser((S2LScriptArguments, S2LConfig if trainer == "s2l" else GRPOConfig, ModelConfig), prog="s2l-train")
 
 
 def _config_flag_apart(argv: list[str]) -> list[str]:
@@ -157,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[S2LScriptArguments, S2LCo
     argv = _config_flag_apart(list(sys.argv[1:] if argv is None else argv))
     # No -h here (the full parser prints the full help) and no abbreviations (a training flag must never be taken
     # for a prefix of a script flag).
-    script_parser = TrlParser(S2LScriptArguments, add_help=False, allow_abbrev=False)
+    script_parser = CliParser(S2LScriptArguments, prog="s2l-train", add_help=False, allow_abbrev=False)
     script_args, _ = script_parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     # Before GRPOConfig's own __post_init__ (trainer "grpo" too), which fails inside transformers without DeepSpeed.
     check_deepspeed_installed(None)

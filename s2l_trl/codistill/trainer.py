@@ -149,10 +149,10 @@ class CoDistillTrainer(S2LTrainer):
                 f"CoDistillTrainer needs `args` to be a CoDistillConfig, got {type(args).__name__ if args else None}."
             )
         if "explorer" in kwargs:
-            raise ValueError("CoDistillTrainer builds its explorer from the small model; do not pass `explorer`.")
+            raise InputError("CoDistillTrainer builds its explorer from the small model; do not pass `explorer`.")
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers is not None and any(o is not None for o in optimizers):
-            raise ValueError(
+            raise InputError(
                 "CoDistillTrainer builds one optimizer over both models (parameter groups per model), so "
                 "`optimizers` cannot be passed; use `optimizer_cls_and_kwargs` or the config's `optim` fields."
             )
@@ -161,10 +161,10 @@ class CoDistillTrainer(S2LTrainer):
             from trl.import_utils import is_vllm_available
 
             if not is_vllm_available():
-                raise ImportError("small_use_vllm=True needs vLLM: `pip install trl[vllm]`.")
+                raise preflight.MissingPackageError("small_use_vllm=True needs vLLM: `pip install trl[vllm]`.")
         small_model = small_model if small_model is not None else args.small_model
         if small_model is None:
-            raise ValueError("CoDistillTrainer needs a small model: set `small_model` in the config or pass one.")
+            raise InputError("CoDistillTrainer needs a small model: set `small_model` in the config or pass one.")
         # Checked before the small model is loaded (S2L-PO's own checks run once TRL starts building).
         preflight.check_output_dir(args.output_dir)
         preflight.check_model_path(model, "model")
@@ -227,7 +227,7 @@ class CoDistillTrainer(S2LTrainer):
                 "tokens: it cannot be the large model's sibling."
             )
         if getattr(self, "_is_vlm", False):
-            raise ValueError("CoDistillTrainer supports text models only (the processing class is a processor).")
+            raise InputError("CoDistillTrainer supports text models only (the processing class is a processor).")
 
     def _prepare_small(self, small) -> None:
         """What TRL does to its learner at start-up, done to the small model: device, dropout, fused LM head."""
@@ -274,7 +274,7 @@ class CoDistillTrainer(S2LTrainer):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(a, module)
         own_groups = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
         if own_groups:
-            raise ValueError(
+            raise InputError(
                 f"optim={a.optim!r} builds its own parameter groups ({sorted(own_groups)}), which would drop the small "
                 "model's learning rate and weight decay: CoDistill supports optimizers that take parameter groups "
                 "(adamw_torch, adamw_torch_fused, adafactor, sgd, the bitsandbytes Adam variants, ...)."
@@ -766,7 +766,7 @@ class CoDistillTrainer(S2LTrainer):
 def _check_engine(args: CoDistillConfig) -> None:
     """Engine settings CoDistill cannot honour, refused before any model is loaded."""
     if args.use_vllm:
-        raise ValueError(
+        raise InputError(
             "CoDistillTrainer does not sample the large model with vLLM (use_vllm=True given): the small model "
             "samples the rollouts. To sample them with vLLM set small_use_vllm=True (and use_vllm=False); the "
             "vllm_* fields configure the small model's engine (docs/codistill.md)."

@@ -17,11 +17,13 @@ Hub sources (used when ``--data_dir`` is not given; the split and columns are ma
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..jsonl import iter_jsonl
+from ..preflight import InputError, MissingPathError, hub_offline, hub_unreachable
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 DEFAULT_BENCHMARKS = ("aime24", "aime25", "math500")
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(InputError):
     """A benchmark file or row is unusable; the message names the file and line."""
 
 
 def get_spec(name: str) -> BenchmarkSpec:
     if name not in BENCHMARKS:
-        raise ValueError(f"Unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}.")
+        raise InputError(f"Unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}.")
     return BENCHMARKS[name]
 
 
@@ -101,7 +103,7 @@ def read_benchmark_file(path: str | Path, spec: BenchmarkSpec) -> list[dict[str,
     """Read a benchmark JSONL file; a malformed line raises :class:`BenchmarkDataError` naming file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Benchmark file {str(path)!r} not found (expected <data_dir>/{spec.name}.jsonl).")
+        raise MissingPathError(f"Benchmark file {str(path)!r} not found (expected <data_dir>/{spec.name}.jsonl).")
     rows = [
         _normalize_row(raw, spec, f"{path}:{lineno}", local=True)
         for lineno, raw in iter_jsonl(path, BenchmarkDataError)
@@ -123,14 +125,41 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
     if data_dir is not None:
         rows = read_benchmark_file(Path(data_dir) / f"{name}.jsonl", spec)
     else:
-        import datasets
-
-        ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
+        ds = _load_hub_benchmark(spec)
         rows = [
             _normalize_row(dict(r), spec, f"{spec.hub_id} ({spec.split}, row {i})", local=False)
             for i, r in enumerate(ds)
         ]
     return rows[:limit] if limit is not None else rows
+
+
+def _load_hub_benchmark(spec: BenchmarkSpec):
+    """The Hub data set of a benchmark, failing at once (naming `--data_dir`) when it cannot be had: with the Hub
+    offline (`HF_HUB_OFFLINE=1` / `HF_DATASETS_OFFLINE=1`) and no cached copy, or with no connection to the Hub
+    (checked with one request of a few seconds, instead of `datasets`' retries of half a minute)."""
+    import datasets
+
+    fix = (
+        f"pass --data_dir with a file {spec.name}.jsonl (one JSON object per line with 'question' and 'answer'; see "
+        "eval/README.md)"
+    )
+    offline = hub_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if not offline:
+        reason = hub_unreachable()
+        if reason is not None:
+            raise InputError(
+                f"Benchmark {spec.name!r} is read from the Hub data set {spec.hub_id!r}, but the Hub cannot be reached "
+                f"({reason}): {fix}, or set HF_HUB_OFFLINE=1 to use a copy in the local cache."
+            )
+    try:
+        return datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
+    except (ConnectionError, OSError, ValueError) as exc:  # offline and not cached: datasets says ConnectionError
+        if not offline:
+            raise
+        raise InputError(
+            f"Benchmark {spec.name!r} is read from the Hub data set {spec.hub_id!r}, which is not in the local cache, "
+            f"and the Hub is offline (HF_HUB_OFFLINE=1): {fix} ({type(exc).__name__}: {str(exc)[:200]})."
+        ) from exc
 
 
 def user_turn(row: dict[str, Any], mode: str, kind: str = "math") -> str:

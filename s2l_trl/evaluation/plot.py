@@ -6,22 +6,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..preflight import InputError, MissingPathError
+
 
 def load_results(result_dir: str | Path) -> dict[str, dict]:
     """``{benchmark: result}`` of every ``<bench>.json`` in a result folder (``summary.json`` excluded)."""
     result_dir = Path(result_dir)
     if not result_dir.is_dir():
-        raise FileNotFoundError(f"Result folder {str(result_dir)!r} does not exist.")
+        raise MissingPathError(f"Result folder {str(result_dir)!r} does not exist.")
     results = {}
     for path in sorted(result_dir.glob("*.json")):
         if path.name == "summary.json":
             continue
         data = json.loads(path.read_text())
         if "math_verify" not in data:
-            raise ValueError(f"{path} is not an s2l-eval benchmark result (no 'math_verify' entry).")
+            raise InputError(f"{path} is not an s2l-eval benchmark result (no 'math_verify' entry).")
         results[data.get("benchmark", path.stem)] = data
     if not results:
-        raise ValueError(f"{result_dir} holds no benchmark results (<bench>.json).")
+        raise InputError(f"{result_dir} holds no benchmark results (<bench>.json).")
     return results
 
 
@@ -49,7 +51,7 @@ def plot_passk(
     if judge not in ("math_verify", "official_compat"):
         raise ValueError(f"judge must be 'math_verify' or 'official_compat', got {judge!r}.")
     if labels is not None and len(labels) != len(result_dirs):
-        raise ValueError(f"Got {len(labels)} labels for {len(result_dirs)} result folders.")
+        raise InputError(f"Got {len(labels)} labels for {len(result_dirs)} result folders.")
     runs = [load_results(d) for d in result_dirs]
     labels = labels or [Path(d).name for d in result_dirs]
     benchmarks = benchmarks or sorted({b for run in runs for b in run})

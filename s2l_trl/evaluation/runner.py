@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..answers import make_judge
 from ..explorers.base import SamplingSettings
 from ..jsonl import JsonlWriter, drop_torn_tail, iter_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
-from ..preflight import check_model_path, check_output_dir, looks_like_local_path  # noqa: F401 (re-exported)
+from ..preflight import InputError, MissingPathError, check_model_path, check_output_dir, looks_like_local_path  # noqa: F401
 from ..sampling.engine import EngineArguments, SamplingEngine
 from .data import BENCHMARKS, DEFAULT_BENCHMARKS, get_spec, load_benchmark, user_turn
 from .passk import summarize
@@ -219,7 +219,7 @@ def _write_config(args: EvalArguments) -> None:
             if key in old and old[key] != repr(current[key])
         ]
         if clashes and not args.skip_inference:
-            raise ValueError(
+            raise InputError(
                 f"{path}: this run resumes {args.output_dir} but changes settings its outputs were "
                 f"made with: {'; '.join(clashes)}. Use another --timestamp."
             )
@@ -238,19 +238,19 @@ def _finished_problems(path: Path, rows: list[dict[str, Any]], k: int) -> int:
     done = 0
     for lineno, record in iter_jsonl(path):
         if done >= len(rows) or record.get("question") != rows[done]["question"]:
-            raise ValueError(
+            raise InputError(
                 f"{path}:{lineno}: this raw file was written for different problems than the "
                 "benchmark being evaluated; use another --timestamp or --output_root."
             )
         if len(record.get("outputs", [])) != k:
-            raise ValueError(f"{path}:{lineno}: has {len(record.get('outputs', []))} outputs, expected k={k}.")
+            raise InputError(f"{path}:{lineno}: has {len(record.get('outputs', []))} outputs, expected k={k}.")
         done += 1
     return done
 
 
 def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {what}.")
+        raise MissingPathError(f"{path} not found: {what}.")
     return read_jsonl(path)
 
 
@@ -303,7 +303,7 @@ def run_extraction(args: EvalArguments, bench: str) -> Path:
     def extracted():
         for lineno, record in enumerate(tqdm(records, desc=f"{bench} extraction", unit="problem"), start=1):
             if "answer" not in record or not isinstance(record.get("outputs"), list):
-                raise ValueError(f"{raw_path}:{lineno}: needs 'answer' and a list of 'outputs'.")
+                raise InputError(f"{raw_path}:{lineno}: needs 'answer' and a list of 'outputs'.")
             judge = make_judge(record["answer"], spec.kind, (record.get("choices") or {}).get("label"))
             verdicts = [judge.judge(text) for text in record["outputs"]]
             yield {
@@ -326,11 +326,11 @@ def run_scoring(args: EvalArguments, bench: str) -> dict[str, Any]:
     for lineno, record in enumerate(records, start=1):
         predicted = record.get("predicted_answers")
         if not isinstance(predicted, list):
-            raise ValueError(f"{path}:{lineno}: missing the 'predicted_answers' list.")
+            raise InputError(f"{path}:{lineno}: missing the 'predicted_answers' list.")
         if n is None:
             n = len(predicted)
         if len(predicted) != n or n == 0:
-            raise ValueError(
+            raise InputError(
                 f"{path}:{lineno}: has {len(predicted)} predicted answers, the first line has {n}; "
                 "pass@k needs the same number of samples for every problem."
             )
@@ -344,7 +344,7 @@ def run_scoring(args: EvalArguments, bench: str) -> dict[str, Any]:
         counts.append(sum(bool(c) for c in correct))
         compat_counts.append(sum(bool(c) for c in compat))
     if not records:
-        raise ValueError(f"{path}: no problems to score.")
+        raise InputError(f"{path}: no problems to score.")
     result = {
         "benchmark": bench,
         "model": args.model_path,

@@ -154,6 +154,7 @@ def build_training_explorer(
         server_kwargs={
             "startup_timeout": args.explorer_server_timeout,
             "request_timeout": args.explorer_request_timeout,
+            "stall_timeout": args.explorer_stall_timeout,
             "max_retries": args.explorer_max_retries,
             "prompts_per_request": args.explorer_prompts_per_request,
             "max_concurrent_requests": args.explorer_max_concurrent_requests,
@@ -189,11 +190,22 @@ def training_vllm_kwargs(args: Any, device: Any, process_index: int) -> dict[str
     its own on this process's device, so that it samples beside the learner."""
     import torch
 
+    from ..preflight import InputError
+
     llm_kwargs = dict(args.explorer_vllm_kwargs or {})
-    if args.explorer_vllm_enable_sleep_mode and (device is None or torch.device(device).type != "cuda"):
-        raise ValueError(
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if args.explorer_vllm_enable_sleep_mode and not on_cuda:
+        raise InputError(
             f"explorer_vllm_enable_sleep_mode=True needs a CUDA device (vLLM has no sleep mode on {device or 'CPU'}); "
             "set it to False."
+        )
+    default_share = type(args).__dataclass_fields__["explorer_vllm_gpu_memory_utilization"].default
+    if not on_cuda and args.explorer_vllm_gpu_memory_utilization != default_share:
+        logger.warning(
+            "explorer_vllm_gpu_memory_utilization=%s does not apply on %s: vLLM on CPU sizes the explorer engine's KV "
+            "cache by VLLM_CPU_KVCACHE_SPACE (GiB) instead.",
+            args.explorer_vllm_gpu_memory_utilization,
+            device or "CPU",
         )
     return {
         "gpu_memory_utilization": args.explorer_vllm_gpu_memory_utilization,

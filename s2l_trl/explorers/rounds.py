@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonl import write_json_atomic
+from ..preflight import InputError
 from .base import GROUP_FIELD, Explorer, ExplorerError, ExplorerOutput, generate_checked
 
 logger = logging.getLogger(__name__)
@@ -246,19 +247,40 @@ class ExplorerRounds:
         state = {
             "global_step": global_step,
             "next_round": pending_round,
+            "explorer": type(self.explorer).__name__,  # whose state it is: another backend cannot continue it
             "explorer_state": self.state_dict(pending_round),
         }
         write_json_atomic(Path(checkpoint) / STATE_NAME, state)
 
     def restore(self, checkpoint: str | os.PathLike) -> None:
-        """Load the explorer state `save` wrote into `checkpoint` (a warning when the checkpoint has none)."""
+        """Load the explorer state `save` wrote into `checkpoint`. A checkpoint without one, or with the state of
+        another explorer backend (a run resumed with another `explorer_mode`), is resumed with fresh explorer draws
+        and a warning; a file that does not parse is an error naming it."""
         path = Path(checkpoint) / STATE_NAME
         if not path.exists():
             logger.warning(
                 "%s has no %s: explorer draws after the resume differ from the original run.", checkpoint, STATE_NAME
             )
             return
-        self.load_state_dict(json.loads(path.read_text(encoding="utf-8")).get("explorer_state"))
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError(f"expected a JSON object, got {type(saved).__name__}")
+        except ValueError as exc:
+            raise InputError(
+                f"{path} does not load ({type(exc).__name__}: {exc}): the checkpoint's explorer state is damaged; "
+                "resume from an earlier checkpoint, or delete the file to resume with fresh explorer draws."
+            ) from exc
+        state, backend, current = saved.get("explorer_state"), saved.get("explorer"), type(self.explorer).__name__
+        if backend is not None and backend != current:
+            reason = f"{path} holds the explorer state of {backend}, not of this run's {current}"
+        else:
+            try:
+                self.load_state_dict(state)
+                return
+            except (KeyError, TypeError, ValueError) as exc:  # another backend's state, in a file that does not say
+                reason = f"{path} holds an explorer state {current} cannot continue ({type(exc).__name__}: {exc})"
+        logger.warning("%s (resumed with another explorer): dropped, explorer draws start afresh.", reason)
 
     def close(self) -> None:
         """Cancel what is in flight (explorers with `cancel()` stop at once) and close the explorer."""

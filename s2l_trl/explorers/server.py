@@ -65,6 +65,8 @@ PROCESSED_LOGPROBS = "processed_logprobs"
 _FIX_LOGPROBS = "--logprobs-mode processed_logprobs"
 # vLLM's Prometheus counter of generated tokens: the live tokens/s of a round whose requests have not finished yet.
 _GENERATED_TOKENS_METRIC = "vllm:generation_tokens_total"
+# Its counters of work done (prefill and decode), which move at every engine step of a live server: its progress.
+_PROGRESS_METRICS = (_GENERATED_TOKENS_METRIC, "vllm:prompt_tokens_total")
 
 
 # ---------------------------------------------------------------------------------------------------- URLs
@@ -141,6 +143,30 @@ def _url_problem(item: Any) -> str | None:
     if parts.query or parts.fragment:
         return "it has a query or fragment"
     return None
+
+
+def same_server(a: str, b: str) -> bool:
+    """Whether two server URLs reach the same server: scheme-default ports filled in, host names compared without
+    case, and every name of this machine's loopback (``localhost``, ``127.x.x.x``, ``::1``, ``0.0.0.0``, its own host
+    name) taken as one host. Nothing is resolved over the network."""
+    return _server_key(a) == _server_key(b)
+
+
+def _server_key(url: str) -> tuple[str, int | None]:
+    import socket
+
+    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    host = (parts.hostname or "").lower().rstrip(".")
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        port = None
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+        loopback = address.is_loopback or address.is_unspecified
+    except ValueError:
+        loopback = host in ("localhost", "localhost.localdomain", socket.gethostname().lower())
+    return ("<this machine>" if loopback else host), port
 
 
 # ---------------------------------------------------------------------------------------------------- logging
@@ -270,6 +296,12 @@ class _Server:
     last_error: str = ""
     alive: bool = True
     generated: deque = field(default_factory=lambda: deque(maxlen=2))  # (time, generated-tokens counter) samples
+    # Stall detection: whether /metrics has vLLM's token counters, their last sum, and when the server last showed
+    # progress (a counter moved, a request finished, or it got work while idle).
+    has_counters: bool = False
+    work_counter: float | None = None
+    progress_at: float = 0.0
+    polling: Any = None  # the /metrics poll in flight, if any
 
 
 @dataclass
@@ -292,10 +324,11 @@ class _RequestFailed(Exception):
     """A request failed; ``retryable`` says whether sending it again may help, ``unreachable`` whether no connection
     could be made to the server (nothing listens there any more, or the host is gone)."""
 
-    def __init__(self, message: str, retryable: bool = True, unreachable: bool = False):
+    def __init__(self, message: str, retryable: bool = True, unreachable: bool = False, hung: bool = False):
         super().__init__(message)
         self.retryable = retryable
         self.unreachable = unreachable
+        self.hung = hung  # the server made no progress for `stall_timeout` seconds
 
 
 class ServerExplorer:
@@ -356,7 +389,16 @@ class ServerExplorer:
 
     The default of 32 prompts per request bounds a request's work: with G_w <= 16 that is at most 512 sequences,
     about what one vLLM engine decodes at once (its ``max_num_seqs``), so a request of 4,096-token completions takes
-    a minute or two on one GPU, well under the 600 s default time-out, and a retry repeats little work. Four
+    a minute or two on one GPU, well under the 600 s default time-out, and a retry repeats little work.
+
+    **A hung server** (stuck engine, stopped process, a GPU fault) would hold a round for ``request_timeout`` x (1 +
+    ``max_retries``), 40 minutes by default. So, with ``stall_timeout``, every busy server's ``/metrics`` is read
+    every few seconds: vLLM's token counters (``vllm:generation_tokens_total``, ``vllm:prompt_tokens_total``) move at
+    every engine step of a live server, however long its requests are. A server whose counters stay put and none of
+    whose requests finishes for ``stall_timeout`` seconds while it holds requests (its ``/metrics`` not answering
+    counts as no progress) is hung: dropped while another server remains (its requests go there, no retry charged);
+    when it is the last, the call fails at once with an error naming it. A server without these counters (another
+    OpenAI-compatible server, vLLM with ``--disable-log-stats``) is left to ``request_timeout``. Four
     requests in flight per server keep the engine full while the longest sequences of one request finish. The
     time-out covers queueing inside the server: keep ``prompts_per_request * n * max_concurrent_requests`` near
     what one server runs at once (times its data-parallel size).
@@ -380,6 +422,8 @@ class ServerExplorer:
         startup_timeout: seconds to wait for the servers' ``/health`` before dropping those still not healthy (or
             failing, when none is).
         request_timeout: seconds one request (one chunk) may take, queueing in the server included.
+        stall_timeout: seconds a busy server may make no progress before it counts as hung (see above); ``0`` or
+            ``None`` turns the check off.
         max_retries: retries of a failed request, with exponential back-off.
         backoff_factor: first back-off in seconds (doubled at each further retry of the same request).
         prompts_per_request: prompts per request (a chunk); see above for the default.
@@ -406,6 +450,7 @@ class ServerExplorer:
         sampling: SamplingSettings | None = None,
         startup_timeout: float = 240.0,
         request_timeout: float = 600.0,
+        stall_timeout: float | None = 180.0,
         max_retries: int = 3,
         backoff_factor: float = 1.0,
         prompts_per_request: int = 32,
@@ -430,6 +475,12 @@ class ServerExplorer:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}.")
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 seconds, got {request_timeout}.")
+        if not startup_timeout >= 0:
+            raise ValueError(f"startup_timeout must be >= 0 seconds, got {startup_timeout}.")
+        if stall_timeout is not None and not stall_timeout >= 0:
+            raise ValueError(f"stall_timeout must be >= 0 seconds (0 or None: off), got {stall_timeout}.")
         if not log_interval_s > 0:
             raise ValueError(f"log_interval_s must be > 0, got {log_interval_s}.")
         if require_processed_logprobs and not request_logprobs:
@@ -437,6 +488,7 @@ class ServerExplorer:
         self.sampling = sampling or SamplingSettings()
         self.startup_timeout = startup_timeout
         self.request_timeout = request_timeout
+        self.stall_timeout = stall_timeout or None
         self.max_retries = max_retries
         self.backoff_factor = backoff_factor
         self.prompts_per_request = prompts_per_request
@@ -547,6 +599,8 @@ class ServerExplorer:
             )
         live = self._alive()
         self._transport.run(self._gather(*(self._read_model(s) for s in live)))
+        if self.stall_timeout:  # whether each server has the counters stall detection reads
+            self._transport.run(self._gather(*(self._poll_generated(s) for s in live)))
         expected_ids, probe = None, None
         if expected_tokenizer is not None:
             probe = _identity_probe(expected_tokenizer)
@@ -944,23 +998,30 @@ class ServerExplorer:
             raise max(failures, key=lambda f: (f.unreachable, not f.retryable))
 
     async def _poll_generated(self, server: _Server) -> None:
-        """One sample of the server's generated-tokens counter (``/metrics``), for the live tokens/s of a round."""
+        """One sample of the server's token counters (``/metrics``): the generated ones for the live tokens/s of a
+        round, generated plus prompt tokens as its progress (stall detection). A poll that fails shows nothing."""
         try:
             r = await self._send(server, "GET", "/metrics", timeout=5.0)
         except _RequestFailed:
             return
         if r.status_code != 200:
             return
-        total, found = 0.0, False
+        totals: dict[str, float] = {}
         for line in r.text.splitlines():
-            if line.startswith(_GENERATED_TOKENS_METRIC):
+            name = next((m for m in _PROGRESS_METRICS if line.startswith(m)), None)
+            if name is not None:
                 try:
-                    total += float(line.rsplit(None, 1)[-1])
-                    found = True
+                    totals[name] = totals.get(name, 0.0) + float(line.rsplit(None, 1)[-1])
                 except ValueError:
                     pass
-        if found:
-            server.generated.append((time.monotonic(), total))
+        now = time.monotonic()
+        if _GENERATED_TOKENS_METRIC in totals:
+            server.generated.append((now, totals[_GENERATED_TOKENS_METRIC]))
+        if totals:
+            work = sum(totals.values())
+            if server.work_counter is not None and work > server.work_counter:
+                server.progress_at = now
+            server.work_counter, server.has_counters = work, True
 
     def cancel(self) -> None:
         """Stop the call in flight now, from any thread: it raises :class:`ExplorerCancelled` and its requests are
@@ -1014,6 +1075,7 @@ class ServerExplorer:
         shown = 0
         next_log = start + self.log_interval_s
         next_poll = start
+        next_stall_poll = start
         try:
             while pending or running:
                 if self._cancelled.is_set() or self._closed.is_set():
@@ -1030,8 +1092,14 @@ class ServerExplorer:
                         next_poll = now + self.log_interval_s
                     background = [f for f in background if not f.done()]
                     background += [self._transport.submit(self._poll_generated(s)) for s in self._alive()]
+                if self.stall_timeout and now >= next_stall_poll:
+                    next_stall_poll = now + self._stall_poll_interval()
+                    background = [f for f in background if not f.done()]
+                    background += self._poll_busy_servers()
+                    self._fail_hung_servers(running, pending, n)
                 waits = [c.not_before - now for c in pending if c.not_before > now]
-                timeout = max(0.05, min([*waits, next_log - now, 1.0]))
+                stall_poll = [next_stall_poll - now] if self.stall_timeout else []
+                timeout = max(0.05, min([*waits, *stall_poll, next_log - now, 1.0]))
                 if running:
                     done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
                 else:
@@ -1054,6 +1122,7 @@ class ServerExplorer:
                             f"The explorer call {call} ({len(prompt_ids)} prompts x n={n}) was cancelled in flight."
                         ) from None
                     server.failures = 0
+                    server.progress_at = time.monotonic()
                     stats.requests += 1
                     stats.completion_tokens += sum(len(c) for i in chunk.parts for c in chunk.parts[i][0])
                 if bar is not None:
@@ -1126,6 +1195,8 @@ class ServerExplorer:
             if not free:
                 return
             server = min(free, key=lambda s: (s.in_flight_rows, s.in_flight, self.servers.index(s)))
+            if server.in_flight == 0:  # idle time is no stall: its progress clock starts with the work
+                server.progress_at = now
             with self._inflight_lock:
                 if self._cancelled.is_set():
                     return  # the loop raises ExplorerCancelled next
@@ -1135,6 +1206,47 @@ class ServerExplorer:
             server.in_flight += 1
             server.in_flight_rows += (chunk.end - chunk.start) * n
             running[future] = (chunk, server)
+
+    # ------------------------------------------------------------------ hung servers
+    def _stall_poll_interval(self) -> float:
+        """How often busy servers' counters are read: often enough to find a stall within ~1/6 of its time-out."""
+        return max(0.2, min(self.log_interval_s, self.stall_timeout / 6))
+
+    def _poll_busy_servers(self) -> list[Future]:
+        """Read the counters of every live server that holds requests (one poll per server at a time)."""
+        polls = []
+        for server in self._alive():
+            if server.in_flight and server.has_counters and (server.polling is None or server.polling.done()):
+                server.polling = self._transport.submit(self._poll_generated(server))
+                polls.append(server.polling)
+        return polls
+
+    def _fail_hung_servers(self, running: dict, pending: deque, n: int) -> None:
+        """Fail the requests of every busy server without progress for `stall_timeout` seconds (see the class
+        docstring): it is dropped while others remain, and the call fails when it was the last."""
+        now = time.monotonic()
+        for server in self._alive():
+            idle = now - server.progress_at
+            if not (server.in_flight and server.has_counters and idle > self.stall_timeout):
+                continue
+            mine = [(future, chunk) for future, (chunk, s) in running.items() if s is server]
+            message = (
+                f"no progress for {idle:.0f} s with {len(mine)} request(s) in flight (its /metrics token counters "
+                f"{' and '.join(_PROGRESS_METRICS)} stayed at {server.work_counter:.0f} and no request finished): it "
+                "looks hung"
+            )
+            for future, chunk in mine:
+                future.cancel()  # closes its connection: the server aborts it if it ever wakes up
+                running.pop(future)
+                with self._inflight_lock:
+                    self._inflight.discard(future)
+                server.in_flight -= 1
+                server.in_flight_rows -= (chunk.end - chunk.start) * n
+            for _, chunk in mine:
+                if server.alive:
+                    self._on_failure(chunk, server, _RequestFailed(message, hung=True), pending, n)
+                else:  # dropped by the first: the others go elsewhere, no retry charged
+                    pending.appendleft(chunk)
 
     def _on_failure(self, chunk: _Chunk, server: _Server, exc: _RequestFailed, pending: deque, n: int) -> None:
         message = str(exc)
@@ -1148,12 +1260,22 @@ class ServerExplorer:
                 f"({chunk.end - chunk.start} prompts x n={n}): {message}"
             )
         others = [s for s in self._alive() if s is not server]
-        if server.alive and others and (exc.unreachable or server.failures >= self.max_server_failures):
+        if exc.hung and not others:
+            raise ExplorerError(
+                f"The explorer server at {server.url} made {message}, and no other explorer server is left. Restart "
+                "it (a run resumes from its last checkpoint), or raise explorer_stall_timeout if it is only slow "
+                f"(now {self.stall_timeout:g} s; 0 turns this check off)."
+            )
+        if server.alive and others and (exc.unreachable or exc.hung or server.failures >= self.max_server_failures):
             server.alive = False
             logger.warning(
                 "Explorer server %s dropped after %s (%s); continuing with %s.",
                 server.url,
-                "it could not be reached" if exc.unreachable else f"{server.failures} failed requests in a row",
+                "it could not be reached"
+                if exc.unreachable
+                else "it made no progress"
+                if exc.hung
+                else f"{server.failures} failed requests in a row",
                 message,
                 ", ".join(s.url for s in others),
             )
@@ -1199,6 +1321,13 @@ class ServerExplorer:
                 (t0, v0), (t1, v1) = s.generated
                 generating.append((v1 - v0) / (t1 - t0))
         live_rate = f"; the servers generate {sum(generating):.0f} tokens/s" if generating else ""
+        now = time.monotonic()
+        quiet = [
+            f"{s.url} made no progress for {now - s.progress_at:.0f} s"
+            for s in self._alive()
+            if s.in_flight and s.has_counters and now - s.progress_at >= self.log_interval_s
+        ]
+        live_rate += "".join(f"; {q}" for q in quiet)
         logger.info(
             "Explorer: %d/%d requests done, %d/%d prompts after %.0f s (%d retried), %.0f tokens/s delivered%s; "
             "%d server(s) live.",

@@ -16,10 +16,12 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from .base import ExplorerError, ExplorerOutput, ExplorerStats, SamplingSettings
+from .engine_watchdog import EngineWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class VLLMEngineExplorer:
         self.calls = 0
         self._lock = threading.Lock()  # one call at a time: the counter and sleep state are the explorer's
         self._sleeping = False
-        with _engine_core_placement(own_process, device):
+        with _engine_dies_with_this_process() as guard, _engine_core_placement(own_process, device):
             self.llm = LLM(
                 model=str(model),
                 tensor_parallel_size=tensor_parallel_size,
@@ -132,6 +134,10 @@ class VLLMEngineExplorer:
                 enable_sleep_mode=enable_sleep_mode,
                 **(llm_kwargs or {}),
             )
+            guard.engine = self.llm
+        self._watchdog = guard.watchdog  # stops the engine's processes if this process dies; None without any
+        if self._watchdog is not None:
+            weakref.finalize(self, self._watchdog.stop)
         # The context the engine was built with (prompt + completion), for the trainer's prompt-length check.
         model_config = getattr(self.llm.llm_engine, "model_config", None)
         self.max_model_len: int | None = getattr(model_config, "max_model_len", None)
@@ -258,6 +264,8 @@ class VLLMEngineExplorer:
             if callable(shutdown):
                 shutdown()
             self.llm = None
+            if self._watchdog is not None:
+                self._watchdog.stop()
 
 
 def _stats(completion_ids: list[list[int]], prompts: int, start: float) -> ExplorerStats:
@@ -280,6 +288,47 @@ def _cuda_index(device: Any) -> int | None:
     if device.type != "cuda":
         return None
     return device.index if device.index is not None else torch.cuda.current_device()
+
+
+class _EngineGuard:
+    """What `_engine_dies_with_this_process` hands the block: set `engine` to the built `vllm.LLM`."""
+
+    def __init__(self, watchdog: EngineWatchdog | None):
+        self.watchdog = watchdog
+        self.engine: Any = None
+
+
+@contextlib.contextmanager
+def _engine_dies_with_this_process() -> Iterator[_EngineGuard]:
+    """Build an engine whose processes do not outlive this one (SIGKILL, SIGTERM, OOM kill included): a watchdog
+    process (`engine_watchdog`) starts before the engine, so a kill during its start-up is covered too, and is then
+    told the engine's processes (vLLM's engine-core processes, else the children started while it was built). An
+    engine without processes of its own (its core in this process) needs none: the watchdog is stopped."""
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children()}
+    watchdog = EngineWatchdog.start()
+    guard = _EngineGuard(watchdog)
+    try:
+        yield guard
+    except BaseException:
+        watchdog.stop()
+        raise
+    pids = _engine_processes(guard.engine)
+    if not pids:
+        pids = [p.pid for p in psutil.Process().children() if p.pid not in before and p.pid != watchdog.process.pid]
+    if pids:
+        watchdog.watch(pids)
+    else:
+        watchdog.stop()
+        guard.watchdog = None
+
+
+def _engine_processes(llm: Any) -> list[int]:
+    """The PIDs of a `vllm.LLM`'s engine-core processes (vLLM's `CoreEngineProcManager`), where it has them."""
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    manager = getattr(getattr(engine_core, "resources", None), "engine_manager", None)
+    return [p.pid for p in getattr(manager, "processes", None) or [] if getattr(p, "pid", None)]
 
 
 @contextlib.contextmanager

@@ -89,7 +89,7 @@ def _completed_samplings(path: Path, num_generations: int, occurrences: Counter)
     for pid, count in counts.items():
         limit = num_generations * max(1, occurrences.get(pid, 1))
         if count > limit:
-            raise ValueError(
+            raise InputError(
                 f"{path}: prompt_id {pid!r} has {count} rollouts, more than num_generations={num_generations} "
                 f"x {max(1, occurrences.get(pid, 1))} occurrence(s); it was made with other settings."
             )
@@ -252,9 +252,9 @@ def sample_rollouts(
         worker's shard file.
     """
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}.")
+        raise InputError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}.")
     if num_generations < 1:
-        raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+        raise InputError(f"num_generations must be >= 1, got {num_generations}.")
     check_max_prompts(max_prompts)
     if engine is None:
         check_model_path(model_path, "model_path")
@@ -321,11 +321,11 @@ def sample_rollouts(
         own_engine = engine is None
         if own_engine:
             if model_path is None:
-                raise ValueError("sample_rollouts needs model_path (or a ready engine).")
+                raise InputError("sample_rollouts needs model_path (or a ready engine).")
             engine_args = engine_args or EngineArguments(backend=backend, server_base_url=server_base_url)
             engine = engine_args.build_engine(model_path, sampling, chat_template_kwargs)
         elif chat_template_kwargs and engine.chat_template_kwargs != chat_template_kwargs:
-            raise ValueError(
+            raise InputError(
                 f"chat_template_kwargs {chat_template_kwargs!r} differ from the ready engine's "
                 f"{engine.chat_template_kwargs!r}; build the engine with them."
             )
