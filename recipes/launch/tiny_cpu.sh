@@ -56,6 +56,7 @@ train=(python -m s2l_trl.miniature demo --family_dir "$family" --family_seed "$f
 pick=("${train[@]}" --print_explorer)
 if [ "$dry_run" = 1 ]; then
     printf '%q ' "${build[@]}"; echo
+    # shellcheck disable=SC2016  # printed, not run: the dry run shows the substitution itself
     printf 'explorer=$('; printf '%q ' "${pick[@]}"; echo '| tail -n 1)'
     printf 'VLLM_HOST_IP=%s VLLM_CPU_KVCACHE_SPACE=%s ' "$VLLM_HOST_IP" "$VLLM_CPU_KVCACHE_SPACE"
     printf '%q ' "${server[@]}"; echo "--model \"\$explorer\" > $dir/explorer_server.log 2>&1 &"
