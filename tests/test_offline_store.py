@@ -181,8 +181,9 @@ def test_a_request_materialises_only_the_rows_it_draws(tmp_path):
 
 
 def test_draws_follow_the_documented_scheme_in_every_format(tmp_path):
-    """Request k draws `random.Random(f"s2l-offline:{seed}:{k}").sample(rows of the prompt in file order, n)`:
-    the same draws as the explorer that held Python lists, from JSONL, parquet and save_to_disk, cached or not."""
+    """Request k, group g draws `random.Random(f"s2l-offline:{seed}:{k}:{g}").sample(rows of the prompt in file order,
+    n)`, g being the prompt's label and its occurrence in the request when the rows carry no group id: the same draws
+    from JSONL, parquet and save_to_disk, cached or not."""
     import datasets
 
     rows = _rows(6, 5)
@@ -193,9 +194,9 @@ def test_draws_follow_the_documented_scheme_in_every_format(tmp_path):
     inputs = [{"prompt_id": f"p{p}"} for p in (3, 0, 5)]
 
     def expected(seed: int, request: int, n: int) -> list[list[int]]:
-        rng = random.Random(f"s2l-offline:{seed}:{request}")
         out = []
         for example in inputs:
+            rng = random.Random(f"s2l-offline:{seed}:{request}:prompt_id={example['prompt_id']!r}#0")
             mine = [r for r in rows if r["prompt_id"] == example["prompt_id"]]
             out += [r["response_ids"] for r in rng.sample(mine, n)]
         return out

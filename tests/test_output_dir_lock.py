@@ -112,12 +112,14 @@ DISTRIBUTED = textwrap.dedent(
     from s2l_trl.checkpoints import hold_output_dir
     from s2l_trl.preflight import InputError
     rank = dist.get_rank()
-    for out in sys.argv[1:]:
-        try:
-            lock = hold_output_dir(out, owner=rank == 0)
-            print(f"rank {rank} of {dist.get_world_size()}: holds {lock is not None}", flush=True)
-        except InputError as exc:
-            print(f"rank {rank} of {dist.get_world_size()}: refused: {exc}", flush=True)
+    # One report file per rank: the ranks' prints share torchrun's stdout and can interleave mid-line.
+    with open(f"{sys.argv[1]}/rank{rank}.txt", "w") as report:
+        for out in sys.argv[2:]:
+            try:
+                lock = hold_output_dir(out, owner=rank == 0)
+                report.write(f"rank {rank} of {dist.get_world_size()}: holds {lock is not None}\\n")
+            except InputError as exc:
+                report.write(f"rank {rank} of {dist.get_world_size()}: refused: {exc}\\n")
     """
 )
 
@@ -129,10 +131,10 @@ def test_every_process_of_a_distributed_run_learns_that_the_lock_is_taken(tmp_pa
     script = tmp_path / "lock_ranks.py"
     script.write_text(DISTRIBUTED)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    command += [str(free_port()), str(script), str(out), str(tmp_path / "free")]
+    command += [str(free_port()), str(script), str(tmp_path), str(out), str(tmp_path / "free")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**_env(), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank"))
+    lines = sorted(line for rank in (0, 1) for line in (tmp_path / f"rank{rank}.txt").read_text().splitlines())
     refused = [line for line in lines if "refused" in line]
     assert [line.split(":")[0] for line in refused] == ["rank 0 of 2", "rank 1 of 2"]
     assert all(f"output_dir '{out}' is in use by another run (PID {proc.pid}" in line for line in refused)
