@@ -174,7 +174,8 @@ def test_the_families_report_pairs_seeds_within_each_build(tmp_path):
     def run(method: str, seed: int, final: float, tokens: int) -> dict:
         evals = [
             {"step": 0, "greedy_accuracy": 0.2, "pass@1": 0.1},
-            {"step": 10, "greedy_accuracy": final, "pass@1": final / 2},
+            {"step": families_report.DEMO_STEP, "greedy_accuracy": final - 0.02, "pass@1": float("nan")},
+            {"step": 120, "greedy_accuracy": final, "pass@1": final / 2},
         ]
         per_step = [{"learner_tokens": tokens}]
         return {"method": method, "seed": seed, "evals": evals, "per_step": per_step, "family": {"label": "b"}}
@@ -193,8 +194,13 @@ def test_the_families_report_pairs_seeds_within_each_build(tmp_path):
     assert final["pooled"]["mean"] == pytest.approx(0.02) and final["pooled"]["groups"] == 2
     ratio = report["paired"]["s2l_po"]["learner_tokens_ratio"]["pooled"]
     assert ratio["mean"] == pytest.approx(0.72)
+    # The main job's claims are calibrated at its last step: the accuracy there, and what each method gained by then.
+    assert report["paired"]["s2l_po"]["greedy_at_demo_end"]["pooled"]["mean"] == pytest.approx(0.02)
+    gained = report["families"][0]["methods"]["s2l_po"]["gain_at_demo_end"]["mean"]
+    assert gained == pytest.approx(0.30 + 0.01 + 0.05 - 0.02 - 0.2)
     text = families_report.write_report(report, tmp_path, "demo")
     assert "learner tokens, ratio" in text and "| S2L-PO | final greedy accuracy |" in text
+    assert "| S2L-PO | greedy accuracy at step 80 (the main job's end) |" in text
     assert "| family_seed 2 | regime not available in this build: no checkpoint of M" in text
     assert (tmp_path / "families.png").stat().st_size > 1000 and (tmp_path / "families.json").is_file()
 

@@ -15,6 +15,26 @@ from .rl_report import PAIRED_METRICS, _label
 from .stats import mean_ci, two_level_interval
 
 TOKENS = "learner_tokens"
+# The main job runs the first DEMO_STEP steps of the early-learner experiment (recipes/tiny/miniature/demo_cpu.args):
+# its claims (rl_report.DEMO_CLAIMS) are calibrated on these experiments' evaluations at that step.
+DEMO_STEP = 80
+
+
+def _greedy_at(run: dict, step: int) -> float:
+    return next((e["greedy_accuracy"] for e in run["evals"] if e["step"] == step), float("nan"))
+
+
+METRICS = {
+    **PAIRED_METRICS,
+    "greedy_at_demo_end": (
+        f"greedy accuracy at step {DEMO_STEP} (the main job's end)",
+        lambda r: _greedy_at(r, DEMO_STEP),
+    ),
+    "gain_at_demo_end": (
+        f"greedy accuracy gained by step {DEMO_STEP}",
+        lambda r: _greedy_at(r, DEMO_STEP) - r["evals"][0]["greedy_accuracy"],
+    ),
+}
 
 
 def load_runs(out_dir: Path, family_seeds: list[int], methods: list[str], seeds: list[int]) -> dict:
@@ -32,13 +52,14 @@ def load_runs(out_dir: Path, family_seeds: list[int], methods: list[str], seeds:
 def _value(run: dict, key: str) -> float:
     if key == TOKENS:
         return float(sum(x["learner_tokens"] for x in run["per_step"]))
-    return PAIRED_METRICS[key][1](run)
+    return METRICS[key][1](run)
 
 
 def build_report(runs: dict, baseline: str = "grpo", unavailable: dict[int, str] | None = None) -> dict:
     """Per family build: its starting checkpoints and each method's mean over seeds; per method: the paired
     differences against ``baseline`` per build and pooled over builds (two-level interval), for every quantity of
-    :data:`.rl_report.PAIRED_METRICS` and the learner's generated tokens (as a ratio to the baseline's).
+    :data:`METRICS` (:data:`.rl_report.PAIRED_METRICS` and the greedy accuracy at the main job's end) and the
+    learner's generated tokens (as a ratio to the baseline's).
     ``unavailable``: builds without a checkpoint in a band of the regime (why), listed as such."""
     families = {}
     for k, by_method in sorted(runs.items()):
@@ -52,7 +73,7 @@ def build_report(runs: dict, baseline: str = "grpo", unavailable: dict[int, str]
             "methods": {
                 m: {
                     "seeds": sorted(per_seed),
-                    **{key: mean_sd([_value(r, key) for r in per_seed.values()]) for key in (*PAIRED_METRICS, TOKENS)},
+                    **{key: mean_sd([_value(r, key) for r in per_seed.values()]) for key in (*METRICS, TOKENS)},
                 }
                 for m, per_seed in by_method.items()
             },
@@ -61,7 +82,7 @@ def build_report(runs: dict, baseline: str = "grpo", unavailable: dict[int, str]
     methods = sorted({m for by_method in runs.values() for m in by_method} - {baseline})
     for m in methods:
         paired[m] = {}
-        for key in PAIRED_METRICS:
+        for key in METRICS:
             by_family = {}
             for k, by_method in runs.items():
                 if m in by_method and baseline in by_method:
@@ -119,13 +140,12 @@ def render_markdown(report: dict, title: str = "") -> str:
     for k, why in report.get("unavailable", {}).items():
         lines.append(f"| family_seed {k} | regime not available in this build: {why} | - | - |")
     methods = sorted({m for f in report["families"].values() for m in f["methods"]})
-    keys = list(PAIRED_METRICS)
+    keys = list(METRICS)
     lines += [
         "",
         "Mean ± sd over seeds, per family build:",
         "",
-        "| family build | method | seeds | " + " | ".join(PAIRED_METRICS[k][0] + " (%)" for k in keys) + " | learner "
-        "tokens |",
+        "| family build | method | seeds | " + " | ".join(METRICS[k][0] + " (%)" for k in keys) + " | learner tokens |",
         "|---|---|---|" + "---|" * (len(keys) + 1),
     ]
     for k, f in report["families"].items():
@@ -157,7 +177,7 @@ def render_markdown(report: dict, title: str = "") -> str:
             if pooled:
                 spread = f"{scale * pooled['sd_between_groups']:.{2 if ratio else 1}f} / "
                 spread += f"{scale * pooled['sd_within_group']:.{2 if ratio else 1}f}"
-            name = "learner tokens, ratio" if ratio else PAIRED_METRICS[key][0]
+            name = "learner tokens, ratio" if ratio else METRICS[key][0]
             lines.append(f"| {_label(m)} | {name} | {cells} | {_interval(pooled, scale, sign)} | {spread} |")
     return "\n".join(lines) + "\n"
 
@@ -165,7 +185,7 @@ def render_markdown(report: dict, title: str = "") -> str:
 def plot(report: dict, output: Path) -> Path:
     """Paired differences against the baseline: per family build (mean and seed interval, one colour per build) and
     pooled (black, two-level interval), one panel per quantity."""
-    keys = list(PAIRED_METRICS)
+    keys = list(METRICS)
     methods = list(report["paired"])
     fig, axes = figures.subplots(1, len(keys), figsize=(4 * len(keys), 0.9 * len(methods) + 1.6))
     families = list(report["families"])
@@ -204,7 +224,7 @@ def plot(report: dict, output: Path) -> Path:
         ax.set_yticks(range(len(methods)))
         ax.set_yticklabels([f"{_label(m)} - {_label(report['baseline'])}" for m in methods] if key == keys[0] else [])
         ax.invert_yaxis()
-        ax.set_xlabel(f"{PAIRED_METRICS[key][0]}\n(points)", fontsize="small")
+        ax.set_xlabel(f"{METRICS[key][0]}\n(points)", fontsize="small")
         ax.grid(True, axis="x", alpha=0.3)
         ax.legend(fontsize="xx-small")
     return figures.save(fig, output)
