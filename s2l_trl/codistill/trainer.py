@@ -1,13 +1,12 @@
-"""`CoDistillTrainer`: a large and a small model trained together, on S2L-PO's explorer machinery, in one engine.
+"""`CoDistillTrainer`: a large and a small model trained together, on S2L-PO's round machinery, in one engine.
 
 Vocabulary: CoDistill speaks of the *large* and the *small* model. S2L-PO's code, which this trainer reuses, calls
-them the *learner* and the *explorer*; the mapping lives in one place, `_explorer_off_policy_terms` below (S2L-PO's
-`s2l_is_explorer` row flags are the small model's rows, its learner log-probs the large model's).
+them the *learner* and the *explorer*; the mapping lives in one place, `s2l_seams.S2LSeams`.
 
 Data flow of one generation round (train mode, default alpha = 1):
 
     S2L-PO plans the round (alpha, G_w, G_s) -> every process samples the small model's G_w rows of the groups it
-    holds (`SmallModelExplorer`, transformers; or `SmallModelVLLMExplorer`, a vLLM engine that follows the small
+    holds (`SmallModelSampler`, transformers; or `SmallModelVLLMSampler`, a vLLM engine that follows the small
     model's weights); the large model samples the G_s rows (none by default) -> TRL scores the rows (verifiable
     rewards, group-relative advantages)
         -> two no-grad forwards on the local rows give `log pi_large` (stored as TRL's old log-probs) and
@@ -28,7 +27,6 @@ DeepSpeed ZeRO-2/3 and FSDP2 shard, all-reduce and checkpoint both, and fp16 has
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -44,12 +42,11 @@ from ..checkpoints import load_saved_weights
 from ..explorers.token_bridge import tokenizers_match
 from ..model_card import codistill_card_section, codistill_small_model_card
 from ..preflight import InputError
-from ..trainer import S2LTrainer
 from . import objectives
 from .config import CoDistillConfig, check_model_sizes
-from .explorer import SmallModelExplorer
-from .generation import gathers_one_model_for_generation, sample_completions
 from .module import LARGE, ROLES, SMALL, CoDistillModule
+from .s2l_seams import S2LSeams, SmallRows, small_rows_of
+from .small_sampler import SmallModelSampler
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +96,13 @@ def _check_same_tokenizer(model: Any, small_model: Any, processing_class: Any = 
         )
 
 
-class CoDistillTrainer(S2LTrainer):
+class CoDistillTrainer(S2LSeams):
     """CoDistill-GRPO: co-train a large model (`model`) and a small model (`small_model`).
 
-    Use it like [`S2LTrainer`] with a [`CoDistillConfig`]. The small model samples the rollouts (S2L-PO's explorer,
-    here trainable) and learns by GRPO with a KD reward from the large model; the large model learns by GRPO on those
-    rollouts with importance weights `pi_large / pi_small` and samples nothing of its own (at the default alpha = 1).
+    Use it like [`S2LTrainer`] with a [`CoDistillConfig`]. The small model samples the rollouts (the share of each
+    group S2L-PO's schedule gives it) and learns by GRPO with a KD reward from the large model; the large model learns
+    by GRPO on those rollouts with importance weights `pi_large / pi_small` and samples nothing of its own (at the
+    default alpha = 1).
 
     Both models live in one [`CoDistillModule`] (`trainer.model`; `trainer.large_model` and `trainer.small_model` are
     its two halves) trained by one optimizer: launch it like any TRL trainer under DDP, DeepSpeed ZeRO-2/3 or FSDP2.
@@ -130,8 +128,6 @@ class CoDistillTrainer(S2LTrainer):
 
     _tag_names = ["trl", "grpo", "s2l-po", "codistill"]
     _name = "CoDistill-GRPO"
-    _weighs_explorer_logprobs = False  # the small model's log-probs are scored by the trainer (`_small_logps`)
-    _source_names = ("large", "small")  # the completions table's `source` of large-model and small-model rows
 
     def __init__(
         self,
@@ -149,7 +145,10 @@ class CoDistillTrainer(S2LTrainer):
                 f"CoDistillTrainer needs `args` to be a CoDistillConfig, got {type(args).__name__ if args else None}."
             )
         if "explorer" in kwargs:
-            raise InputError("CoDistillTrainer builds its explorer from the small model; do not pass `explorer`.")
+            raise InputError(
+                "CoDistillTrainer samples the rollouts with the small model; `explorer` (S2L-PO's frozen sampler) "
+                "cannot be passed."
+            )
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers is not None and any(o is not None for o in optimizers):
             raise InputError(
@@ -177,13 +176,13 @@ class CoDistillTrainer(S2LTrainer):
         with torch.random.fork_rng(devices=[]):
             small = _load_small_model(small_model, args, small_peft_config)
         if args.small_use_vllm:
-            from .vllm_explorer import SmallModelVLLMExplorer
+            from .small_vllm_sampler import SmallModelVLLMSampler
 
-            self._small_explorer = SmallModelVLLMExplorer()
+            self._small_sampler = SmallModelVLLMSampler()
         else:
-            self._small_explorer = SmallModelExplorer()
+            self._small_sampler = SmallModelSampler()
         super().__init__(
-            model, reward_funcs, args, *pargs, explorer=self._small_explorer, mix_schedule=mix_schedule, **kwargs
+            model, reward_funcs, args, *pargs, small_sampler=self._small_sampler, mix_schedule=mix_schedule, **kwargs
         )
         with cleanup:
             self._check_small_model(small, args)
@@ -192,7 +191,7 @@ class CoDistillTrainer(S2LTrainer):
         self.codistill = CoDistillModule(self.model, small)
         self.model = self.model_wrapped = self.codistill
         self.callback_handler.model = self.codistill
-        # The small model's optimizer steps so far (steps of windows that held small rows): a vLLM explorer pushes
+        # The small model's optimizer steps so far (steps of windows that held small rows): a vLLM sampler pushes
         # its weights when this has moved.
         self.small_optimizer_steps = 0
         self._optimizer_roles: list[str] = []  # the role of each optimizer parameter group
@@ -201,7 +200,7 @@ class CoDistillTrainer(S2LTrainer):
         self._grad_norms: dict[str, torch.Tensor] | None = None  # both models' norms at the last clip, by role
         self._final_save = False
         self._round_seconds = 0.0  # time of the generation round inside the current micro-step
-        self._small_explorer.bind(self)
+        self._small_sampler.bind(self)
 
     # ------------------------------------------------------------------ the two models
     @property
@@ -214,7 +213,7 @@ class CoDistillTrainer(S2LTrainer):
 
     def _check_small_model(self, small: torch.nn.Module, args: CoDistillConfig) -> None:
         """What can only be checked once TRL has built the large model's side (its tokenizer, its processing class)."""
-        if not self.explorer_tokenizer_matches:  # a small model passed as an object, whose tokenizer was not known
+        if not self.small_tokenizer_matches:  # a small model passed as an object, whose tokenizer was not known
             raise InputError(
                 f"small_model={args.small_model!r} does not share the large model's tokenizer: the KD reward and the "
                 "importance weights compare the two models token by token; use a small model of the same family."
@@ -301,12 +300,6 @@ class CoDistillTrainer(S2LTrainer):
         return self.lr_scheduler
 
     # ------------------------------------------------------------------ rollouts and scoring
-    def _explorer_rng(self, round_index: int):
-        """S2L-PO samples an in-process frozen explorer on a forked generator, to keep the learner's stream intact.
-        CoDistill: the small model *is* a policy being trained, so it samples on torch's global generator exactly as
-        TRL would sample it (and a resumed run continues that stream from Transformers' checkpointed RNG state)."""
-        return contextlib.nullcontext()
-
     def _generate_and_score_completions(self, inputs):
         start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
@@ -317,26 +310,8 @@ class CoDistillTrainer(S2LTrainer):
                 metrics["codistill/reward/large"].append(metrics["reward"][-1])
         return output
 
-    def _generate_learner_rows(self, rnd, prompt_ids, images, multimodal_fields, has_tool_images):
-        """The large model's `G_s` rows per group. Under ZeRO-3 with `ds3_gather_for_generation`, TRL's path would
-        gather the whole two-model module to generate; they are sampled as TRL samples them (`sample_completions`)
-        with only the large model's parameters gathered (every process generates, a throw-away row where it holds
-        none)."""
-        start = time.perf_counter()
-        try:
-            if not gathers_one_model_for_generation(self):
-                return super()._generate_learner_rows(rnd, prompt_ids, images, multimodal_fields, has_tool_images)
-            rows = rnd.placement.learner_rows  # every row at G_w = 0
-            rnd.learner_rows = len(rows)
-            if rnd.g_s == 0:
-                return [], None
-            return sample_completions(self, LARGE, [prompt_ids[i] for i in rows]), None
-        finally:
-            self._metrics["train"]["codistill/large/rollout_time_s"].append(time.perf_counter() - start)
-
-    def _explorer_off_policy_terms(self, output: dict[str, Any], rnd, is_explorer: torch.Tensor) -> None:
-        """S2L-PO's off-policy terms of explorer rows, for a trainable explorer: here the explorer is the small model
-        and the learner the large one (the one place where the two vocabularies meet).
+    def _score_round(self, output: dict[str, Any], small: SmallRows, is_small: torch.Tensor) -> None:
+        """The round's CoDistill terms, once TRL has scored it (S2L-PO's off-policy hook, `S2LSeams`).
 
         Scores the round's local rows with both models (no grad, the training convention for both), then writes
         into TRL's batch: the large model's old log-probs, its advantages weighted by `pi_large / pi_small` on the
@@ -345,14 +320,13 @@ class CoDistillTrainer(S2LTrainer):
         """
         a = self.args
         metrics = self._metrics["train"]
-        is_small = is_explorer
         mask = output["completion_mask"]
         verifiable = output["advantages"]  # group advantages of the verifiable reward (B,)
-        metrics["codistill/small/rollout_time_s"].append(rnd.explorer.latency_s if rnd.explorer is not None else 0.0)
+        metrics["codistill/small/rollout_time_s"].append(small.rollout_time_s)
 
         if output.get("old_per_token_logps") is None:
             start = time.perf_counter()
-            output["old_per_token_logps"] = self._learner_logps(output)
+            output["old_per_token_logps"] = self._large_logps(output)
             metrics["codistill/large/logp_time_s"].append(time.perf_counter() - start)
         large_logps = output["old_per_token_logps"].float()
         start = time.perf_counter()
@@ -360,11 +334,11 @@ class CoDistillTrainer(S2LTrainer):
         metrics["codistill/small/logp_time_s"].append(time.perf_counter() - start)
         small_logps = small_logps.masked_fill(~is_small.unsqueeze(1), float("nan"))
         known = objectives.known_tokens(large_logps, small_logps, mask, is_small)
-        self._log_vllm_gap(rnd, small_logps, known)
+        self._log_vllm_gap(small, small_logps, known)
 
-        # S2L-PO's explorer-vs-learner log-prob gap, and its importance weights on the large model's advantages.
+        # S2L-PO's log-prob gap metric, and its importance weights on the large model's advantages.
         raw = objectives.ratio_values(large_logps, small_logps, mask, is_small)
-        after = self._weigh_explorer_tokens(output, large_logps, small_logps, is_small)
+        after = self._weigh_large_advantages(output, large_logps, small_logps, is_small)
         after = torch.ones_like(raw) if after is None else after
         if a.large_row_weight_bounds is not None:
             self._keep_plausible_rows(output, large_logps, small_logps, known, is_small)
@@ -386,7 +360,7 @@ class CoDistillTrainer(S2LTrainer):
         # The small model's advantages: the group baseline of its own rows. At alpha = 1 with combined grouping
         # TRL's advantages are exactly that, so they are reused as they are.
         all_is_small = gather(is_small)
-        rewards = mixing.weighted_rewards(rnd.rewards_per_func, self.reward_weights)
+        rewards = mixing.weighted_rewards(small.rewards_per_func, self.reward_weights)
         metrics["codistill/reward/small"].append(torch.nanmean(rewards[all_is_small]).item())
         B = mask.size(0)
         local = slice(self.accelerator.process_index * B, (self.accelerator.process_index + 1) * B)
@@ -430,12 +404,11 @@ class CoDistillTrainer(S2LTrainer):
         if kept[1] > 0:
             self._metrics["train"]["codistill/large_rows_kept"].append((kept[0] / kept[1]).item())
 
-    def _log_vllm_gap(self, rnd, small_logps: torch.Tensor, known: torch.Tensor) -> None:
+    def _log_vllm_gap(self, small: SmallRows, small_logps: torch.Tensor, known: torch.Tensor) -> None:
         """Mean |vLLM's sampling log-prob - the small model's own| over the round's tokens (`small_use_vllm`)."""
-        if not self.args.small_use_vllm or rnd.explorer is None:
+        if not self.args.small_use_vllm or small.sampler_logps is None:
             return
-        rows = {i: rnd.explorer.rows[rnd.placement.slots[i]][1] for i in rnd.placement.explorer_rows}
-        engine = mixing.explorer_logps_tensor(tuple(small_logps.shape), rows, small_logps.device)
+        engine = small.engine_logps(tuple(small_logps.shape), small_logps.device)
         both = known & ~torch.isnan(engine)
         stats = self.accelerator.reduce(
             torch.stack([(engine - small_logps).abs()[both].sum(), both.sum().float()]), reduction="sum"
@@ -453,7 +426,7 @@ class CoDistillTrainer(S2LTrainer):
             self.codistill.routed(SMALL),
             disable_gradient_checkpointing(self.codistill, self.args.gradient_checkpointing_kwargs),
         ):
-            return self._learner_logps(output)
+            return self._routed_logps(output)
 
     def _reduce_min_mean_max(self, values: torch.Tensor) -> tuple[float, float, float] | None:
         s = objectives.min_mean_max(values.to(self.accelerator.device))
@@ -475,7 +448,7 @@ class CoDistillTrainer(S2LTrainer):
         if mixed:
             # Decided from the round's token count over every process: the same on all of them.
             self._window_small_rows |= bool(inputs["codistill_small_num_items"] > 0)
-        is_small = inputs["s2l_is_explorer"].bool() if mixed else None
+        is_small = small_rows_of(inputs) if mixed else None
         trains_small = mixed and bool((is_small.unsqueeze(1) & inputs["completion_mask"].bool()).any())
         if mixed and self.accelerator.num_processes > 1:
             # The small model's loss has collectives of its own (TRL's metrics): when any process trains it in this
