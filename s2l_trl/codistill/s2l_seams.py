@@ -4,7 +4,7 @@ CoDistill reuses S2L-PO's round machinery whole (schedule, row placement and mix
 per-token importance weights, per-source advantages). S2L-PO calls the model it trains the *learner* and the model
 that samples part of each group the *explorer*; in CoDistill they are the *large* and the *small* model, and the
 small one is trained too. This module is the one place where the two vocabularies meet: `S2LSeams` overrides S2L-PO's
-private hooks, each in a line or two, and hands CoDistill's trainer what it needs under CoDistill's names:
+private hooks (all but one in a line or two) and hands CoDistill's trainer what it needs under CoDistill's names:
 
     S2L-PO (`S2LTrainer`)                          CoDistill (`CoDistillTrainer`)
     explorer=...  (the object that samples)        the small model's sampler (`SmallModelSampler`, vLLM's)
@@ -15,6 +15,7 @@ private hooks, each in a line or two, and hands CoDistill's trainer what it need
     _weigh_explorer_tokens(...)                    `_weigh_large_advantages(...)`
     batch key `s2l_is_explorer`                    `small_rows_of(inputs)`: the small model's rows
     explorer_tokenizer_matches                     `small_tokenizer_matches`
+    _weighs_explorer_logprobs, _source_names       the trainer scores the small rows; table sources large / small
 """
 
 from __future__ import annotations

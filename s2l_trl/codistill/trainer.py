@@ -165,12 +165,18 @@ class CoDistillTrainer(S2LSeams):
         small model's tokens, and the small model's `(B, T)` advantages, token count and (when TRL's rule asks for
         them) old log-probs.
         """
-        a = self.args
-        metrics = self._metrics["train"]
-        mask = output["completion_mask"]
         verifiable = output["advantages"]  # group advantages of the verifiable reward (B,)
-        metrics["codistill/small/rollout_time_s"].append(small.rollout_time_s)
+        self._metrics["train"]["codistill/small/rollout_time_s"].append(small.rollout_time_s)
+        large_logps, small_logps = self._score_both_models(output, is_small)
+        known = objectives.known_tokens(large_logps, small_logps, output["completion_mask"], is_small)
+        self._log_vllm_gap(small, small_logps, known)
+        self._weigh_large_update(output, large_logps, small_logps, known, is_small)
+        self._set_small_update(output, verifiable, small, large_logps, small_logps, known, is_small)
 
+    def _score_both_models(self, output: dict[str, Any], is_small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`log pi_large` of every local row (TRL's old log-probs, computed here when TRL did not) and `log pi_small`
+        of the small model's rows (NaN on the others)."""
+        metrics = self._metrics["train"]
         if output.get("old_per_token_logps") is None:
             start = time.perf_counter()
             output["old_per_token_logps"] = self._large_logps(output)
@@ -179,23 +185,28 @@ class CoDistillTrainer(S2LSeams):
         start = time.perf_counter()
         small_logps = self._small_logps(output).float()
         metrics["codistill/small/logp_time_s"].append(time.perf_counter() - start)
-        small_logps = small_logps.masked_fill(~is_small.unsqueeze(1), float("nan"))
-        known = objectives.known_tokens(large_logps, small_logps, mask, is_small)
-        self._log_vllm_gap(small, small_logps, known)
+        return large_logps, small_logps.masked_fill(~is_small.unsqueeze(1), float("nan"))
 
-        # S2L-PO's log-prob gap metric, and its importance weights on the large model's advantages.
-        raw = objectives.ratio_values(large_logps, small_logps, mask, is_small)
+    def _weigh_large_update(self, output, large_logps, small_logps, known, is_small) -> None:
+        """S2L-PO's log-prob gap metric and its importance weights on the large model's advantages; optionally only
+        plausible rows train the large model (`large_row_weight_bounds`)."""
+        raw = objectives.ratio_values(large_logps, small_logps, output["completion_mask"], is_small)
         after = self._weigh_large_advantages(output, large_logps, small_logps, is_small)
         after = torch.ones_like(raw) if after is None else after
-        if a.large_row_weight_bounds is not None:
+        if self.args.large_row_weight_bounds is not None:
             self._keep_plausible_rows(output, large_logps, small_logps, known, is_small)
         for name, values in (("is_weight_raw", raw), ("is_weight", after)):
             stats = self._reduce_min_mean_max(values)
             if stats is not None:
                 for stat, value in zip(("min", "mean", "max"), stats):
-                    metrics[f"codistill/{name}/{stat}"].append(value)
+                    self._metrics["train"][f"codistill/{name}/{stat}"].append(value)
 
-        # The small model's KD reward and its baseline (the round's mean over every process).
+    def _set_small_update(self, output, verifiable, small: SmallRows, large_logps, small_logps, known, is_small):
+        """The small model's KD reward and advantages, token count and old log-probs, into TRL's batch."""
+        a = self.args
+        metrics = self._metrics["train"]
+        mask = output["completion_mask"]
+        # The KD reward and its baseline (the round's mean over every process).
         kd_tokens = objectives.kd_token_rewards(large_logps, small_logps, mask, is_small, a.kd_clip)
         kd_sum, kd_count = self.accelerator.reduce(
             torch.stack(objectives.kd_reward_sum_count(kd_tokens, known)), reduction="sum"
@@ -204,8 +215,8 @@ class CoDistillTrainer(S2LSeams):
         if kd_count > 0:
             metrics["codistill/kd_reward"].append((kd_sum / kd_count).item())
 
-        # The small model's advantages: the group baseline of its own rows. At alpha = 1 with combined grouping
-        # TRL's advantages are exactly that, so they are reused as they are.
+        # The group baseline of the small model's own rows. At alpha = 1 with combined grouping TRL's advantages are
+        # exactly that, so they are reused as they are.
         all_is_small = gather(is_small)
         rewards = mixing.weighted_rewards(small.rewards_per_func, self.reward_weights)
         metrics["codistill/reward/small"].append(torch.nanmean(rewards[all_is_small]).item())
