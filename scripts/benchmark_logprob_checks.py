@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     import pyarrow as pa
 
     from s2l_trl.explorers.base import ExplorerOutput, check_output_logprobs, logprob_problem, logprob_values
-    from s2l_trl.explorers.rollout_store import _list_array, _logprob_problems
-    from s2l_trl.explorers.server import _decode_choices, _sampled_logprobs
+    from s2l_trl.explorers.rollout_store.conversion import _list_array, _logprob_problems
+    from s2l_trl.explorers.server.completions import _decode_choices, _sampled_logprobs
 
     rng = np.random.default_rng(args.seed)
     n = 16

@@ -1,5 +1,5 @@
 """scripts/benchmark_single_gpu.py without training: its time budget, its JSON, the vLLM rows without vLLM, and the
-table and targets it prints (the benchmark itself runs for minutes: see the README for its figures)."""
+table and targets it prints (the benchmark itself runs for minutes: see docs/benchmarks.md for its figures)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ Per engine it asserts:
   large model by `max_grad_norm`, the small one by `small_max_grad_norm`);
 * under ZeRO-3, CoDistill's large model generates with only its own parameters gathered.
 
-The in-process vLLM explorer is not in the matrix: see the README ("What cannot run on a CPU").
+The in-process vLLM explorer is not in the matrix: see docs/engines.md ("what it cannot cover here").
 
 `S2L_MATRIX_CONFIGS="codistill:0.5 local:1.0"` runs only those configurations (to check one case quickly).
 """

@@ -206,7 +206,7 @@ def test_start_up_fails_naming_every_url_when_none_is_healthy():
 
 # ---------------------------------------------------------------------------------------------------- identity
 def test_model_names_compare_by_their_last_component():
-    from s2l_trl.explorers.server import _model_name
+    from s2l_trl.explorers.server.startup_checks import _model_name
 
     assert _model_name("Qwen/Qwen3-1.7B-Base") == _model_name("/models/Qwen3-1.7B-Base/") == "qwen3-1.7b-base"
     snapshot = "/root/.cache/huggingface/hub/models--Qwen--Qwen3-1.7B-Base/snapshots/0123abcd"

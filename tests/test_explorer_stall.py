@@ -11,6 +11,7 @@ import pytest
 
 from s2l_trl.devtools.fake_server import FakeServer
 from s2l_trl.explorers import ExplorerError, SamplingSettings, ServerExplorer
+from s2l_trl.explorers.server.servers import poll_token_counters
 
 SAMPLING = SamplingSettings(max_tokens=8, seed=0)
 # Request time-out and retries alone would hold the hung round for 5 + 1 + 5 s: the stall check must beat that.
@@ -102,7 +103,7 @@ def test_a_real_vllm_server_exposes_the_counters_the_stall_check_reads(explorer_
         assert server.has_counters and server.work_counter is not None
         before = server.work_counter
         explorer.generate([[1, 2, 3]], 2)
-        explorer._transport.run(explorer._poll_generated(server))
+        explorer._transport.run(poll_token_counters(explorer._transport, server))
         assert server.work_counter > before
     finally:
         explorer.close()

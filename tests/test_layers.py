@@ -1,4 +1,4 @@
-"""The package's layers (README, Layout): each module imports only from its own layer or the ones above it."""
+"""The package's layers (docs/layout.md): each module imports only from its own layer or the ones above it."""
 
 from __future__ import annotations
 

@@ -211,3 +211,36 @@ def test_boolean_settings_parse_true_and_false_on_the_command_line():
     assert parser.parse_args([]).pass_at_1_at_ends_only is False
     with pytest.raises(SystemExit):
         parser.parse_args(["--pass_at_1_at_ends_only", "maybe"])
+
+
+def test_an_interrupted_family_build_resumes_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    """A build killed after its first size keeps that size (checked by checksum) and ends with the same family."""
+    from s2l_trl.miniature import family as family_module
+
+    spec = FamilySpec(**{**_micro(2).__dict__, "sizes": ["M", "S"], "sft_steps": 10, "checkpoint_every": 5})
+    whole = build_family(tmp_path / "whole", spec)
+
+    real_sft = family_module.sft
+
+    def dies_on_the_second_size(*args, **kwargs):
+        if args[-1] == "sft S":
+            raise KeyboardInterrupt
+        return real_sft(*args, **kwargs)
+
+    monkeypatch.setattr(family_module, "sft", dies_on_the_second_size)
+    with pytest.raises(KeyboardInterrupt):
+        build_family(tmp_path / "resumed", spec)
+    assert not (tmp_path / "resumed/family.json").exists() and (tmp_path / "resumed/family.partial.json").exists()
+    monkeypatch.setattr(family_module, "sft", real_sft)
+    resumed = build_family(tmp_path / "resumed", spec)
+    assert "M kept from the interrupted build" in capsys.readouterr().out
+    for size in ("M", "S"):
+        assert resumed.manifest["heldout"][size] == whole.manifest["heldout"][size]
+        assert resumed.manifest["models"][size]["weights_sha256"] == whole.manifest["models"][size]["weights_sha256"]
+    assert not (tmp_path / "resumed/family.partial.json").exists()
+    # A partial build of other settings is never mixed in.
+    (tmp_path / "other").mkdir()
+    partial = {**json.loads(json.dumps(whole.manifest)), "spec": {**whole.manifest["spec"], "sft_steps": 11}}
+    (tmp_path / "other/family.partial.json").write_text(json.dumps(partial))
+    with pytest.raises(ValueError, match="interrupted build with other settings"):
+        build_family(tmp_path / "other", spec)

@@ -61,13 +61,13 @@ def _entries(cache_dir: Path) -> list[str]:
 def conversions(monkeypatch):
     """How many times a file was converted (in memory or to the cache)."""
     calls = []
-    run = rs._Converter.run
+    run = rs.conversion._Converter.run
 
     def counting(self):
         calls.append(self.source.path)
         return run(self)
 
-    monkeypatch.setattr(rs._Converter, "run", counting)
+    monkeypatch.setattr(rs.conversion._Converter, "run", counting)
     return calls
 
 
@@ -111,13 +111,13 @@ def test_a_torn_conversion_is_never_read_and_is_redone(tmp_path, conversions):
     script = (
         "import sys, time\n"
         "from s2l_trl.explorers import rollout_store as rs\n"
-        "rs._BATCH_BYTES = 2000\n"
-        "batch = rs._Converter._batch\n"
+        "rs.sources._BATCH_BYTES = 2000\n"
+        "batch = rs.conversion._Converter._batch\n"
         "def slow(self, *a):\n"
         "    batch(self, *a)\n"
         "    print('batch written', flush=True)\n"
         "    time.sleep(30)\n"
-        "rs._Converter._batch = slow\n"
+        "rs.conversion._Converter._batch = slow\n"
         f"rs.RolloutStore.open({str(path)!r}, cache_dir={str(cache)!r}, cache=True)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
@@ -213,7 +213,7 @@ def test_draws_follow_the_documented_scheme_in_every_format(tmp_path):
 
 
 def test_problems_deep_in_a_big_file_name_their_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(rs, "_BATCH_BYTES", 4096)  # many conversion batches
+    monkeypatch.setattr(rs.sources, "_BATCH_BYTES", 4096)  # many conversion batches
     rows = _rows(500, 6)  # 3,000 lines
     rows[2987]["response_ids"] = [3, "4"]
     rows[2990].update(response_ids=[3, 700], small_model_log_probs=[-1.0, -2.0])
@@ -286,8 +286,8 @@ def test_rollouts_that_are_not_utf8_name_the_line(tmp_path):
 
 
 def test_progress_lines_reach_a_user_who_configured_no_logging(tmp_path, monkeypatch, capsys, caplog):
-    monkeypatch.setattr(rs, "PROGRESS_INTERVAL_S", 0.0)
-    monkeypatch.setattr(rs, "_BATCH_BYTES", 4096)
+    monkeypatch.setattr(rs.progress, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(rs.sources, "_BATCH_BYTES", 4096)
     path = _write(tmp_path / "r.jsonl", _rows(60, 4))
     size = path.stat().st_size
     # No logging configured (the Python API): the lines go to stderr, as datasets' progress bars do.
@@ -319,8 +319,8 @@ def test_progress_lines_are_seen_from_s2l_train(tiny, tmp_path):
     rollouts = write_oracle_rollouts(tiny, tmp_path / "oracle.jsonl")
     script = (
         "from s2l_trl.explorers import rollout_store as rs\n"
-        "rs.PROGRESS_INTERVAL_S = 0.0\n"
-        "rs._BATCH_BYTES = 2048\n"
+        "rs.progress.PROGRESS_INTERVAL_S = 0.0\n"
+        "rs.sources._BATCH_BYTES = 2048\n"
         "from s2l_trl.cli.train import cli\n"
         "import sys\n"
         "cli(sys.argv[1:])\n"

@@ -526,12 +526,14 @@ def test_offline_launcher_passes_every_data_argument(tmp_path):
 
 
 def test_tiny_cpu_dry_run():
-    build, server, train = dry_run("tiny_cpu.sh")
+    build, pick, server, train = dry_run("tiny_cpu.sh")
     family = ".tiny/miniature/family-same_corpus"
     assert build == f"python -m s2l_trl.miniature family --family_dir {family} --family_seed 0"
+    # The server serves the explorer checkpoint the demo's own settings pick.
+    assert pick == f"explorer=$({train} --print_explorer | tail -n 1)"
     assert server.startswith(
-        f"VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model {family}/M "
-        "--host 127.0.0.1 --port 8001 --dtype float32 --enforce_eager true"
+        "VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve "
+        '--host 127.0.0.1 --port 8001 --dtype float32 --enforce_eager true --model "$explorer"'
     )
     assert train.startswith(
         f"python -m s2l_trl.miniature demo --family_dir {family} --family_seed 0 --output_dir .tiny/miniature/demo "
@@ -540,14 +542,14 @@ def test_tiny_cpu_dry_run():
     words = shlex.split(train)  # printed shell-quoted
     assert words[words.index("--learner_band") + 1] == "20,35"  # the learner picked by measured accuracy
     # Options reach the commands: another folder and port, and demo arguments after --.
-    build, server, train = dry_run("tiny_cpu.sh", "--dir", "/tmp/t", "--port", "8011", "--", "--steps", "5")
+    build, pick, server, train = dry_run("tiny_cpu.sh", "--dir", "/tmp/t", "--port", "8011", "--", "--steps", "5")
     assert "--family_dir /tmp/t/miniature/family-same_corpus" in build
-    assert "--port 8011" in server and "--model /tmp/t/miniature/family-same_corpus/M" in server
+    assert "--port 8011" in server and "--family_dir /tmp/t/miniature/family-same_corpus" in pick
     assert "--explorer_server_base_url http://127.0.0.1:8011" in train and train.endswith("--steps 5")
     # Another family build: its own folder, built and trained with its seed.
-    build, server, train = dry_run("tiny_cpu.sh", "--family-seed", "2")
+    build, pick, server, train = dry_run("tiny_cpu.sh", "--family-seed", "2")
     assert build.endswith("--family_dir .tiny/miniature/family-same_corpus-fs2 --family_seed 2")
-    assert "--model .tiny/miniature/family-same_corpus-fs2/M" in server and "--family_seed 2" in train
+    assert "--family_dir .tiny/miniature/family-same_corpus-fs2 --family_seed 2" in pick and "--family_seed 2" in train
 
 
 def test_s2l_po_dry_run_one_explorer_server_per_gpu_group():

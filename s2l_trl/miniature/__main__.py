@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("demo", help="README main job: a short S2L-PO run next to GRPO from the same start")
     _family_args(p)
     p.add_argument("--output_dir", default=".tiny/miniature/demo")
+    p.add_argument(
+        "--print_explorer",
+        action="store_true",
+        help="print the explorer checkpoint these settings pick (the folder a server must serve) and exit",
+    )
     _settings_args(p, RLSettings, seeds=[0])
 
     p = sub.add_parser("codistill", help="CoDistill-GRPO vs GRPO on the small and on the large model, step time")
@@ -309,6 +314,9 @@ def _run(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         from .rl_experiment import demo
 
         settings = _settings(a, RLSettings)
+        if a.print_explorer:
+            print(settings.explorer_model(family))
+            return
         text, verdict = demo(family, settings, a.output_dir)
         print(text)
         if not verdict["ok"]:  # what the README promises did not hold: say so in the exit status too

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..jsonl import write_json_atomic
 from . import numerics, task
 
 CHAT_TEMPLATE = (
@@ -376,6 +377,18 @@ def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
             f"{numerics.numerics_mode()!r} kernel settings; build it through `python -m s2l_trl.miniature family "
             f"--numerics {spec.numerics}` (it restarts itself with {numerics.environment_for(spec.numerics)})."
         )
+    # Sizes finished by an interrupted build of the same spec are kept: each size is trained from its own seeds, so a
+    # resumed build ends with the weights an uninterrupted one has.
+    partial_path = root / "family.partial.json"
+    done: dict = {"models": {}, "heldout": {}}
+    if partial_path.exists():
+        partial = json.loads(partial_path.read_text())
+        if partial.get("spec") != asdict(spec) or partial.get("sizes") != _size_dims(spec):
+            raise ValueError(
+                f"{root} holds an interrupted build with other settings ({partial_path}); pick another folder "
+                "or delete it."
+            )
+        done = {k: partial[k] for k in ("models", "heldout")}
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(root / "tokenizer", seed=spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
@@ -392,6 +405,10 @@ def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
     }
     order = sorted(spec.sizes, key=lambda s: -SIZES[s].hidden * SIZES[s].layers)  # largest first (the teacher)
     for size in order:
+        if size in done["models"] and _saved_matches(root / size, done["models"][size]["weights_sha256"]):
+            print(f"family {root}: {size} kept from the interrupted build ({partial_path.name})", flush=True)
+            manifest["models"][size], manifest["heldout"][size] = done["models"][size], done["heldout"][size]
+            continue
         curve: list[dict] = []
 
         def measure(step: int, model, curve=curve) -> None:
@@ -437,7 +454,18 @@ def build_family(root: str | Path, spec: FamilySpec | None = None) -> Family:
             "sft_seconds": round(time.perf_counter() - start, 1),
             "weights_sha256": curve[-1]["weights_sha256"],
         }
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)
+        write_json_atomic(partial_path, manifest)
+    write_json_atomic(manifest_path, manifest)
+    partial_path.unlink(missing_ok=True)
     return Family(root, spec, manifest)
+
+
+def _saved_matches(folder: Path, checksum: str) -> bool:
+    """Whether ``folder`` holds the model an interrupted build recorded (its weights' checksum)."""
+    from transformers import AutoModelForCausalLM
+
+    from .runs import weights_checksum
+
+    if not (folder / "config.json").exists():
+        return False
+    return weights_checksum(AutoModelForCausalLM.from_pretrained(folder)) == checksum
