@@ -23,6 +23,12 @@ Data flow of one generation round (train mode, default alpha = 1):
 
 Because both models are one module with one optimizer, accelerate prepares them along its standard path: DDP,
 DeepSpeed ZeRO-2/3 and FSDP2 shard, all-reduce and checkpoint both, and fp16 has one gradient scaler.
+
+This file holds the algorithm: one round's scoring (`_score_round`) and one micro-step of both models
+(`_compute_loss`). Plumbing lives elsewhere: S2L-PO's hooks (`s2l_seams`), the small model's checks, loading and
+set-up (`small_model`), its rollouts (`small_sampler`, `small_vllm_sampler`, `generation`), the optimizer and
+schedules (`optimizer`), per-model clipping (`clipping`), the two model folders (`saving`), the KD and
+importance-weight tensors (`objectives`).
 """
 
 from __future__ import annotations
