@@ -64,3 +64,32 @@ def test_every_module_imports_only_from_its_layer_or_above():
             if _layer(imported) > _layer(unit):
                 offences.append(f"{path.relative_to(PACKAGE.parent)} imports s2l_trl.{imported} (a lower layer)")
     assert not offences, "\n".join(offences)
+
+
+# ---------------------------------------------------------------- sizes (code lines: no docstrings, comments, blanks)
+# A reader finds the algorithm on one screen and the plumbing in modules named for what they hold (issue 27).
+CODE_LINE_LIMITS = {"codistill/trainer.py": 500}
+
+
+def test_the_code_line_counter_skips_docstrings_comments_and_blank_lines():
+    from code_lines import code_lines
+
+    source = '''"""Module docstring,
+two lines."""
+
+# a comment
+def f(x):
+    """Docstring."""
+    message = """not a docstring,
+    two lines"""
+    return x  # trailing comment
+'''
+    assert code_lines(source) == 4  # def, the two lines of `message`, return
+
+
+def test_files_with_a_size_budget_stay_within_it():
+    from code_lines import file_code_lines
+
+    sizes = {name: file_code_lines(PACKAGE / name) for name in CODE_LINE_LIMITS}
+    over = {name: f"{n} > {CODE_LINE_LIMITS[name]}" for name, n in sizes.items() if n > CODE_LINE_LIMITS[name]}
+    assert not over, f"code lines over budget (split the plumbing into modules named for it): {over}"

@@ -28,7 +28,7 @@ _USED_EXPLORER_FIELDS = {
     "explorer_importance_sampling_clip_min",
     "explorer_importance_sampling_clip_max",
     "explorer_off_policy_mask",
-    "explorer_prefetch",  # a foreground explorer never prefetches; both values mean the same here
+    "explorer_prefetch",  # the small model samples in the trainer's thread, never ahead: both values mean the same
 }
 # The small model samples with TRL's settings (its GRPO loss assumes them): these must agree or stay unset.
 _SAMPLING_FIELDS = {
@@ -52,9 +52,9 @@ class CoDistillConfig(S2LConfig):
     Configuration class for the [`CoDistillTrainer`]: CoDistill-GRPO, a large and a small model trained in one run.
 
     The small model samples the rollouts (all of them by default: `alpha = 1`, constant). It learns by GRPO on its
-    own rollouts with reward = verifiable reward + `kd_coef` x KD reward from the large model. The large model is the
-    S2L-PO learner with a *trainable* explorer (the small model): it learns by GRPO on those rollouts with per-token
-    importance weights `pi_large / pi_small` (S2L-PO's `explorer_importance_sampling`, truncated at 2 by default).
+    own rollouts with reward = verifiable reward + `kd_coef` x KD reward from the large model. The large model learns
+    by GRPO on those rollouts, as S2L-PO's learner does on its explorer's, with per-token importance weights
+    `pi_large / pi_small` (S2L-PO's `explorer_importance_sampling` field, truncated at 2 by default).
 
     Every [`S2LConfig`] / [`~trl.GRPOConfig`] parameter keeps its meaning for the large model (`model`,
     `learning_rate`, ...); the small model's optimizer settings default to the large model's. Both models are one

@@ -136,4 +136,46 @@ class CoDistillModule(nn.Module):
         return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-__all__ = ["LARGE", "ROLES", "SMALL", "CoDistillModule"]
+# ------------------------------------------------------------------ calling the module from TRL's loss
+def forward_call(
+    inputs: dict[str, Any],
+    completion_mask: torch.Tensor,
+    aux_loss: bool = False,
+    rows: int | None = None,
+    tokens: int | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments TRL's `_get_per_token_logps_and_entropies` passes to the model for this batch
+    (`rows` / `tokens`: only the first rows and completion tokens, for a zero-weight run of a model)."""
+    prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+    completion_ids = inputs["completion_ids"]
+    if rows is not None:
+        prompt_ids, prompt_mask = prompt_ids[:rows], prompt_mask[:rows]
+        completion_ids, completion_mask = completion_ids[:rows, :tokens], completion_mask[:rows, :tokens]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, : -completion_ids.size(1)] = -100
+    call = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "fused_lm_head": True}
+    if aux_loss:
+        call["output_router_logits"] = True
+    return call
+
+
+class Replay:
+    """Stands in for the model in TRL's `_compute_loss`: returns the output of the module's one forward of this
+    micro-step (TRL's loss calls its model once per micro-batch, with the inputs checked here)."""
+
+    def __init__(self, output: Any, input_ids: torch.Tensor):
+        self.output = output
+        self.shape = tuple(input_ids.shape)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if tuple(kwargs["input_ids"].shape) != self.shape:
+            raise RuntimeError(
+                f"CoDistill's forward ran on inputs of shape {self.shape}, TRL's loss asks for "
+                f"{tuple(kwargs['input_ids'].shape)}: the installed TRL builds its loss inputs differently."
+            )
+        return self.output
+
+
+__all__ = ["LARGE", "ROLES", "SMALL", "CoDistillModule", "Replay", "forward_call"]

@@ -1,13 +1,12 @@
-"""`CoDistillTrainer`: a large and a small model trained together, on S2L-PO's explorer machinery, in one engine.
+"""`CoDistillTrainer`: a large and a small model trained together, on S2L-PO's round machinery, in one engine.
 
 Vocabulary: CoDistill speaks of the *large* and the *small* model. S2L-PO's code, which this trainer reuses, calls
-them the *learner* and the *explorer*; the mapping lives in one place, `_explorer_off_policy_terms` below (S2L-PO's
-`s2l_is_explorer` row flags are the small model's rows, its learner log-probs the large model's).
+them the *learner* and the *explorer*; the mapping lives in one place, `s2l_seams.S2LSeams`.
 
 Data flow of one generation round (train mode, default alpha = 1):
 
     S2L-PO plans the round (alpha, G_w, G_s) -> every process samples the small model's G_w rows of the groups it
-    holds (`SmallModelExplorer`, transformers; or `SmallModelVLLMExplorer`, a vLLM engine that follows the small
+    holds (`SmallModelSampler`, transformers; or `SmallModelVLLMSampler`, a vLLM engine that follows the small
     model's weights); the large model samples the G_s rows (none by default) -> TRL scores the rows (verifiable
     rewards, group-relative advantages)
         -> two no-grad forwards on the local rows give `log pi_large` (stored as TRL's old log-probs) and
@@ -24,11 +23,16 @@ Data flow of one generation round (train mode, default alpha = 1):
 
 Because both models are one module with one optimizer, accelerate prepares them along its standard path: DDP,
 DeepSpeed ZeRO-2/3 and FSDP2 shard, all-reduce and checkpoint both, and fp16 has one gradient scaler.
+
+This file holds the algorithm: one round's scoring (`_score_round`) and one micro-step of both models
+(`_compute_loss`). Plumbing lives elsewhere: S2L-PO's hooks (`s2l_seams`), the small model's checks, loading and
+set-up (`small_model`), its rollouts (`small_sampler`, `small_vllm_sampler`, `generation`), the optimizer and
+schedules (`optimizer`), per-model clipping (`clipping`), the two model folders (`saving`), the KD and
+importance-weight tensors (`objectives`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -40,71 +44,27 @@ from accelerate.utils import gather
 from trl import GRPOTrainer
 
 from .. import mixing, preflight
-from ..checkpoints import load_saved_weights
-from ..explorers.token_bridge import tokenizers_match
-from ..model_card import codistill_card_section, codistill_small_model_card
-from ..preflight import InputError
-from ..trainer import S2LTrainer
+from ..model_card import codistill_card_section
 from . import objectives
-from .config import CoDistillConfig, check_model_sizes
-from .explorer import SmallModelExplorer
-from .generation import gathers_one_model_for_generation, sample_completions
-from .module import LARGE, ROLES, SMALL, CoDistillModule
+from .clipping import PerModelClipping
+from .config import CoDistillConfig
+from .module import LARGE, SMALL, CoDistillModule, Replay, forward_call
+from .optimizer import create_optimizer, create_scheduler, freeze_role_lr, role_lr, same_schedule
+from .s2l_seams import S2LSeams, SmallRows, small_rows_of
+from .saving import load_models, save_models, write_model_cards
+from .small_model import check_before_loading, check_small_model, load_small_model, prepare_small_model
+from .small_sampler import SmallModelSampler
 
 logger = logging.getLogger(__name__)
 
-SMALL_MODEL_DIR = "small_model"  # in every checkpoint and in the final output folder
-LARGE_MODEL_DIR = "large_model"  # in the final output folder (checkpoints keep the large model at their root)
 
-
-class _Replay:
-    """Stands in for the model in TRL's `_compute_loss`: returns the output of the module's one forward of this
-    micro-step (TRL's loss calls its model once per micro-batch, with the inputs checked here)."""
-
-    def __init__(self, output, input_ids: torch.Tensor):
-        self.output = output
-        self.shape = tuple(input_ids.shape)
-
-    def __call__(self, **kwargs):
-        if tuple(kwargs["input_ids"].shape) != self.shape:
-            raise RuntimeError(
-                f"CoDistill's forward ran on inputs of shape {self.shape}, TRL's loss asks for "
-                f"{tuple(kwargs['input_ids'].shape)}: the installed TRL builds its loss inputs differently."
-            )
-        return self.output
-
-
-def _check_same_tokenizer(model: Any, small_model: Any, processing_class: Any = None) -> None:
-    """Refuse a small model with another tokenizer before anything is loaded or written (the KD reward and the
-    importance weights compare the two models token by token). Models passed as objects are checked later, once
-    TRL has built the large model's tokenizer."""
-    from transformers import AutoTokenizer
-
-    def tokenizer_of(m: Any) -> Any:
-        name = m if isinstance(m, str) else getattr(getattr(m, "config", None), "_name_or_path", None)
-        try:
-            return AutoTokenizer.from_pretrained(name) if name else None
-        except Exception:  # not loadable here: the check after TRL's set-up decides
-            return None
-
-    large = processing_class if processing_class is not None else tokenizer_of(model)
-    large, small = getattr(large, "tokenizer", large), tokenizer_of(small_model)
-    if large is None or small is None:
-        return
-    if not tokenizers_match(large, small):
-        raise InputError(
-            f"small_model={small_model!r} does not share the tokenizer of model={model!r} (vocabularies of "
-            f"{len(small)} and {len(large)} tokens): the KD reward and the importance weights compare the two models "
-            "token by token; use a small model of the same family."
-        )
-
-
-class CoDistillTrainer(S2LTrainer):
+class CoDistillTrainer(S2LSeams):
     """CoDistill-GRPO: co-train a large model (`model`) and a small model (`small_model`).
 
-    Use it like [`S2LTrainer`] with a [`CoDistillConfig`]. The small model samples the rollouts (S2L-PO's explorer,
-    here trainable) and learns by GRPO with a KD reward from the large model; the large model learns by GRPO on those
-    rollouts with importance weights `pi_large / pi_small` and samples nothing of its own (at the default alpha = 1).
+    Use it like [`S2LTrainer`] with a [`CoDistillConfig`]. The small model samples the rollouts (the share of each
+    group S2L-PO's schedule gives it) and learns by GRPO with a KD reward from the large model; the large model learns
+    by GRPO on those rollouts with importance weights `pi_large / pi_small` and samples nothing of its own (at the
+    default alpha = 1).
 
     Both models live in one [`CoDistillModule`] (`trainer.model`; `trainer.large_model` and `trainer.small_model` are
     its two halves) trained by one optimizer: launch it like any TRL trainer under DDP, DeepSpeed ZeRO-2/3 or FSDP2.
@@ -130,8 +90,6 @@ class CoDistillTrainer(S2LTrainer):
 
     _tag_names = ["trl", "grpo", "s2l-po", "codistill"]
     _name = "CoDistill-GRPO"
-    _weighs_explorer_logprobs = False  # the small model's log-probs are scored by the trainer (`_small_logps`)
-    _source_names = ("large", "small")  # the completions table's `source` of large-model and small-model rows
 
     def __init__(
         self,
@@ -148,62 +106,44 @@ class CoDistillTrainer(S2LTrainer):
             raise TypeError(
                 f"CoDistillTrainer needs `args` to be a CoDistillConfig, got {type(args).__name__ if args else None}."
             )
-        if "explorer" in kwargs:
-            raise InputError("CoDistillTrainer builds its explorer from the small model; do not pass `explorer`.")
-        optimizers = kwargs.get("optimizers", (None, None))
-        if optimizers is not None and any(o is not None for o in optimizers):
-            raise InputError(
-                "CoDistillTrainer builds one optimizer over both models (parameter groups per model), so "
-                "`optimizers` cannot be passed; use `optimizer_cls_and_kwargs` or the config's `optim` fields."
-            )
-        _check_engine(args)
-        if args.small_use_vllm:
-            from trl.import_utils import is_vllm_available
-
-            if not is_vllm_available():
-                raise preflight.MissingPackageError("small_use_vllm=True needs vLLM: `pip install trl[vllm]`.")
         small_model = small_model if small_model is not None else args.small_model
-        if small_model is None:
-            raise InputError("CoDistillTrainer needs a small model: set `small_model` in the config or pass one.")
-        # Checked before the small model is loaded (S2L-PO's own checks run once TRL starts building).
-        preflight.check_output_dir(args.output_dir)
-        preflight.check_model_path(model, "model")
-        preflight.check_model_path(small_model, "small_model")
-        _check_same_tokenizer(model, small_model, kwargs.get("processing_class"))
-        check_model_sizes(model, small_model)
+        check_before_loading(model, small_model, args, kwargs)
         # TRL creates output_dir while it builds; an error in the checks after it must not leave it behind.
         cleanup = preflight.removing_created_folder(args.output_dir)
         # Loading the small model must not consume the torch RNG (kd_coef=0 must reproduce plain GRPO on it).
         with torch.random.fork_rng(devices=[]):
-            small = _load_small_model(small_model, args, small_peft_config)
+            small = load_small_model(small_model, args, small_peft_config)
         if args.small_use_vllm:
-            from .vllm_explorer import SmallModelVLLMExplorer
+            from .small_vllm_sampler import SmallModelVLLMSampler
 
-            self._small_explorer = SmallModelVLLMExplorer()
+            self._small_sampler = SmallModelVLLMSampler()
         else:
-            self._small_explorer = SmallModelExplorer()
+            self._small_sampler = SmallModelSampler()
         super().__init__(
-            model, reward_funcs, args, *pargs, explorer=self._small_explorer, mix_schedule=mix_schedule, **kwargs
+            model, reward_funcs, args, *pargs, small_sampler=self._small_sampler, mix_schedule=mix_schedule, **kwargs
         )
         with cleanup:
-            self._check_small_model(small, args)
-        self._prepare_small(small)
+            vlm = getattr(self, "_is_vlm", False)
+            check_small_model(small, args.small_model, self.small_tokenizer_matches, len(self._tokenizer), vlm)
+        # TRL set up the model it was handed (the large one); the small model gets the same.
+        prepare_small_model(small, args, args.device if self.place_model_on_device else None, self.temperature)
         # One module, one optimizer: from here on `self.model` is the pair, as TRL's PPO trainer wraps policy + value.
         self.codistill = CoDistillModule(self.model, small)
         self.model = self.model_wrapped = self.codistill
         self.callback_handler.model = self.codistill
-        # The small model's optimizer steps so far (steps of windows that held small rows): a vLLM explorer pushes
+        self.clipping = PerModelClipping(
+            self.codistill, self.accelerator, {LARGE: args.max_grad_norm, SMALL: args.small_clip}
+        )
+        # The small model's optimizer steps so far (steps of windows that held small rows): a vLLM sampler pushes
         # its weights when this has moved.
         self.small_optimizer_steps = 0
         self._optimizer_roles: list[str] = []  # the role of each optimizer parameter group
         self._window_small_rows = False  # whether the current accumulation window trained the small model
         self._window_small_loss = 0.0
-        self._grad_norms: dict[str, torch.Tensor] | None = None  # both models' norms at the last clip, by role
         self._final_save = False
         self._round_seconds = 0.0  # time of the generation round inside the current micro-step
-        self._small_explorer.bind(self)
+        self._small_sampler.bind(self)
 
-    # ------------------------------------------------------------------ the two models
     @property
     def large_model(self):
         return self.codistill.large
@@ -212,101 +152,7 @@ class CoDistillTrainer(S2LTrainer):
     def small_model(self):
         return self.codistill.small
 
-    def _check_small_model(self, small: torch.nn.Module, args: CoDistillConfig) -> None:
-        """What can only be checked once TRL has built the large model's side (its tokenizer, its processing class)."""
-        if not self.explorer_tokenizer_matches:  # a small model passed as an object, whose tokenizer was not known
-            raise InputError(
-                f"small_model={args.small_model!r} does not share the large model's tokenizer: the KD reward and the "
-                "importance weights compare the two models token by token; use a small model of the same family."
-            )
-        embeddings = small.get_input_embeddings().weight
-        rows = getattr(embeddings, "ds_shape", embeddings.shape)[0]  # ZeRO-3 loads parameters partitioned
-        if len(self._tokenizer) > rows:
-            raise InputError(
-                f"The small model has {rows} embedding rows, fewer than the tokenizer's {len(self._tokenizer)} "
-                "tokens: it cannot be the large model's sibling."
-            )
-        if getattr(self, "_is_vlm", False):
-            raise InputError("CoDistillTrainer supports text models only (the processing class is a processor).")
-
-    def _prepare_small(self, small) -> None:
-        """What TRL does to its learner at start-up, done to the small model: device, dropout, fused LM head."""
-        from accelerate.utils import is_peft_model
-        from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
-
-        if self.place_model_on_device:
-            small.to(self.args.device)
-        if self.args.disable_dropout:
-            disable_dropout_in_model(small)
-        if is_peft_model(small) and self.args.gradient_checkpointing:
-            # As TRL does for its learner: checkpointed PEFT layers need inputs that require gradients.
-            small.enable_input_require_grads()
-        # TRL's loss reads log-probs and entropies from a fused LM head (no full logits); the small model goes
-        # through the same loss, so it gets the same head.
-        add_fused_lm_head(
-            small.get_base_model() if is_peft_model(small) else small,
-            temperature=self.temperature,
-            cast_lm_head_to_fp32=False,
-            outputs=("log_probs", "entropy"),
-        )
-        small.train()
-
-    # ------------------------------------------------------------------ optimizer and schedule
-    def create_optimizer(self, model=None):
-        """One optimizer over both models: a decay and a no-decay parameter group per model, each with its model's
-        learning rate and weight decay (`small_learning_rate`, `small_weight_decay`), of the configured type."""
-        if self.optimizer is not None:
-            return self.optimizer
-        a = self.args
-        module = self.codistill
-        decay_names = set(self.get_decay_parameter_names(module))
-        groups, roles = [], []
-        for role, lr, decay in ((LARGE, a.learning_rate, a.weight_decay), (SMALL, a.small_lr, a.small_decay)):
-            named = [(f"{role}.{n}", p) for n, p in module.submodule(role).named_parameters() if p.requires_grad]
-            for decayed in (True, False):
-                params = [p for n, p in named if (n in decay_names) == decayed]
-                if params:
-                    groups.append({"params": params, "weight_decay": decay if decayed else 0.0, "lr": lr})
-                    roles.append(role)
-        if self.optimizer_cls_and_kwargs is not None:
-            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
-        else:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(a, module)
-        own_groups = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
-        if own_groups:
-            raise InputError(
-                f"optim={a.optim!r} builds its own parameter groups ({sorted(own_groups)}), which would drop the small "
-                "model's learning rate and weight decay: CoDistill supports optimizers that take parameter groups "
-                "(adamw_torch, adamw_torch_fused, adafactor, sgd, the bitsandbytes Adam variants, ...)."
-            )
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-        self._optimizer_roles = roles
-        return self.optimizer
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """Each parameter group follows its model's schedule (`lr_scheduler_type` / `small_lr_scheduler_type`, same
-        warm-up), stepped once per optimizer step; with one schedule for both, Transformers' own scheduler."""
-        if self.lr_scheduler is not None:
-            return self.lr_scheduler
-        a = self.args
-        if a.small_scheduler == _schedule_name(a.lr_scheduler_type):
-            return super().create_scheduler(num_training_steps, optimizer)
-        optimizer = self.optimizer if optimizer is None else optimizer
-        lambdas = {
-            LARGE: _schedule_lambda(a, _schedule_name(a.lr_scheduler_type), num_training_steps),
-            SMALL: _schedule_lambda(a, a.small_scheduler, num_training_steps),
-        }
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambdas[r] for r in self._optimizer_roles])
-        self._created_lr_scheduler = True
-        return self.lr_scheduler
-
-    # ------------------------------------------------------------------ rollouts and scoring
-    def _explorer_rng(self, round_index: int):
-        """S2L-PO samples an in-process frozen explorer on a forked generator, to keep the learner's stream intact.
-        CoDistill: the small model *is* a policy being trained, so it samples on torch's global generator exactly as
-        TRL would sample it (and a resumed run continues that stream from Transformers' checkpointed RNG state)."""
-        return contextlib.nullcontext()
-
+    # ------------------------------------------------------------------ one round: scoring both models
     def _generate_and_score_completions(self, inputs):
         start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
@@ -317,64 +163,56 @@ class CoDistillTrainer(S2LTrainer):
                 metrics["codistill/reward/large"].append(metrics["reward"][-1])
         return output
 
-    def _generate_learner_rows(self, rnd, prompt_ids, images, multimodal_fields, has_tool_images):
-        """The large model's `G_s` rows per group. Under ZeRO-3 with `ds3_gather_for_generation`, TRL's path would
-        gather the whole two-model module to generate; they are sampled as TRL samples them (`sample_completions`)
-        with only the large model's parameters gathered (every process generates, a throw-away row where it holds
-        none)."""
-        start = time.perf_counter()
-        try:
-            if not gathers_one_model_for_generation(self):
-                return super()._generate_learner_rows(rnd, prompt_ids, images, multimodal_fields, has_tool_images)
-            rows = rnd.placement.learner_rows  # every row at G_w = 0
-            rnd.learner_rows = len(rows)
-            if rnd.g_s == 0:
-                return [], None
-            return sample_completions(self, LARGE, [prompt_ids[i] for i in rows]), None
-        finally:
-            self._metrics["train"]["codistill/large/rollout_time_s"].append(time.perf_counter() - start)
-
-    def _explorer_off_policy_terms(self, output: dict[str, Any], rnd, is_explorer: torch.Tensor) -> None:
-        """S2L-PO's off-policy terms of explorer rows, for a trainable explorer: here the explorer is the small model
-        and the learner the large one (the one place where the two vocabularies meet).
+    def _score_round(self, output: dict[str, Any], small: SmallRows, is_small: torch.Tensor) -> None:
+        """The round's CoDistill terms, once TRL has scored it (S2L-PO's off-policy hook, `S2LSeams`).
 
         Scores the round's local rows with both models (no grad, the training convention for both), then writes
         into TRL's batch: the large model's old log-probs, its advantages weighted by `pi_large / pi_small` on the
         small model's tokens, and the small model's `(B, T)` advantages, token count and (when TRL's rule asks for
         them) old log-probs.
         """
-        a = self.args
-        metrics = self._metrics["train"]
-        is_small = is_explorer
-        mask = output["completion_mask"]
         verifiable = output["advantages"]  # group advantages of the verifiable reward (B,)
-        metrics["codistill/small/rollout_time_s"].append(rnd.explorer.latency_s if rnd.explorer is not None else 0.0)
+        self._metrics["train"]["codistill/small/rollout_time_s"].append(small.rollout_time_s)
+        large_logps, small_logps = self._score_both_models(output, is_small)
+        known = objectives.known_tokens(large_logps, small_logps, output["completion_mask"], is_small)
+        self._log_vllm_gap(small, small_logps, known)
+        self._weigh_large_update(output, large_logps, small_logps, known, is_small)
+        self._set_small_update(output, verifiable, small, large_logps, small_logps, known, is_small)
 
+    def _score_both_models(self, output: dict[str, Any], is_small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`log pi_large` of every local row (TRL's old log-probs, computed here when TRL did not) and `log pi_small`
+        of the small model's rows (NaN on the others)."""
+        metrics = self._metrics["train"]
         if output.get("old_per_token_logps") is None:
             start = time.perf_counter()
-            output["old_per_token_logps"] = self._learner_logps(output)
+            output["old_per_token_logps"] = self._large_logps(output)
             metrics["codistill/large/logp_time_s"].append(time.perf_counter() - start)
         large_logps = output["old_per_token_logps"].float()
         start = time.perf_counter()
         small_logps = self._small_logps(output).float()
         metrics["codistill/small/logp_time_s"].append(time.perf_counter() - start)
-        small_logps = small_logps.masked_fill(~is_small.unsqueeze(1), float("nan"))
-        known = objectives.known_tokens(large_logps, small_logps, mask, is_small)
-        self._log_vllm_gap(rnd, small_logps, known)
+        return large_logps, small_logps.masked_fill(~is_small.unsqueeze(1), float("nan"))
 
-        # S2L-PO's explorer-vs-learner log-prob gap, and its importance weights on the large model's advantages.
-        raw = objectives.ratio_values(large_logps, small_logps, mask, is_small)
-        after = self._weigh_explorer_tokens(output, large_logps, small_logps, is_small)
+    def _weigh_large_update(self, output, large_logps, small_logps, known, is_small) -> None:
+        """S2L-PO's log-prob gap metric and its importance weights on the large model's advantages; optionally only
+        plausible rows train the large model (`large_row_weight_bounds`)."""
+        raw = objectives.ratio_values(large_logps, small_logps, output["completion_mask"], is_small)
+        after = self._weigh_large_advantages(output, large_logps, small_logps, is_small)
         after = torch.ones_like(raw) if after is None else after
-        if a.large_row_weight_bounds is not None:
+        if self.args.large_row_weight_bounds is not None:
             self._keep_plausible_rows(output, large_logps, small_logps, known, is_small)
         for name, values in (("is_weight_raw", raw), ("is_weight", after)):
             stats = self._reduce_min_mean_max(values)
             if stats is not None:
                 for stat, value in zip(("min", "mean", "max"), stats):
-                    metrics[f"codistill/{name}/{stat}"].append(value)
+                    self._metrics["train"][f"codistill/{name}/{stat}"].append(value)
 
-        # The small model's KD reward and its baseline (the round's mean over every process).
+    def _set_small_update(self, output, verifiable, small: SmallRows, large_logps, small_logps, known, is_small):
+        """The small model's KD reward and advantages, token count and old log-probs, into TRL's batch."""
+        a = self.args
+        metrics = self._metrics["train"]
+        mask = output["completion_mask"]
+        # The KD reward and its baseline (the round's mean over every process).
         kd_tokens = objectives.kd_token_rewards(large_logps, small_logps, mask, is_small, a.kd_clip)
         kd_sum, kd_count = self.accelerator.reduce(
             torch.stack(objectives.kd_reward_sum_count(kd_tokens, known)), reduction="sum"
@@ -383,10 +221,10 @@ class CoDistillTrainer(S2LTrainer):
         if kd_count > 0:
             metrics["codistill/kd_reward"].append((kd_sum / kd_count).item())
 
-        # The small model's advantages: the group baseline of its own rows. At alpha = 1 with combined grouping
-        # TRL's advantages are exactly that, so they are reused as they are.
+        # The group baseline of the small model's own rows. At alpha = 1 with combined grouping TRL's advantages are
+        # exactly that, so they are reused as they are.
         all_is_small = gather(is_small)
-        rewards = mixing.weighted_rewards(rnd.rewards_per_func, self.reward_weights)
+        rewards = mixing.weighted_rewards(small.rewards_per_func, self.reward_weights)
         metrics["codistill/reward/small"].append(torch.nanmean(rewards[all_is_small]).item())
         B = mask.size(0)
         local = slice(self.accelerator.process_index * B, (self.accelerator.process_index + 1) * B)
@@ -430,12 +268,11 @@ class CoDistillTrainer(S2LTrainer):
         if kept[1] > 0:
             self._metrics["train"]["codistill/large_rows_kept"].append((kept[0] / kept[1]).item())
 
-    def _log_vllm_gap(self, rnd, small_logps: torch.Tensor, known: torch.Tensor) -> None:
+    def _log_vllm_gap(self, small: SmallRows, small_logps: torch.Tensor, known: torch.Tensor) -> None:
         """Mean |vLLM's sampling log-prob - the small model's own| over the round's tokens (`small_use_vllm`)."""
-        if not self.args.small_use_vllm or rnd.explorer is None:
+        if not self.args.small_use_vllm or small.sampler_logps is None:
             return
-        rows = {i: rnd.explorer.rows[rnd.placement.slots[i]][1] for i in rnd.placement.explorer_rows}
-        engine = mixing.explorer_logps_tensor(tuple(small_logps.shape), rows, small_logps.device)
+        engine = small.engine_logps(tuple(small_logps.shape), small_logps.device)
         both = known & ~torch.isnan(engine)
         stats = self.accelerator.reduce(
             torch.stack([(engine - small_logps).abs()[both].sum(), both.sum().float()]), reduction="sum"
@@ -453,7 +290,7 @@ class CoDistillTrainer(S2LTrainer):
             self.codistill.routed(SMALL),
             disable_gradient_checkpointing(self.codistill, self.args.gradient_checkpointing_kwargs),
         ):
-            return self._learner_logps(output)
+            return self._routed_logps(output)
 
     def _reduce_min_mean_max(self, values: torch.Tensor) -> tuple[float, float, float] | None:
         s = objectives.min_mean_max(values.to(self.accelerator.device))
@@ -475,7 +312,7 @@ class CoDistillTrainer(S2LTrainer):
         if mixed:
             # Decided from the round's token count over every process: the same on all of them.
             self._window_small_rows |= bool(inputs["codistill_small_num_items"] > 0)
-        is_small = inputs["s2l_is_explorer"].bool() if mixed else None
+        is_small = small_rows_of(inputs) if mixed else None
         trains_small = mixed and bool((is_small.unsqueeze(1) & inputs["completion_mask"].bool()).any())
         if mixed and self.accelerator.num_processes > 1:
             # The small model's loss has collectives of its own (TRL's metrics): when any process trains it in this
@@ -486,17 +323,18 @@ class CoDistillTrainer(S2LTrainer):
                 )
                 > 0
             )
-        large_call = self._forward_call(inputs, inputs["completion_mask"])
+        aux = self.aux_loss_enabled
+        large_call = forward_call(inputs, inputs["completion_mask"], aux)
         if trains_small:
             small_mask = inputs["completion_mask"] * is_small.unsqueeze(1).to(inputs["completion_mask"].dtype)
-            small_call = self._forward_call(inputs, small_mask)
+            small_call = forward_call(inputs, small_mask, aux)
         else:
             # The small model still runs (on one short row, with zero weight), so that every process and engine
             # sees both models in every forward and backward: DDP's reducer, ZeRO's and FSDP's collectives line up.
-            small_call = self._forward_call(inputs, inputs["completion_mask"], rows=1, tokens=1)
+            small_call = forward_call(inputs, inputs["completion_mask"], aux, rows=1, tokens=1)
         with self.accelerator.autocast():
             outputs = model(codistill_calls={LARGE: large_call, SMALL: small_call})
-        loss = super()._compute_loss(_Replay(outputs[LARGE], large_call["input_ids"]), inputs)
+        loss = super()._compute_loss(Replay(outputs[LARGE], large_call["input_ids"]), inputs)
         if trains_small:
             loss = loss + self._small_loss(outputs[SMALL], small_call["input_ids"], inputs, small_mask)
         else:
@@ -505,31 +343,12 @@ class CoDistillTrainer(S2LTrainer):
             # DeepSpeed steps inside this micro-step's backward, so a window without small rows is frozen here: a
             # learning rate of 0 keeps the small model's weights (its Adam moments still decay); the scheduler sets
             # the rate back at its step.
-            for group, role in zip(self.optimizer.param_groups, self._optimizer_roles):
-                if role == SMALL:
-                    group["lr"] = 0.0
+            freeze_role_lr(self.optimizer, self._optimizer_roles, SMALL)
         metrics = self._metrics["train"]
         metrics["codistill/forward_time_s"].append(time.perf_counter() - start)
         for role, seconds in self.codistill.forward_seconds.items():
             metrics[f"codistill/{role}/forward_time_s"].append(seconds)
         return loss
-
-    def _forward_call(self, inputs, completion_mask, rows: int | None = None, tokens: int | None = None) -> dict:
-        """The keyword arguments TRL's `_get_per_token_logps_and_entropies` passes to the model for this batch
-        (`rows` / `tokens`: only the first rows and completion tokens, for a zero-weight run of the small model)."""
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids = inputs["completion_ids"]
-        if rows is not None:
-            prompt_ids, prompt_mask = prompt_ids[:rows], prompt_mask[:rows]
-            completion_ids, completion_mask = completion_ids[:rows, :tokens], completion_mask[:rows, :tokens]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        labels[:, : -completion_ids.size(1)] = -100
-        call = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "fused_lm_head": True}
-        if self.aux_loss_enabled:
-            call["output_router_logits"] = True
-        return call
 
     def _small_loss(self, output, input_ids: torch.Tensor, inputs: dict, small_mask: torch.Tensor) -> torch.Tensor:
         """TRL's GRPO loss of the small model on its own rows, with its own advantages; its metrics under `small/`."""
@@ -545,7 +364,7 @@ class CoDistillTrainer(S2LTrainer):
             small_inputs["old_per_token_logps"] = inputs["codistill_small_old_logps"]
         kept, self._metrics = self._metrics, {"train": defaultdict(list), "eval": defaultdict(list)}
         try:
-            loss = GRPOTrainer._compute_loss(self, _Replay(output, input_ids), small_inputs)
+            loss = GRPOTrainer._compute_loss(self, Replay(output, input_ids), small_inputs)
         finally:
             small_metrics, self._metrics = self._metrics, kept
         for mode, values in small_metrics.items():
@@ -561,7 +380,7 @@ class CoDistillTrainer(S2LTrainer):
         self.codistill.forward_seconds = {}
         self._round_seconds = 0.0
         if self.is_deepspeed_enabled:
-            self._clip_deepspeed_per_model()
+            self.clipping.install_on_deepspeed(self.accelerator.deepspeed_engine_wrapped.engine)
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
         elapsed = time.perf_counter() - start - self._round_seconds
@@ -573,89 +392,45 @@ class CoDistillTrainer(S2LTrainer):
                 metrics[f"codistill/{role}/update_time_s"].append(elapsed * seconds / sum(forwards.values()))
         return loss
 
-    # ------------------------------------------------------------------ clipping and the optimizer step
+    # ------------------------------------------------------------------ the optimizer step
+    def create_optimizer(self, model=None):
+        """One optimizer over both models: a decay and a no-decay parameter group per model, each with its model's
+        learning rate and weight decay (`small_learning_rate`, `small_weight_decay`), of the configured type."""
+        if self.optimizer is None:
+            self.optimizer, self._optimizer_roles = create_optimizer(self, self.codistill)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Each parameter group follows its model's schedule (`lr_scheduler_type` / `small_lr_scheduler_type`, same
+        warm-up), stepped once per optimizer step; with one schedule for both, Transformers' own scheduler."""
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler
+        if same_schedule(self.args):
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        self.lr_scheduler = create_scheduler(self.args, optimizer, self._optimizer_roles, num_training_steps)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
     def _clip_grad_norm(self, model):
         """Transformers clips before each optimizer step; CoDistill clips each model by its own norm
-        (`max_grad_norm`, `small_max_grad_norm`) and returns the large model's (TRL's `grad_norm`). Under DeepSpeed
-        the engine steps inside the last micro-step's backward, so both models were clipped there already
-        (`_clip_deepspeed_per_model`): their norms are only read here."""
+        (`max_grad_norm`, `small_max_grad_norm`, `clipping.PerModelClipping`) and returns the large model's (TRL's
+        `grad_norm`). Under DeepSpeed both models were clipped inside the last micro-step's backward already."""
         if self.is_deepspeed_enabled:
-            return (self._grad_norms or {}).get(LARGE)
-        return self._per_model_clip()
+            return (self.clipping.norms or {}).get(LARGE)
+        return self.clipping.clip()
 
     def _get_grad_norm(self, model, grad_norm=None):
         """Called once per optimizer step, after clipping and before the step: the small model's window ends here.
         Both models' norms (before clipping) are logged as `codistill/grad_norm/large` and `codistill/grad_norm/small`;
         TRL's `grad_norm` is the large model's."""
         if grad_norm is None:
-            grad_norm = (self._grad_norms or {}).get(LARGE) if self.is_deepspeed_enabled else self._per_model_clip()
+            grad_norm = self._clip_grad_norm(model)
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        for role, norm in (self._grad_norms or {}).items():
+        for role, norm in (self.clipping.norms or {}).items():
             self._metrics["train"][f"codistill/grad_norm/{role}"].append(float(norm))
         self._end_small_window()
         return grad_norm
-
-    def _per_model_clip(self) -> torch.Tensor:
-        a = self.args
-        self.accelerator.unscale_gradients()  # once, under fp16: one scaler for the one optimizer
-        norms = {}
-        for role, max_norm in ((LARGE, a.max_grad_norm), (SMALL, a.small_clip)):
-            params = [p for p in self.codistill.role_parameters(role) if p.grad is not None]
-            if not params:
-                norms[role] = torch.zeros((), device=self.accelerator.device)
-                continue
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            if max_norm and max_norm > 0:
-                # Takes the parameters (it scales their `.grad`): given the gradients themselves it scales nothing.
-                torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-            norms[role] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        self._grad_norms = norms
-        return norms[LARGE]
-
-    def _clip_deepspeed_per_model(self) -> None:
-        """Under DeepSpeed: each model clipped by its own norm, as under DDP / FSDP2, in place of the engine's one
-        clip of the whole module (which would scale the large model's step by the small model's gradient).
-
-        DeepSpeed steps inside `accelerator.backward` of the last micro-step, so this runs there: the engine's own
-        clipping is switched off and its `step` first calls `_deepspeed_clip_step`, between the gradients' reduction
-        and the optimizer step."""
-        engine = self.accelerator.deepspeed_engine_wrapped.engine
-        if getattr(engine, "_s2l_per_model_clip", False):
-            return
-        engine._config.gradient_clipping = 0.0
-        if hasattr(engine.optimizer, "clip_grad"):  # ZeRO-1/2/3 and DeepSpeed's fp16 / bf16 optimizers
-            engine.optimizer.clip_grad = 0.0
-        step = engine.step
-
-        def clipped_step(*args, **kwargs):
-            if engine.is_gradient_accumulation_boundary():
-                self._deepspeed_clip_step(engine)
-            return step(*args, **kwargs)
-
-        engine.step = clipped_step
-        engine._s2l_per_model_clip = True
-
-    def _deepspeed_clip_step(self, engine) -> None:
-        """Both models' gradient norms from this process's share of each gradient inside the engine (one all-reduce
-        of two numbers), then each model's share scaled by `min(1, max_norm / norm)`."""
-        a = self.args
-        shards = {role: _deepspeed_grad_shards(engine, self.codistill.role_parameters(role)) for role in ROLES}
-        device = self.accelerator.device
-        squares = torch.stack(
-            [sum((g.float().square().sum() for g, _ in shards[role]), torch.zeros((), device=device)) for role in ROLES]
-        ).to(device)
-        if engine.zero_optimization_stage() > 0:  # partitions: each process holds a disjoint share
-            torch.distributed.all_reduce(squares)
-        # DeepSpeed keeps fp16 gradients multiplied by its loss scale until its own step.
-        loss_scale = float(getattr(engine.optimizer, "loss_scale", 1.0) or 1.0)
-        norms = dict(zip(ROLES, (squares.sqrt() / loss_scale).unbind()))
-        for role, max_norm in ((LARGE, a.max_grad_norm), (SMALL, a.small_clip)):
-            norm = norms[role]
-            if max_norm and max_norm > 0 and torch.isfinite(norm) and norm > max_norm:
-                coefficient = max_norm / (float(norm) + 1e-6)  # torch's clip_grad_norm_ coefficient
-                for grad, write in shards[role]:
-                    write(grad * coefficient)
-        self._grad_norms = norms
 
     def _end_small_window(self) -> None:
         """A window without small rows leaves the small model exactly as it was: its gradients (zeros) are dropped,
@@ -663,24 +438,18 @@ class CoDistillTrainer(S2LTrainer):
         metrics = self._metrics["train"]
         if self._window_small_rows:
             self.small_optimizer_steps += 1
-            norm = (self._grad_norms or {}).get(SMALL)
+            norm = (self.clipping.norms or {}).get(SMALL)
             if norm is not None:
                 metrics["small/grad_norm"].append(float(norm))
             loss = torch.tensor([self._window_small_loss], device=self.accelerator.device)
             metrics["small/loss"].append(self.accelerator.gather(loss).mean().item())
-            metrics["small/learning_rate"].append(self._group_lr(SMALL))
+            metrics["small/learning_rate"].append(role_lr(self.optimizer, self._optimizer_roles, SMALL))
         elif not self.is_deepspeed_enabled:
             for p in self.codistill.role_parameters(SMALL):
                 p.grad = None
-        self._window_small_rows, self._window_small_loss, self._grad_norms = False, 0.0, None
+        self._window_small_rows, self._window_small_loss, self.clipping.norms = False, 0.0, None
 
-    def _group_lr(self, role: str) -> float:
-        for group, r in zip(self.optimizer.param_groups, self._optimizer_roles):
-            if r == role:
-                return float(group["lr"])
-        return 0.0
-
-    # ------------------------------------------------------------------ checkpoints and saving
+    # ------------------------------------------------------------------ checkpoints and saving (`saving`)
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Transformers calls this on the saving process with the module's state dict (gathered under ZeRO-3 /
         FSDP). CoDistill writes two model folders: the large model at the root of a checkpoint (or `large_model/` in
@@ -691,17 +460,7 @@ class CoDistillTrainer(S2LTrainer):
         os.makedirs(output_dir, exist_ok=True)
         if state_dict is None:
             state_dict = self.codistill.state_dict()
-        folders = {
-            LARGE: os.path.join(output_dir, LARGE_MODEL_DIR) if self._final_save else output_dir,
-            SMALL: os.path.join(output_dir, SMALL_MODEL_DIR),
-        }
-        for role, folder in folders.items():
-            os.makedirs(folder, exist_ok=True)
-            role_state = self.codistill.role_state_dict(state_dict, role)
-            if role_state:  # empty when ZeRO-3 saves no 16-bit weights (Transformers then saves its engine files)
-                self.codistill.submodule(role).save_pretrained(folder, state_dict=role_state)
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(folder)
+        save_models(self.codistill, output_dir, state_dict, self.processing_class, final=self._final_save)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -709,14 +468,7 @@ class CoDistillTrainer(S2LTrainer):
         plain ones hold two model folders, the large model at the root and the small one in `small_model/`."""
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        folder = os.path.join(resume_from_checkpoint, SMALL_MODEL_DIR)
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(
-                f"{resume_from_checkpoint} has no {SMALL_MODEL_DIR}/ folder: it was not written by CoDistillTrainer, "
-                "so the small model cannot be resumed."
-            )
-        load_saved_weights(self.codistill.large, resume_from_checkpoint)
-        load_saved_weights(self.codistill.small, folder)
+        load_models(self.codistill, resume_from_checkpoint)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Checkpoints (`_internal_call`) keep the large model at their root, where Transformers resumes it from.
@@ -731,7 +483,7 @@ class CoDistillTrainer(S2LTrainer):
             self._final_save = False
         if self.args.should_save:
             self.create_model_card()
-            self._write_subfolder_cards(output_dir)
+            write_model_cards(self.args, output_dir, self.small_model)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
         """Saves both models into their subfolders of `output_dir` (each with its model card), then uploads the
@@ -748,96 +500,3 @@ class CoDistillTrainer(S2LTrainer):
         if os.path.exists(path):
             with open(path, "a", encoding="utf-8") as f:
                 f.write("\n" + codistill_card_section(self.args, role="large") + "\n")
-
-    def _write_subfolder_cards(self, output_dir: str) -> None:
-        import shutil
-
-        source = os.path.join(self.args.output_dir, "README.md")
-        large_dir = os.path.join(output_dir, LARGE_MODEL_DIR)
-        if os.path.exists(source) and os.path.isdir(large_dir):
-            shutil.copyfile(source, os.path.join(large_dir, "README.md"))
-        small_dir = os.path.join(output_dir, SMALL_MODEL_DIR)
-        if os.path.isdir(small_dir):
-            base = getattr(getattr(self.small_model, "config", None), "_name_or_path", None)
-            with open(os.path.join(small_dir, "README.md"), "w", encoding="utf-8") as f:
-                f.write(codistill_small_model_card(self.args, base))
-
-
-def _check_engine(args: CoDistillConfig) -> None:
-    """Engine settings CoDistill cannot honour, refused before any model is loaded."""
-    if args.use_vllm:
-        raise InputError(
-            "CoDistillTrainer does not sample the large model with vLLM (use_vllm=True given): the small model "
-            "samples the rollouts. To sample them with vLLM set small_use_vllm=True (and use_vllm=False); the "
-            "vllm_* fields configure the small model's engine (docs/codistill.md)."
-        )
-
-
-def _deepspeed_grad_shards(engine, params) -> list[tuple[torch.Tensor, Any]]:
-    """This process's share of each parameter's gradient inside a DeepSpeed engine, between its backward and its step,
-    as `(gradient, write)` pairs (`write(new)` stores a new value): ZeRO-3 its partition of every parameter, ZeRO-1/2
-    the fragment of the flat partition it owns (disjoint across processes, so squared norms add up); without ZeRO the
-    whole, all-reduced gradient (the same on every process)."""
-    shards = []
-    stage = engine.zero_optimization_stage()
-    for p in params:
-        if not p.requires_grad:
-            continue
-        if stage == 3:
-            from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
-
-            grad = safe_get_local_grad(p)
-            if grad is not None:
-                shards.append((grad, lambda value, p=p: safe_set_local_grad(p, value)))
-        elif getattr(p, "_hp_mapping", None) is not None:  # ZeRO-1/2 (and DeepSpeed's bf16 optimizer)
-            mapping = p._hp_mapping
-            grad = mapping.get_lp_grad_fragment(p._index_in_param_group).view(-1)
-            if grad.numel() == p.numel() and mapping.lp_fragment_address.numel != p.numel():
-                # A full accumulation buffer per process: only the owned fragment counts and is written.
-                address = mapping.lp_fragment_address
-                grad = grad.narrow(0, address.start, address.numel)
-            shards.append((grad, grad.copy_))
-        elif stage == 0 and p.grad is not None:
-            shards.append((p.grad, p.grad.copy_))
-    return shards
-
-
-def _load_small_model(small_model, args: CoDistillConfig, peft_config):
-    from transformers import AutoModelForCausalLM
-
-    if isinstance(small_model, str):
-        init = args.small_model_init_kwargs
-        if init is None and isinstance(args.model_init_kwargs, dict):
-            init = args.model_init_kwargs
-        init = dict(init or {})
-        dtype = init.get("dtype", init.pop("torch_dtype", None))
-        if isinstance(dtype, str) and dtype not in ("auto", None):
-            init["dtype"] = getattr(torch, dtype)
-        small_model = AutoModelForCausalLM.from_pretrained(small_model, **init)
-    if peft_config is not None:
-        from peft import get_peft_model
-
-        small_model = get_peft_model(small_model, peft_config)
-    return small_model
-
-
-def _schedule_name(name) -> str:
-    return str(getattr(name, "value", name))
-
-
-def _schedule_lambda(args: CoDistillConfig, name: str, num_training_steps: int):
-    """The learning-rate multiplier of Transformers' schedule `name` as a function of the step (one LambdaLR
-    per parameter group needs one function per group)."""
-    from transformers import get_scheduler
-
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = get_scheduler(
-        name,
-        optimizer=probe,
-        num_warmup_steps=args.get_warmup_steps(num_training_steps),
-        num_training_steps=num_training_steps,
-        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
-    )
-    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        raise ValueError(f"The {name!r} learning-rate schedule cannot run per parameter group (it is not a LambdaLR).")
-    return scheduler.lr_lambdas[0]

@@ -3,7 +3,7 @@
     codistill_two_process.py WORKDIR ddp|fsdp2|zero3
 
 Each rank trains CoDistill for two steps and writes its world size, the engine accelerate prepared, how many rows
-its own small-model explorer sampled in each round, fingerprints of both models before and after training (full
+its small model sampled in each round, fingerprints of both models before and after training (full
 weights: gathered under FSDP2 and ZeRO-3), and what it logged. With `fsdp2` / `zero3`, a test-only CPU shim
 (fsdp2_cpu_shim.py / deepspeed_cpu_shim.py) lets accelerate's own FSDP2 / DeepSpeed path shard the one CoDistill
 module over gloo; the rank also reports its share of each model's parameter elements and saves the final
@@ -78,14 +78,14 @@ def main(workdir: str) -> None:
     )
     trainer = CoDistillTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
     sampled: list[int] = []
-    generate = trainer._small_explorer.generate
+    generate = trainer._small_sampler.generate
 
     def counting(prompt_ids, n, inputs=None):
         out = generate(prompt_ids, n, inputs=inputs)
         sampled.append(len(out.completion_ids))
         return out
 
-    trainer._small_explorer.generate = counting
+    trainer._small_sampler.generate = counting
     start = trainer.codistill.state_dict()
     before = {"large": fingerprint(start, "large."), "small": fingerprint(start, "small.")}
     trainer.train()

@@ -8,7 +8,7 @@ two optimizer steps of two generations each (gradient_accumulation_steps=2, step
 generation follows a small-model optimizer step), and writes what the test checks: the order of generations, small
 optimizer steps and weight pushes; each generation's vLLM-vs-trainer log-prob gap; how far training moved the small
 model's log-probs (so a stale engine could not pass the gap check); both models' parameters before and after; and a
-final engine-vs-model comparison computed independently of the explorer (plain transformers forward).
+final engine-vs-model comparison computed independently of the sampler (plain transformers forward).
 """
 
 import json
@@ -65,7 +65,7 @@ def main(result_path: str, large: str, small: str, dataset: str, workdir: str) -
         large, [digit_reward], args=args, train_dataset=load_dataset("json", data_files=dataset, split="train")
     )
     built = time.perf_counter()
-    explorer = trainer._small_explorer
+    sampler = trainer._small_sampler
     initial_small = {k: v.detach().clone() for k, v in trainer.small_model.state_dict().items()}
     before = {"large": fingerprint(trainer.large_model), "small": fingerprint(trainer.small_model)}
 
@@ -73,11 +73,11 @@ def main(result_path: str, large: str, small: str, dataset: str, workdir: str) -
     events: list[str] = []
     gaps: list[float] = []
     samples: list[tuple[list[int], list[int]]] = []
-    vg = explorer.vllm_generation
+    vg = sampler.vllm_generation
     sync, end_window, generate, log_gap = (
         vg.sync_weights,
         trainer._end_small_window,
-        explorer.generate,
+        sampler.generate,
         trainer._log_vllm_gap,
     )
 
@@ -100,7 +100,7 @@ def main(result_path: str, large: str, small: str, dataset: str, workdir: str) -
         log_gap(rnd, small_logps, known)  # the round's vLLM-vs-trainer gap, computed once the rows are scored
         gaps.append(trainer._metrics["train"]["codistill/small/vllm_logp_gap"][-1])
 
-    vg.sync_weights, trainer._end_small_window, explorer.generate = counted_sync, counted_step, counted_generate
+    vg.sync_weights, trainer._end_small_window, sampler.generate = counted_sync, counted_step, counted_generate
     trainer._log_vllm_gap = recorded_gap
     large_generate_calls = []
     original_large_generate = trainer.large_model.generate
@@ -120,10 +120,10 @@ def main(result_path: str, large: str, small: str, dataset: str, workdir: str) -
     model.load_state_dict(final_small)
     drift = torch.cat([(a - b).abs() for a, b in zip(final, initial)]).mean().item()
 
-    # One more round after the last optimizer step: the explorer pushes the weights first; then compare the engine's
+    # One more round after the last optimizer step: the sampler pushes the weights first; then compare the engine's
     # sampling log-probs with a plain transformers forward of the live small model.
     prompt = samples[0][0]
-    explorer.generate([prompt], 4)
+    sampler.generate([prompt], 4)
     _, completions, engine_logps, _ = vg.generate(prompts=[prompt] * 4, images=None, num_generations=4)
     final_gaps = [
         (torch.tensor([lp[0] for lp in lps]) - hf_logps(model, prompt, list(c), temperature)).abs()
@@ -146,7 +146,7 @@ def main(result_path: str, large: str, small: str, dataset: str, workdir: str) -
         "is_weight_raw": {stat: logged(trainer, f"codistill/is_weight_raw/{stat}") for stat in ("min", "mean", "max")},
         "small_loss": logged(trainer, "small/loss"),
         "global_step": trainer.state.global_step,
-        "num_syncs": explorer.num_syncs,
+        "num_syncs": sampler.num_syncs,
         "seconds": {"build": built - start, "train": trained - built, "total": time.perf_counter() - start},
     }
     Path(result_path).write_text(json.dumps(result))

@@ -21,12 +21,12 @@ from ..explorers.local import in_process_output
 from ..trl_compat import vllm_server_generate
 
 
-class SmallModelVLLMExplorer:
-    """An [`~s2l_trl.explorers.Explorer`] that samples the small model *being trained* with vLLM.
+class SmallModelVLLMSampler:
+    """Samples the small model *being trained* with vLLM; S2L-PO calls it through its `Explorer` protocol.
 
     `bind` builds a `trl.generation.vllm_generation.VLLMGeneration` for the small model from the trainer's `vllm_*`
     and sampling settings, on every process (colocate engines are built collectively). `generate` runs on every
-    process once per mixed round (S2L-PO's `ExplorerRounds` guarantees it):
+    process once per mixed round (S2L-PO's rounds guarantee it):
 
     1. pushes the small model's weights into the engine with `VLLMGeneration.sync_weights()` when the small model's
        optimizer has stepped since the last push (`trainer.small_optimizer_steps`, equal on every process, so the
@@ -67,7 +67,7 @@ class SmallModelVLLMExplorer:
                 tensor_parallel_size=a.vllm_tensor_parallel_size,
                 gpu_memory_utilization=a.vllm_gpu_memory_utilization,
                 max_model_length=a.vllm_max_model_length,
-                # Each process samples the explorer rows of its own generation batch (TRL's learner sizing).
+                # Each process samples the small model's rows of its own generation batch (TRL's sizing for its policy).
                 max_num_seqs=a.per_device_train_batch_size * a.vllm_tensor_parallel_size * a.steps_per_generation,
                 enable_sleep_mode=a.vllm_enable_sleep_mode,
                 model_impl=a.vllm_model_impl,
@@ -88,7 +88,7 @@ class SmallModelVLLMExplorer:
     ) -> ExplorerOutput:
         t = self.trainer
         if t is None or self.vllm_generation is None:
-            raise RuntimeError("SmallModelVLLMExplorer.bind(trainer) must be called before generate().")
+            raise RuntimeError("SmallModelVLLMSampler.bind(trainer) must be called before generate().")
         start = time.perf_counter()
         step = t.small_optimizer_steps
         if self.synced_step != step:
