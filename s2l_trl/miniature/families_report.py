@@ -20,6 +20,10 @@ TOKENS = "learner_tokens"
 DEMO_STEP = 80
 
 
+# Paired against the baseline: not the gain (paired, it equals the difference at that step: one start per build).
+PAIRED_KEYS = ("final_greedy", "mean_greedy", "final_pass@1", "greedy_at_demo_end")
+
+
 def _greedy_at(run: dict, step: int) -> float:
     return next((e["greedy_accuracy"] for e in run["evals"] if e["step"] == step), float("nan"))
 
@@ -82,7 +86,7 @@ def build_report(runs: dict, baseline: str = "grpo", unavailable: dict[int, str]
     methods = sorted({m for by_method in runs.values() for m in by_method} - {baseline})
     for m in methods:
         paired[m] = {}
-        for key in METRICS:
+        for key in PAIRED_KEYS:
             by_family = {}
             for k, by_method in runs.items():
                 if m in by_method and baseline in by_method:
@@ -167,7 +171,7 @@ def render_markdown(report: dict, title: str = "") -> str:
         "|---|---|" + "---|" * (len(report["families"]) + 2),
     ]
     for m, per_key in report["paired"].items():
-        for key in (*keys, TOKENS + "_ratio"):
+        for key in (*PAIRED_KEYS, TOKENS + "_ratio"):
             entry = per_key[key]
             ratio = key.endswith("_ratio")
             scale, sign = (1.0, False) if ratio else (100.0, True)
@@ -185,7 +189,7 @@ def render_markdown(report: dict, title: str = "") -> str:
 def plot(report: dict, output: Path) -> Path:
     """Paired differences against the baseline: per family build (mean and seed interval, one colour per build) and
     pooled (black, two-level interval), one panel per quantity."""
-    keys = list(METRICS)
+    keys = list(PAIRED_KEYS)
     methods = list(report["paired"])
     fig, axes = figures.subplots(1, len(keys), figsize=(4 * len(keys), 0.9 * len(methods) + 1.6))
     families = list(report["families"])
