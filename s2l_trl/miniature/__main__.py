@@ -238,9 +238,11 @@ def _run(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         from ..jsonl import write_json_atomic
         from .numerics import probe, render_probe
 
+        out = Path(a.output_dir)
+        out.mkdir(parents=True, exist_ok=True)  # before minutes of probing, not after
         results = probe(a.size, a.steps)
-        write_json_atomic(Path(a.output_dir) / "numerics.json", results)
-        (Path(a.output_dir) / "numerics.md").write_text(render_probe(results))
+        write_json_atomic(out / "numerics.json", results)
+        (out / "numerics.md").write_text(render_probe(results))
         print(render_probe(results))
         return
     if a.command == "diversity":
