@@ -250,3 +250,11 @@ def test_an_interrupted_family_build_resumes_with_the_weights_of_an_uninterrupte
     (tmp_path / "other/family.partial.json").write_text(json.dumps(partial))
     with pytest.raises(ValueError, match="interrupted build with other settings"):
         build_family(tmp_path / "other", spec)
+
+
+def test_the_codistill_report_says_how_each_model_was_picked():
+    from s2l_trl.miniature.codistill_report import _start
+
+    settings = {"small_band": "40,60", "small_sft_step": 500, "large_band": "", "large_sft_step": None}
+    assert _start(settings, "small") == "first checkpoint with held-out 40,60 (greedy, %)"  # the band, not step 500
+    assert _start(settings, "large") == "SFT step final"

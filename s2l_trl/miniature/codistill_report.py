@@ -133,11 +133,19 @@ def _pct(pair: list[float]) -> str:
     return f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"
 
 
+def _start(settings: dict, role: str) -> str:
+    """Where a role's model starts: the band that picked it (it overrides the SFT step), else the SFT step."""
+    band = settings.get(f"{role}_band")
+    if band:
+        return f"first checkpoint with held-out {band} (greedy, %)"
+    return f"SFT step {settings[f'{role}_sft_step'] or 'final'}"
+
+
 def render_markdown(report: dict) -> str:
     s, summary = report["settings"], report["runs"]
     lines = [
-        f"Small model {s['small']} (SFT step {s['small_sft_step'] or 'final'}), large model {s['large']} (SFT step "
-        f"{s['large_sft_step'] or 'final'}); {s['steps']} optimizer steps, G = {s['num_generations']}, "
+        f"Small model {s['small']} ({_start(s, 'small')}), large model {s['large']} ({_start(s, 'large')}); "
+        f"{s['steps']} optimizer steps, G = {s['num_generations']}, "
         f"{s['prompts_per_step']} prompts/step, lr {s['learning_rate']} (large) / {s['small_learning_rate']} (small), "
         f"kd_coef {s['kd_coef']}, temperature {s['temperature']}. Held-out: {s['eval_problems']} problems, greedy "
         f"accuracy and pass@1 over {s['eval_samples']} samples. Mean ± sd over seeds {s['seeds']}.",
