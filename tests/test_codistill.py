@@ -19,6 +19,7 @@ from s2l_trl.codistill import CoDistillConfig, CoDistillTrainer, objectives
 from s2l_trl.codistill.module import CoDistillModule
 from s2l_trl.devtools.tiny import tiny_training_kwargs
 from s2l_trl.mixing import explorer_is_weights
+from s2l_trl.preflight import InputError
 from s2l_trl.schedule import SCHEDULES
 
 FAST = dict(max_completion_length=8)
@@ -352,9 +353,10 @@ def test_schedules_that_stop_the_small_model_early_are_warned_about(tmp_path, ca
 
 # ---------------------------------------------------------------- case 3: steps without small rows
 class _Snapshots:
-    """Records the small model's weights and its optimizer state after every optimizer step."""
+    """Records one model's weights and its optimizer state after every optimizer step (the small one by default)."""
 
-    def __init__(self):
+    def __init__(self, model: str = "small_model"):
+        self.model = model
         self.weights, self.states = [], []
 
     def attach(self, trainer):
@@ -364,13 +366,11 @@ class _Snapshots:
 
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                outer.weights.append([p.detach().clone() for p in trainer.small_model.parameters()])
+                params = list(getattr(trainer, outer.model).parameters())
+                outer.weights.append([p.detach().clone() for p in params])
                 opt = trainer.optimizer
                 outer.states.append(
-                    [
-                        {k: v.clone() for k, v in opt.state[p].items()} if p in opt.state else {}
-                        for p in trainer.small_model.parameters()
-                    ]
+                    [{k: v.clone() for k, v in opt.state[p].items()} if p in opt.state else {} for p in params]
                 )
 
         trainer.add_callback(Callback())
@@ -393,6 +393,76 @@ def test_steps_without_small_rows_leave_the_small_model_and_its_optimizer_state_
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "its optimizer state moved"
     del large_after_1
     assert logged(trainer, "learning_rate")[-1] >= 0 and len(logged(trainer, "grad_norm")) == 3
+
+
+# ---------------------------------------------------------------- large_skip_zero_gradient
+class _ConstantAfterFirstRound:
+    """A reward with distinct values in the first round (a non-zero large-model gradient) and one value for every row
+    after it: every advantage is 0, so the large model's gradient is exactly zero, while the small model's KD reward
+    (kd_coef > 0) still trains it."""
+
+    __name__ = "constant_after_first_round"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, completions, **kwargs):
+        self.calls += 1
+        return [float(i) if self.calls == 1 else 0.5 for i in range(len(completions))]
+
+
+def _skip_run(tiny, tmp_path, **overrides):
+    kwargs = tiny_training_kwargs(output_dir=str(tmp_path / "out"), max_steps=2, **FAST, **overrides)
+    return CoDistillTrainer(
+        str(tiny["learner"]),
+        [_ConstantAfterFirstRound()],
+        args=CoDistillConfig(small_model=str(tiny["explorer"]), **kwargs),
+        train_dataset=tiny_dataset(tiny),
+    )
+
+
+# AdamW, step 1 with a gradient, step 2 without. Off: step 2 still moves the large model, by momentum alone (no
+# weight decay), and advances its Adam state. On: step 2 leaves the weights (weight decay 0.1 included) and the state
+# bit-identical.
+@pytest.mark.parametrize(("skip", "weight_decay"), [(True, 0.1), (False, 0.0)])
+def test_large_skip_zero_gradient_leaves_the_large_model_and_its_optimizer_state_alone(
+    tiny, tmp_path, skip, weight_decay
+):
+    trainer = _skip_run(tiny, tmp_path, large_skip_zero_gradient=skip, weight_decay=weight_decay)
+    initial = [p.detach().clone() for p in trainer.large_model.parameters()]
+    large, small = _Snapshots("large_model").attach(trainer), _Snapshots().attach(trainer)
+    trainer.train()
+    norms = logged(trainer, "codistill/grad_norm/large")
+    assert norms[0] > 0 and norms[1] == 0.0, norms
+    # Step 1, a non-zero gradient: the large model moves and gets its Adam state, with the option on or off.
+    assert any(not torch.equal(a, b) for a, b in zip(initial, large.weights[0]))
+    assert all(s and int(s["step"]) == 1 for s in large.states[0])
+    # Step 2: the small model steps normally either way.
+    assert any(not torch.equal(a, b) for a, b in zip(small.weights[0], small.weights[1]))
+    same_weights = all(torch.equal(a, b) for a, b in zip(large.weights[0], large.weights[1]))
+    same_state = all(
+        a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        for a, b in zip(large.states[0], large.states[1])
+    )
+    if skip:
+        assert same_weights, "a zero-gradient step moved the large model (momentum / weight decay)"
+        assert same_state, "a zero-gradient step changed the large model's optimizer state"
+        assert logged(trainer, "codistill/large_steps_skipped") == [0.0, 1.0]
+    else:
+        assert not same_weights, "AdamW's momentum no longer moves the large model at a zero-gradient step"
+        assert all(int(s["step"]) == 2 for s in large.states[1]) and not same_state
+        assert logged(trainer, "codistill/large_steps_skipped") == []
+
+
+def test_large_skip_zero_gradient_is_refused_under_deepspeed_before_anything_is_loaded(tiny, tmp_path, monkeypatch):
+    args = CoDistillConfig(
+        small_model=str(tiny["explorer"]),
+        **tiny_training_kwargs(output_dir=str(tmp_path / "out"), large_skip_zero_gradient=True),
+    )
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with a DeepSpeed config sets
+    with pytest.raises(InputError, match=r"large_skip_zero_gradient=True .* set large_skip_zero_gradient=False"):
+        CoDistillTrainer(str(tiny["learner"]), [digit_reward], args=args, train_dataset=tiny_dataset(tiny))
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- case 1: gradient scale under mixed precision

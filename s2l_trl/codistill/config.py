@@ -212,6 +212,24 @@ class CoDistillConfig(S2LConfig):
             results/miniature/codistill)."""
         ),
     )
+    large_skip_zero_gradient: bool = field(
+        default=False,
+        metadata=field_help(
+            """Skip the large model's optimizer step when its gradient is exactly zero (every large-model gradient
+            absent or all zeros on every process, decided after the gradients' reduction; e.g. a step whose every
+            group has equal rewards and no large-model rows pass `large_row_weight_bounds`): its weights and its
+            optimizer state (Adam's moments and step count, momentum) are left exactly as they were, as the small
+            model's are in a step without small rows; the small model steps as usual. Why: an optimizer steps a zero
+            gradient too. AdamW's decoupled weight decay shrinks the weights at every step; its momentum carries the
+            last update on for ~1/(1 - beta1) = 10 more steps; and its second moment decays during zero steps, so a
+            rare weak gradient after many zero ones is divided by a small sqrt(v) and still moves every coordinate by
+            ~lr. With this option a large model that receives a gradient only now and then moves only when it does.
+            Skipped steps still advance `global_step` and the learning-rate schedule; `codistill/large_steps_skipped`
+            logs the running count. Not available under DeepSpeed (its engine steps inside the backward, where the
+            small model's mechanism keeps weights but not the optimizer state). Default False: TRL's behaviour,
+            every step taken."""
+        ),
+    )
     # S2L-PO's explorer sampling fields: the small model samples with TRL's settings, so CoDistill leaves them unset.
     explorer_temperature: float | None = field(
         default=None,

@@ -8,6 +8,7 @@ fused LM head), since TRL only sets up the model it is handed, the large one.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -54,6 +55,14 @@ def check_engine(args: CoDistillConfig) -> None:
             "CoDistillTrainer does not sample the large model with vLLM (use_vllm=True given): the small model "
             "samples the rollouts. To sample them with vLLM set small_use_vllm=True (and use_vllm=False); the "
             "vllm_* fields configure the small model's engine (docs/codistill.md)."
+        )
+    from_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+    if args.large_skip_zero_gradient and (args.deepspeed or from_env):
+        # DeepSpeed steps inside the backward: a learning rate of 0 keeps the weights but not the Adam state.
+        raise InputError(
+            "large_skip_zero_gradient=True cannot leave the large model's optimizer state untouched under DeepSpeed "
+            "(its engine steps inside the backward): set large_skip_zero_gradient=False, or launch under DDP or "
+            "FSDP2."
         )
 
 

@@ -56,6 +56,7 @@ from .small_model import check_before_loading, check_small_model, load_small_mod
 from .small_sampler import SmallModelSampler
 
 logger = logging.getLogger(__name__)
+_SKIPPED = "codistill/large_steps_skipped"
 
 
 class CoDistillTrainer(S2LSeams):
@@ -85,7 +86,8 @@ class CoDistillTrainer(S2LSeams):
     `codistill/grad_norm/small` (each model's norm before its own clip, under every engine), and the small model's GRPO
     metrics under `small/` (`small/loss`, `small/grad_norm`, `small/learning_rate`, `small/entropy`, ...). TRL's own
     `loss`, `grad_norm`, `entropy`, ... are the large model's. With `small_use_vllm`: `codistill/small/
-    vllm_logp_gap` and `codistill/small/weight_sync_time_s`.
+    vllm_logp_gap` and `codistill/small/weight_sync_time_s`. With `large_skip_zero_gradient`:
+    `codistill/large_steps_skipped` (the running count of the large model's skipped steps).
     """
 
     _tag_names = ["trl", "grpo", "s2l-po", "codistill"]
@@ -140,6 +142,7 @@ class CoDistillTrainer(S2LSeams):
         self._optimizer_roles: list[str] = []  # the role of each optimizer parameter group
         self._window_small_rows = False  # whether the current accumulation window trained the small model
         self._window_small_loss = 0.0
+        self.large_steps_skipped: int | None = None  # `large_skip_zero_gradient`'s count, read at the first step
         self._final_save = False
         self._round_seconds = 0.0  # time of the generation round inside the current micro-step
         self._small_sampler.bind(self)
@@ -430,6 +433,8 @@ class CoDistillTrainer(S2LSeams):
         for role, norm in (self.clipping.norms or {}).items():
             self._metrics["train"][f"codistill/grad_norm/{role}"].append(float(norm))
         self._end_small_window()
+        if self.args.large_skip_zero_gradient:
+            self._skip_zero_large_step()
         return grad_norm
 
     def _end_small_window(self) -> None:
@@ -448,6 +453,26 @@ class CoDistillTrainer(S2LSeams):
             for p in self.codistill.role_parameters(SMALL):
                 p.grad = None
         self._window_small_rows, self._window_small_loss, self.clipping.norms = False, 0.0, None
+
+    def _skip_zero_large_step(self) -> None:
+        """`large_skip_zero_gradient`: a step whose large-model gradient is exactly zero (absent or all zeros on every
+        process, after the gradients' reduction) leaves the large model exactly as it was, as `_end_small_window`
+        does for the small model: its gradients are dropped, so the optimizer neither moves it nor advances its state.
+        The running count of skipped steps is logged as `codistill/large_steps_skipped`."""
+        params = self.codistill.role_parameters(LARGE)
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
+        nonzero = torch.stack([g.ne(0).any() for g in grads]).any().float() if grads else torch.zeros(())
+        # Summed over every process (FSDP2 shards each gradient), so that every process decides the same.
+        skipped = int(self.accelerator.reduce(nonzero.to(self.accelerator.device), reduction="sum") == 0)
+        if skipped:
+            for p in params:
+                p.grad = None
+        if self.large_steps_skipped is None:  # a resumed run continues the count it logged
+            logged = [h[_SKIPPED] for h in self.state.log_history if _SKIPPED in h]
+            self.large_steps_skipped = int(logged[-1]) if logged else 0
+        self.large_steps_skipped += skipped
+        # A running total: one value per logging interval, the count so far, whatever `logging_steps`.
+        self._metrics["train"][_SKIPPED] = [float(self.large_steps_skipped)]
 
     # ------------------------------------------------------------------ checkpoints and saving (`saving`)
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
