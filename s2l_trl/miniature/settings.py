@@ -191,6 +191,12 @@ CODISTILL_METHODS: dict[str, Method] = {
             "CoDistill-GRPO, kd_coef 0.3, large model on rows with weight >= 0.5",
             overrides=(("kd_mode", "token"), ("kd_coef", 0.3), ("large_row_weight_bounds", [0.5, float("inf")])),
         ),
+        # No large-model optimizer step (momentum and weight decay included) when its gradient is exactly zero.
+        Method(
+            "codistill_skip_zero",
+            "CoDistill-GRPO, no large-model step at zero gradient",
+            overrides=(("kd_mode", "token"), ("large_skip_zero_gradient", True)),
+        ),
     )
 }
 GRPO_RUNS = ("grpo_small", "grpo_large")
