@@ -63,9 +63,12 @@ def _time_seam(cls, name: str, key: str) -> None:
     setattr(cls, name, timed)
 
 
-_time_seam(GRPOTrainer, "_generate_single_turn", "learner_generation")
-_time_seam(S2LTrainer, "_generate_single_turn", "s2l_generation")
-_time_seam(GRPOTrainer, "_generate_and_score_completions", "generate_and_score")
+def _time_seams() -> None:
+    # Installed when the benchmark runs, not on import: `--help` (tests/test_docs.py runs it in-process) and an
+    # importer must find TRL's classes untouched.
+    _time_seam(GRPOTrainer, "_generate_single_turn", "learner_generation")
+    _time_seam(S2LTrainer, "_generate_single_turn", "s2l_generation")
+    _time_seam(GRPOTrainer, "_generate_and_score_completions", "generate_and_score")
 
 
 def digit_reward(completions, **kwargs):
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="explorer server on CPU 0, trainer on CPU 1 (default: true with 2+ CPUs)",
     )
     args = parser.parse_args(argv)
+    _time_seams()
     if args.steps < 3:
         raise SystemExit(f"--steps must be >= 3 (the first step is warm-up), got {args.steps}.")
     work = Path(args.work or tempfile.mkdtemp(prefix="s2l-bench-explorer-"))

@@ -127,7 +127,10 @@ def _check_command(words: list[str], page: str) -> None:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_commands_exist_with_the_flags_shown(page, monkeypatch):
+    from trl import GRPOTrainer
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    trl_before = dict(vars(GRPOTrainer))
     checked = 0
     for line in _commands(page):
         line = re.sub(r"^[A-Z_]+=\S+ ", "", line)  # leading environment assignments
@@ -144,6 +147,8 @@ def test_commands_exist_with_the_flags_shown(page, monkeypatch):
         checked += 1
     if page.name == "README.md" and page.parent == REPO:
         assert checked >= 1  # the main job's command at least
+    # The commands run in this process: one that patches TRL on import would change every later test's TRL.
+    assert dict(vars(GRPOTrainer)) == trl_before, f"{page.name}: a command patched GRPOTrainer on import"
 
 
 def test_the_readme_fits_a_first_read():

@@ -495,8 +495,10 @@ def test_real_server_draws_repeat_whatever_the_chunking(explorer_server, explore
 @pytest.mark.timeout(120)
 def test_chunks_are_reassembled_in_prompt_order(explorer_server, explorer_tok):
     prompts = _prompts(explorer_tok, 7)
-    # The first request is held back (long enough for a loaded 2-core machine) so that the later ones finish first.
-    with FaultProxy(explorer_server.base_url, delay={1: 5.0}) as proxy:
+    # The first two requests to arrive are held back (long enough for a loaded 2-core machine) so that later ones
+    # finish first: concurrent requests can reach the proxy out of dispatch order (CI saw the first chunk arrive
+    # second), so holding back only request 1 could miss the first chunk.
+    with FaultProxy(explorer_server.base_url, delay={1: 5.0, 2: 5.0}) as proxy:
         explorer = ServerExplorer(
             proxy.base_url, SAMPLING, prompts_per_request=2, max_concurrent_requests=4, **{**FAST, "progress": True}
         )
