@@ -41,7 +41,7 @@ _SAMPLING_FIELDS = {
 _SECTIONS = {
     "small_model": "Parameters that control the small model and its optimizer",
     "small_use_vllm": "Parameters that control how the small model samples",
-    "kd_coef": "Parameters that control the small model's KD reward",
+    "kd_coef": "Parameters that control the small model's KD term",
     "mix_schedule": "S2L-PO parameters whose CoDistill defaults differ (the large model's side)",
 }
 
@@ -129,19 +129,34 @@ class CoDistillConfig(S2LConfig):
     kd_coef: float = field(
         default=0.1,
         metadata=field_help(
-            """Weight of the KD reward in the small model's reward: reward = verifiable reward + `kd_coef` x KD
-            reward. 0 makes the small model's update plain GRPO on its own rollouts. *Assumption*: 0.1 keeps the
-            dense term (a log-ratio, typically within a few nats) below a unit of the normalised verifiable
-            advantage."""
+            """Weight of the KD term in the small model's update: reward = verifiable reward + `kd_coef` x KD reward
+            (with `kd_mode="full_kl"`: loss = GRPO loss + `kd_coef` x the mean exact KL per small-model token). 0 makes
+            the small model's update plain GRPO on its own rollouts. *Assumption*: 0.1 keeps the dense term (a
+            log-ratio, typically within a few nats) below a unit of the normalised verifiable advantage."""
         ),
     )
     kd_mode: str = field(
         default="token",
         metadata=field_help(
-            f"""How the KD reward enters the small model's update, one of {KD_MODES}. `"token"` (*assumption*,
-            default): dense, the per-token log-ratio `log pi_large(y_t) - log pi_small(y_t)` is added to each token's
-            advantage after the group normalisation of the verifiable reward. `"sequence"`: its mean over the
-            completion is added to the verifiable reward before the group normalisation."""
+            f"""How the large model's knowledge enters the small model's update, one of {KD_MODES}. `"token"`
+            (*assumption*, default, the paper's KD reward): dense, the per-token log-ratio `log pi_large(y_t) - log
+            pi_small(y_t)` of the sampled token is added to each token's advantage after the group normalisation of
+            the verifiable reward. `"sequence"`: its mean over the completion is added to the verifiable reward before
+            the group normalisation. `"full_kl"` (an option beside the paper's reward): no KD reward; `kd_coef` times
+            the *exact* reverse KL `KL(pi_small(.|x, y_<t) || pi_large(.|x, y_<t))`, summed over the vocabulary at
+            every completion position of the small model's rows and averaged over the optimizer step's small-model
+            tokens, is added to the small model's loss, the large model detached (it is the teacher of this term only):
+            on-policy distillation as in GKD. Its gradient reaches every vocabulary entry, not only the sampled token,
+            so it is low-variance and distils several times faster than the sampled-token reward, most of all when
+            the two models are far apart (measured in docs/codistill.md). Cost: no extra forward (both models' last
+            hidden states come from the micro-step's one forward); TRL's chunked divergence kernel projects both LM
+            heads over the small rows' positions in float32 tiles of 4,096 positions x 32,768 vocabulary entries
+            (bounded memory whatever the batch: never the full `(tokens, vocabulary)` logits), about two extra LM-head
+            projections per small-model token in the forward and four in the backward, plus under FSDP2 / ZeRO-3 a
+            gathered copy of the large model's LM head per process during the micro-step (151,936 x 3,584 in bf16 for
+            a Qwen2.5-7B head: 1.1 GB). The KL runs over the heads' shared rows (`min` of the two vocabulary sizes).
+            Use it when the small model should distil fast (far apart at the start, or a short run); keep `"token"`
+            to reproduce the paper."""
         ),
     )
     kd_baseline: str = field(
@@ -158,7 +173,17 @@ class CoDistillConfig(S2LConfig):
         default=None,
         metadata=field_help(
             """When set, each token's KD log-ratio is clamped to `[-kd_clip, kd_clip]` before use (a guard against
-            tokens the large model finds nearly impossible)."""
+            tokens the large model finds nearly impossible). `kd_mode="token"` / `"sequence"` only."""
+        ),
+    )
+    log_kd_kl: bool = field(
+        default=True,
+        metadata=field_help(
+            """Log `codistill/kd_kl`: the exact `KL(pi_small || pi_large)` per token over the vocabulary, averaged over
+            the optimizer step's small-model tokens (on-policy: on the small model's own rollouts), the distance the
+            KD term closes. Free with `kd_mode="full_kl"` (its loss term); in the other modes it is computed without
+            gradient in the micro-step's forward, at the cost of about two LM-head projections per small-model token
+            (a few percent of a step at paper scale). Set False to save that."""
         ),
     )
     # S2L-PO fields whose CoDistill defaults differ: the small model fills every row, importance weights on.
@@ -306,6 +331,11 @@ class CoDistillConfig(S2LConfig):
             )
         if self.kd_clip is not None and not self.kd_clip > 0:
             raise ValueError(f"kd_clip must be > 0 or None, got {self.kd_clip!r}.")
+        if self.kd_clip is not None and self.kd_mode == "full_kl":
+            raise ValueError(
+                f"kd_clip={self.kd_clip!r} does nothing with kd_mode='full_kl' (the exact KL has no sampled-token "
+                "log-ratio to clamp): remove kd_clip, or use kd_mode='token'."
+            )
         if self.small_learning_rate is not None and not self.small_learning_rate > 0:
             raise ValueError(f"small_learning_rate must be > 0, got {self.small_learning_rate!r}.")
         for name in ("small_weight_decay", "small_max_grad_norm"):

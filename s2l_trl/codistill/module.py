@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .full_kl import Teacher, head_values, last_hidden_state
+
 LARGE, SMALL = "large", "small"
 ROLES = (LARGE, SMALL)
 
@@ -73,17 +75,32 @@ class CoDistillModule(nn.Module):
     def role_parameters(self, role: str) -> list[nn.Parameter]:
         return list(self.submodule(role).parameters())
 
-    def forward(self, *args: Any, codistill_calls: dict[str, dict] | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self, *args: Any, codistill_calls: dict[str, dict] | None = None, kd_kl: str | None = None, **kwargs: Any
+    ) -> Any:
         """The routed model's forward; with `codistill_calls={"large": kwargs, "small": kwargs}`, both models' in
-        one call, returned as a dict by role (one forward per micro-step for DDP's reducer and ZeRO / FSDP hooks)."""
-        if codistill_calls is not None:
-            outputs, self.forward_seconds = {}, {}
-            for role, call in codistill_calls.items():
-                start = time.perf_counter()  # host time: on GPUs the kernels may still run (the split is indicative)
+        one call, returned as a dict by role (one forward per micro-step for DDP's reducer and ZeRO / FSDP hooks).
+
+        `kd_kl="loss"` / `"metric"` (both calls given): the small model's output also holds `kd_kl`, the exact
+        per-position KL(small || large) over the vocabulary (`full_kl.py`), with gradient to the small model / without
+        any. The large model then runs first and hands the small one its last hidden states and LM head."""
+        if codistill_calls is None:
+            return self.submodule(self._role)(*args, **kwargs)
+        outputs, self.forward_seconds = {}, {}
+        teacher = None
+        for role in sorted(codistill_calls, key=ROLES.index):
+            call = codistill_calls[role]
+            start = time.perf_counter()  # host time: on GPUs the kernels may still run (the split is indicative)
+            if kd_kl and role == LARGE:
+                with last_hidden_state(self.large) as hidden:
+                    outputs[role] = self.large(**call)
+                teacher = Teacher(hidden[-1].detach(), head_values(self.large), train_small=kd_kl == "loss")
+            elif kd_kl and role == SMALL:
+                outputs[role] = self.small(**call, codistill_teacher=teacher)
+            else:
                 outputs[role] = self.submodule(role)(**call)
-                self.forward_seconds[role] = time.perf_counter() - start
-            return outputs
-        return self.submodule(self._role)(*args, **kwargs)
+            self.forward_seconds[role] = time.perf_counter() - start
+        return outputs
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The routed model's `generate`. Under FSDP2 Transformers registers this method with FSDP, so the root's

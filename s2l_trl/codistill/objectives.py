@@ -6,13 +6,17 @@ the explorer): CoDistill adds only what S2L-PO has no use for.
 
 Conventions (our assumptions, no reference code exists): log-probs are per sampled token, `(B, T)`, computed with
 logits divided by the sampling temperature (TRL's convention for both models); NaN marks an unknown log-prob.
+`reverse_kl_per_token` (`kd_mode="full_kl"` and the `codistill/kd_kl` metric) works on last hidden states and LM
+heads instead, so that neither model's `(tokens, vocabulary)` logits exist in full.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-KD_MODES = ("token", "sequence")
+KD_MODES = ("token", "sequence", "full_kl")
 KD_BASELINES = ("mean", "none")
 
 
@@ -95,3 +99,72 @@ def dense_small_advantages(
 def kd_reward_sum_count(token_rewards: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`(sum, count)` of the KD rewards of known tokens, to be summed over processes (the baseline is sum / count)."""
     return token_rewards[known].sum(), known.sum().to(token_rewards.dtype)
+
+
+@dataclass
+class LMHead:
+    """An LM head as the exact KL needs it: `logits = softcap(logit_scale * (hidden @ weight.T + bias))`, then divided
+    by the temperature (the transform TRL's fused LM head applies, `trl.trainer.utils.add_fused_lm_head`)."""
+
+    weight: torch.Tensor  # (V, H); under ZeRO-3 possibly a partitioned parameter (its full shape in `ds_shape`)
+    bias: torch.Tensor | None = None
+    logit_scale: float = 1.0
+    softcap: float | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(getattr(self.weight, "ds_shape", self.weight.shape)[0])
+
+    def first_rows(self, rows: int) -> LMHead:
+        """The head restricted to its first `rows` vocabulary entries (a view: gradients still reach the weight)."""
+        if rows == self.rows:
+            return self
+        if hasattr(self.weight, "ds_shape"):
+            raise ValueError("A head partitioned by ZeRO-3 cannot be cut to the shared vocabulary.")
+        bias = None if self.bias is None else self.bias[:rows]
+        return LMHead(self.weight[:rows], bias, self.logit_scale, self.softcap)
+
+
+def reverse_kl_per_token(
+    small_hidden: torch.Tensor,
+    small_head: LMHead,
+    large_hidden: torch.Tensor,
+    large_head: LMHead,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """`(N,)` exact `KL(pi_small(.|h) || pi_large(.|h))` over the shared vocabulary at each of N positions.
+
+    `small_hidden` `(N, H_small)` and `large_hidden` `(N, H_large)` are each model's last hidden states at the same
+    positions. The gradient reaches the small model's hidden states and head only (the large model is the teacher of
+    this term): `dKL/dz_v = p_v (log p_v - log q_v - KL) / temperature` for every vocabulary entry `v`, not only a
+    sampled one.
+
+    The shared vocabulary is the first `min(V_small, V_large)` rows of the two heads (siblings share a tokenizer; the
+    rows past it are padding, e.g. 151,936 vs 152,064 rows for Qwen2.5-1.5B and -7B); both distributions are
+    normalised over those rows.
+
+    Computed by TRL's chunked divergence kernel (`trl.kernels.chunked_divergence`, the one its distillation trainer
+    uses; Triton on GPUs, tiles of torch ops elsewhere): the projections run on float32 tiles of 4,096 positions x
+    32,768 vocabulary entries per model, so neither model's `(N, V)` logits exist in full, and the backward recomputes
+    the tiles. Under DeepSpeed ZeRO-3 the kernel gathers a partitioned head itself (forward and backward); every
+    process must then call it, with N = 0 where it has no positions.
+    """
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+    rows = min(small_head.rows, large_head.rows)
+    small_head, large_head = small_head.first_rows(rows), large_head.first_rows(rows)
+    kl, _entropy = ChunkedDivergenceFunction.apply(
+        small_hidden,
+        small_head.weight,
+        small_head.bias,
+        large_hidden,  # the kernel returns no gradient for the large model's inputs
+        large_head.weight,
+        large_head.bias,
+        1.0,  # beta = 1: the reverse KL(student || teacher)
+        temperature,
+        small_head.logit_scale,
+        small_head.softcap,
+        large_head.logit_scale,
+        large_head.softcap,
+    )
+    return kl

@@ -17,6 +17,7 @@ from .. import preflight
 from ..explorers.token_bridge import tokenizers_match
 from ..preflight import InputError
 from .config import CoDistillConfig, check_model_sizes
+from .full_kl import add_full_kl_output
 
 
 def check_before_loading(model: Any, small_model: Any, args: CoDistillConfig, kwargs: dict[str, Any]) -> None:
@@ -153,6 +154,8 @@ def prepare_small_model(small: torch.nn.Module, args: CoDistillConfig, device: A
         cast_lm_head_to_fp32=False,
         outputs=("log_probs", "entropy"),
     )
+    # ... and, on request, the exact per-position KL to the large model from the same forward (`full_kl`).
+    add_full_kl_output(small, temperature=temperature)
     small.train()
 
 

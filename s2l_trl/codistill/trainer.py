@@ -15,7 +15,8 @@ Data flow of one generation round (train mode, default alpha = 1):
              tokens (`explorer_importance_sampling`, truncated at 2 by default), folded into the advantages;
            * the small update: KD reward `r_t = log pi_large(y_t) - log pi_small(y_t)`, `kd_coef` times
              `r_t - mean(r)` added to each token's advantage (`kd_mode="token"`) or its sequence mean added to the
-             reward (`"sequence"`).
+             reward (`"sequence"`); or (`"full_kl"`) no KD reward but `kd_coef` times the exact reverse KL
+             `KL(pi_small || pi_large)` over the vocabulary, a loss term computed inside the micro-step's forward.
     -> each micro-step: ONE forward of the `CoDistillModule` computes both models' outputs; TRL's GRPO loss is
        evaluated on each (the large model on every row, the small one on its own rows); the sum is backpropagated
        once, clipped per model and stepped by one optimizer whose parameter groups carry each model's learning
@@ -48,6 +49,7 @@ from ..model_card import codistill_card_section
 from . import objectives
 from .clipping import PerModelClipping
 from .config import CoDistillConfig
+from .full_kl import kd_kl_use
 from .module import LARGE, SMALL, CoDistillModule, Replay, forward_call
 from .optimizer import create_optimizer, create_scheduler, freeze_role_lr, role_lr, same_schedule
 from .s2l_seams import S2LSeams, SmallRows, small_rows_of
@@ -82,6 +84,7 @@ class CoDistillTrainer(S2LSeams):
     `codistill/is_weight/{min,mean,max}` and `codistill/is_weight_raw/{min,mean,max}` (after / before truncation or
     masking), `codistill/reward/small`, `codistill/reward/large` (evaluation, the large model's own samples),
     `codistill/{small,large}/rollout_time_s`, `codistill/{large,small}/logp_time_s` (the scoring forwards),
+    `codistill/kd_kl` (the exact KL(small || large) per small-model token over the vocabulary, `log_kd_kl`),
     `codistill/update_time_s` (one micro-step's forward and backward of both models), `codistill/grad_norm/large` and
     `codistill/grad_norm/small` (each model's norm before its own clip, under every engine), and the small model's GRPO
     metrics under `small/` (`small/loss`, `small/grad_norm`, `small/learning_rate`, `small/entropy`, ...). TRL's own
@@ -127,6 +130,8 @@ class CoDistillTrainer(S2LSeams):
         with cleanup:
             vlm = getattr(self, "_is_vlm", False)
             check_small_model(small, args.small_model, self.small_tokenizer_matches, len(self._tokenizer), vlm)
+            # How the micro-step computes the exact KL(small || large): the KD loss term, the metric, or not at all.
+            self._kd_kl = kd_kl_use(self.model, small, args.kd_mode, args.log_kd_kl)
         # TRL set up the model it was handed (the large one); the small model gets the same.
         prepare_small_model(small, args, args.device if self.place_model_on_device else None, self.temperature)
         # One module, one optimizer: from here on `self.model` is the pair, as TRL's PPO trainer wraps policy + value.
@@ -142,6 +147,7 @@ class CoDistillTrainer(S2LSeams):
         self._optimizer_roles: list[str] = []  # the role of each optimizer parameter group
         self._window_small_rows = False  # whether the current accumulation window trained the small model
         self._window_small_loss = 0.0
+        self._window_kd_kl = torch.zeros(2)  # this process's (sum, count) of the window's exact KL per token
         self.large_steps_skipped: int | None = None  # `large_skip_zero_gradient`'s count, read at the first step
         self._final_save = False
         self._round_seconds = 0.0  # time of the generation round inside the current micro-step
@@ -231,7 +237,7 @@ class CoDistillTrainer(S2LSeams):
         metrics["codistill/reward/small"].append(torch.nanmean(rewards[all_is_small]).item())
         B = mask.size(0)
         local = slice(self.accelerator.process_index * B, (self.accelerator.process_index + 1) * B)
-        if a.kd_mode == "token" and bool(all_is_small.all()) and a.advantage_grouping == "combined":
+        if a.kd_mode != "sequence" and bool(all_is_small.all()) and a.advantage_grouping == "combined":
             sequence_advantages = verifiable
         else:
             small_rewards = rewards
@@ -244,7 +250,7 @@ class CoDistillTrainer(S2LSeams):
             small_advantages = objectives.dense_small_advantages(
                 sequence_advantages, kd_tokens, known, a.kd_coef, baseline
             )
-        else:
+        else:  # "sequence": KD inside the rewards; "full_kl": KD as a loss term of its own (`_small_loss`)
             small_advantages = sequence_advantages.unsqueeze(1).expand_as(mask).clone()
         output["codistill_small_advantages"] = small_advantages
         small_mask = mask * is_small.unsqueeze(1).to(mask.dtype)
@@ -335,8 +341,11 @@ class CoDistillTrainer(S2LSeams):
             # The small model still runs (on one short row, with zero weight), so that every process and engine
             # sees both models in every forward and backward: DDP's reducer, ZeRO's and FSDP's collectives line up.
             small_call = forward_call(inputs, inputs["completion_mask"], aux, rows=1, tokens=1)
+        # The exact KL(small || large) on the small model's tokens (KD loss term or metric, `full_kl`); decided the
+        # same way on every process (it gathers the large model's head under FSDP2 / ZeRO-3).
+        kd_kl = self._kd_kl if trains_small else None
         with self.accelerator.autocast():
-            outputs = model(codistill_calls={LARGE: large_call, SMALL: small_call})
+            outputs = model(codistill_calls={LARGE: large_call, SMALL: small_call}, kd_kl=kd_kl)
         loss = super()._compute_loss(Replay(outputs[LARGE], large_call["input_ids"]), inputs)
         if trains_small:
             loss = loss + self._small_loss(outputs[SMALL], small_call["input_ids"], inputs, small_mask)
@@ -373,6 +382,15 @@ class CoDistillTrainer(S2LSeams):
         for mode, values in small_metrics.items():
             for name, v in values.items():
                 kept[mode][f"small/{name}"].extend(v)
+        kd_kl = output.get("kd_kl")
+        if kd_kl is not None:
+            count = output.label_mask.sum().to(kd_kl.dtype)
+            self._window_kd_kl += torch.stack([kd_kl.detach().sum(), count]).cpu()
+            if self.args.kd_mode == "full_kl":
+                # TRL's "dapo" normaliser: the mean over the optimizer step's small-model tokens, on every process.
+                normalizer = small_inputs["num_items_in_batch"] / self.accelerator.num_processes
+                normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+                loss = loss + self.args.kd_coef * kd_kl.sum() / normalizer
         self._window_small_loss += loss.detach().item()
         return loss
 
@@ -449,10 +467,15 @@ class CoDistillTrainer(S2LSeams):
             loss = torch.tensor([self._window_small_loss], device=self.accelerator.device)
             metrics["small/loss"].append(self.accelerator.gather(loss).mean().item())
             metrics["small/learning_rate"].append(role_lr(self.optimizer, self._optimizer_roles, SMALL))
+            if self._kd_kl:
+                window = self.accelerator.reduce(self._window_kd_kl.to(self.accelerator.device), reduction="sum")
+                if window[1] > 0:
+                    metrics["codistill/kd_kl"].append((window[0] / window[1]).item())
         elif not self.is_deepspeed_enabled:
             for p in self.codistill.role_parameters(SMALL):
                 p.grad = None
         self._window_small_rows, self._window_small_loss, self.clipping.norms = False, 0.0, None
+        self._window_kd_kl = torch.zeros(2)
 
     def _skip_zero_large_step(self) -> None:
         """`large_skip_zero_gradient`: a step whose large-model gradient is exactly zero (absent or all zeros on every
