@@ -12,7 +12,8 @@ Per engine it asserts:
 * the explorer's rows are those a one-process replay of its calls draws (the offline draws of a group split across
   the processes are those of one process asking for every group), and every row is the DDP run's;
 * each model's gradient norm is the DDP run's, and each model moved by exactly its own clipped norm (CoDistill: the
-  large model by `max_grad_norm`, the small one by `small_max_grad_norm`);
+  large model by `max_grad_norm`, the small one by `small_max_grad_norm`); CoDistill's exact KL (`codistill/kd_kl`:
+  the KD loss term at alpha 1, where it dominates the small model's gradient, a metric at 0.5) is the DDP run's;
 * under ZeRO-3, CoDistill's large model generates with only its own parameters gathered.
 
 The in-process vLLM explorer is not in the matrix: see docs/engines.md ("what it cannot cover here").
@@ -230,6 +231,8 @@ def test_every_backend_and_codistill_under_the_engine(engine, runs, tiny, server
             assert step == pytest.approx(expected, rel=1e-3, abs=1e-7), (config, role)
         if backend == "codistill":
             assert results[0]["small_norm"] and results[0]["large_norm"] == results[0]["grad_norm"], config
+            assert bool(results[0]["kd_kl"]) == (alpha > 0), config
+            assert results[0]["kd_kl"] == pytest.approx(reference[0]["kd_kl"], rel=1e-5), config
 
         # ZeRO-3: the large model generates with only its own parameters gathered, not both models'.
         gathered = results[0]["gathered_while_large_generates"]

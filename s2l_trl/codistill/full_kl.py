@@ -16,6 +16,7 @@ The arithmetic is `objectives.reverse_kl_per_token` (TRL's chunked divergence ke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import types
@@ -25,11 +26,21 @@ from typing import Any
 
 import torch
 from torch import nn
+from trl.trainer.utils import FusedCausalLMOutput
 
 from ..preflight import InputError
 from .objectives import LMHead, reverse_kl_per_token
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class KDOutput(FusedCausalLMOutput):
+    """TRL's fused-head output plus `kd_kl`, the exact per-position KL (`(B, T - 1)`, 0 outside the labels). A field
+    of its own, not an extra key: FSDP2 hooks its pre-backward (the re-gathering of the model's parameters) only on
+    the dataclass fields of a module's output, and the KL's backward reads the small model's LM head."""
+
+    kd_kl: torch.Tensor | None = None
 
 
 @dataclass
@@ -147,8 +158,8 @@ def add_full_kl_output(model: nn.Module, temperature: float) -> None:
                 teacher.head,
                 temperature,
             )
-        output["kd_kl"] = kl.new_zeros(mask.shape).masked_scatter(mask, kl)
-        return output
+        fields = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+        return KDOutput(**fields, kd_kl=kl.new_zeros(mask.shape).masked_scatter(mask, kl))
 
     target.forward = types.MethodType(forward, target)
 
@@ -179,6 +190,7 @@ def kd_kl_use(large: nn.Module, small: nn.Module, kd_mode: str, log_kd_kl: bool)
 
 
 __all__ = [
+    "KDOutput",
     "Teacher",
     "add_full_kl_output",
     "head_rows",

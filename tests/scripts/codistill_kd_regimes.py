@@ -10,8 +10,11 @@ set of prompts (same seed before and after). Pairs, from the tiny test models (`
 * close: the small model is the same taught model with Gaussian noise on its weights (~0.1-0.3 nats/token).
 
     python tests/scripts/codistill_kd_regimes.py WORKDIR [--steps 20] [--seeds 0 1 2] [--baselines mean none]
+        [--kd_modes token full_kl] [--out RUNS.jsonl --plot CURVES.png] [--replot RUNS.jsonl --plot CURVES.png]
 
-prints one JSON line per run. `tests/test_codistill.py` imports `build_pair` and `run` for its regime tests.
+prints one JSON line per run (with its `codistill/kd_kl` curve: the exact KL on each step's own rollouts), appends it
+to `--out` as it finishes, and draws every run's curve into `--plot`. `tests/test_codistill.py` and
+`tests/test_codistill_full_kl.py` import `build_pair` and `run` for their regime tests.
 """
 
 from __future__ import annotations
@@ -135,15 +138,46 @@ def run(workdir: Path, tiny: dict, regime: str, kd_baseline: str = "mean", seed:
     trainer.train()
     after = reverse_kl(trainer.small_model, trainer.large_model, tokenizer, prompts)
     frozen = all(torch.equal(a, b) for a, b in zip(large_before, trainer.large_model.parameters()))
+    curve = [[h["step"], h["codistill/kd_kl"]] for h in trainer.state.log_history if "codistill/kd_kl" in h]
     return {
         "regime": regime,
+        "kd_mode": args.kd_mode,
         "kd_baseline": kd_baseline,
         "seed": seed,
         "steps": steps,
         "before": before,
         "after": after,
         "large_frozen": frozen,
+        "kd_kl_curve": curve,
     }
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """One panel per regime: each run's `codistill/kd_kl` per step, one colour per KD update."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = sorted({r["regime"] for r in results}, key=["far", "close"].index)
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 4), squeeze=False)
+    colours, labelled = {}, set()
+    for ax, regime in zip(axes[0], regimes):
+        for r in (r for r in results if r["regime"] == regime):
+            label = f"{r['kd_mode']}" + (f" (baseline {r['kd_baseline']})" if r["kd_mode"] == "token" else "")
+            colour = colours.setdefault(label, f"C{len(colours)}")
+            steps, kl = zip(*r["kd_kl_curve"])
+            ax.plot(steps, kl, color=colour, alpha=0.8, label=None if (regime, label) in labelled else label)
+            labelled.add((regime, label))
+        ax.set_title(f"{regime}: KL(small || large) per token, large model frozen")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("codistill/kd_kl (nats)")
+        values = [v for r in results if r["regime"] == regime for _, v in r["kd_kl_curve"]]
+        if max(values) > 20 * min(values):
+            ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -154,18 +188,43 @@ def main() -> None:
     parser.add_argument("--baselines", nargs="+", default=["mean", "none"])
     parser.add_argument("--regimes", nargs="+", default=["far", "close"])
     parser.add_argument("--small_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--kd_modes", nargs="+", default=["token"], choices=["token", "sequence", "full_kl"])
+    parser.add_argument("--out", type=Path, help="JSON lines file the runs are appended to as they finish")
+    parser.add_argument("--plot", type=Path, help="PNG of every run's codistill/kd_kl curve")
+    parser.add_argument("--replot", type=Path, help="draw --plot from this --out file of earlier runs, run nothing")
     a = parser.parse_args()
+    if a.replot:
+        plot([json.loads(line) for line in a.replot.read_text().splitlines() if line.strip()], a.plot)
+        return
     torch.set_num_threads(1)
     from s2l_trl.devtools.tiny import build_tiny_setup
 
     tiny = build_tiny_setup(Path(a.workdir) / "tiny")
+    from s2l_trl.miniature.numerics import environment_record
+
+    results = []
     for regime in a.regimes:
-        for baseline in a.baselines:
-            for seed in a.seeds:
-                result = run(
-                    Path(a.workdir), tiny, regime, baseline, seed, a.steps, small_learning_rate=a.small_learning_rate
-                )
-                print(json.dumps(result), flush=True)
+        for mode in a.kd_modes:
+            for baseline in a.baselines if mode == "token" else ["mean"]:  # the baseline is the token reward's
+                for seed in a.seeds:
+                    result = run(
+                        Path(a.workdir),
+                        tiny,
+                        regime,
+                        baseline,
+                        seed,
+                        a.steps,
+                        small_learning_rate=a.small_learning_rate,
+                        kd_mode=mode,
+                    )
+                    result["environment"] = environment_record()
+                    results.append(result)
+                    print(json.dumps({k: v for k, v in result.items() if k != "environment"}), flush=True)
+                    if a.out:
+                        with a.out.open("a") as f:
+                            f.write(json.dumps(result) + "\n")
+    if a.plot:
+        plot(results, a.plot)
 
 
 if __name__ == "__main__":
