@@ -72,7 +72,7 @@ def main() -> None:
 
     rows = []
     print(f"vocabulary {a.vocab}, hidden sizes {a.small_hidden} / {a.large_hidden}, forward + backward of the KL")
-    print("| positions | chunked: extra peak (MiB) | chunked (s) | direct: extra peak (MiB) | direct (s) | memory ratio |")
+    print("| positions | chunked: extra peak (MiB) | chunked (s) | direct: extra peak (MiB) | direct (s) | ratio |")
     print("|---|---|---|---|---|---|")
     for positions in a.positions:
         found = {}

@@ -610,12 +610,20 @@ def test_flop_model_of_codistill_step_time():
     assert time_ratio(rho, eta / 2) < 0.82 < time_ratio(rho, 2 * eta)
 
 
-def test_lora_on_both_models_with_gradient_checkpointing_trains_only_the_adapters(tiny, tmp_path):
+@pytest.mark.parametrize("kd_mode", ["token", "full_kl"])
+def test_lora_on_both_models_with_gradient_checkpointing_trains_only_the_adapters(tiny, tmp_path, kd_mode):
+    """`full_kl` too: the exact KL reaches the small model's adapter through PEFT's wrapper and checkpointed layers."""
     from peft import LoraConfig
 
     lora = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     kwargs = tiny_training_kwargs(
-        output_dir=str(tmp_path / "out"), max_steps=2, gradient_checkpointing=True, learning_rate=1e-3, **FAST
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        gradient_checkpointing=True,
+        learning_rate=1e-3,
+        kd_mode=kd_mode,
+        kd_coef=1.0,
+        **FAST,
     )
     trainer = CoDistillTrainer(
         str(tiny["learner"]),
@@ -632,6 +640,7 @@ def test_lora_on_both_models_with_gradient_checkpointing_trains_only_the_adapter
     for role in ("large", "small"):
         assert any(n.startswith(f"{role}.") and "lora_" in n for n in changed), f"the {role} adapter did not train"
     assert all("lora_" in n for n in changed), sorted(n for n in changed if "lora_" not in n)[:3]
+    assert len(logged(trainer, "codistill/kd_kl")) == 2
     trainer.save_model()
     for sub in ("large_model", "small_model"):
         assert (tmp_path / "out" / sub / "adapter_model.safetensors").exists(), sub

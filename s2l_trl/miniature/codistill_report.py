@@ -25,6 +25,7 @@ TIMING_METRICS = {
 # Other logged per-step figures kept in run.json.
 LOGGED_PER_STEP = {
     "kd_reward": "codistill/kd_reward",
+    "kd_kl": "codistill/kd_kl",
     "is_weight_mean": "codistill/is_weight/mean",
     "is_weight_raw_max": "codistill/is_weight_raw/max",
     "frac_reward_zero_std": "frac_reward_zero_std",

@@ -191,6 +191,13 @@ CODISTILL_METHODS: dict[str, Method] = {
             "CoDistill-GRPO, kd_coef 0.3, large model on rows with weight >= 0.5",
             overrides=(("kd_mode", "token"), ("kd_coef", 0.3), ("large_row_weight_bounds", [0.5, float("inf")])),
         ),
+        # The exact reverse KL over the vocabulary as the small model's KD term, instead of the sampled-token reward.
+        Method("codistill_full_kl", "CoDistill-GRPO, exact KL term", overrides=(("kd_mode", "full_kl"),)),
+        Method(
+            "codistill_full_kl1",
+            "CoDistill-GRPO, exact KL term, kd_coef 1.0",
+            overrides=(("kd_mode", "full_kl"), ("kd_coef", 1.0)),
+        ),
         # No large-model optimizer step (momentum and weight decay included) when its gradient is exactly zero.
         Method(
             "codistill_skip_zero",

@@ -128,9 +128,9 @@ def run(workdir: Path, tiny: dict, regime: str, kd_baseline: str = "mean", seed:
         seed=seed,
     )
     settings.update(over)
+    name = f"out-{regime}-{settings.get('kd_mode', 'token')}-{kd_baseline}-{seed}"
     args = CoDistillConfig(
-        small_model=str(small),
-        **tiny_training_kwargs(output_dir=str(Path(workdir) / f"out-{regime}-{settings.get('kd_mode', 'token')}-{kd_baseline}-{seed}"), **settings),
+        small_model=str(small), **tiny_training_kwargs(output_dir=str(Path(workdir) / name), **settings)
     )
     trainer = CoDistillTrainer(str(large), [zero_reward], args=args, train_dataset=dataset)
     before = reverse_kl(trainer.small_model, trainer.large_model, tokenizer, prompts)
