@@ -212,6 +212,20 @@ def test_paired_differences_against_grpo_and_ablations_against_s2l_po():
     assert passk["differences"] == pytest.approx([0.1, 0.2, 0.3]) and passk["mean"] == pytest.approx(0.2)
 
 
+def test_curves_skip_evaluations_that_measured_nothing():
+    """`pass_at_1_at_ends_only` leaves pass@1 NaN between the ends: the curve is NaN there, the ends are averaged."""
+    import math
+
+    from s2l_trl.miniature import rl_report
+
+    runs = [_fake_run("grpo", seed, [0.2, 0.3, 0.4 + 0.1 * seed], 0.3) for seed in range(2)]
+    runs[0]["evals"][1]["pass@1"] = runs[1]["evals"][1]["pass@1"] = float("nan")
+    runs[1]["evals"][2]["pass@1"] = float("nan")  # one seed without the value: the other's alone
+    curve = rl_report.summarize_runs(runs, threshold=0.5)["grpo"]["curve"]["pass@1"]
+    assert curve["mean"][0] == pytest.approx(0.1) and math.isnan(curve["mean"][1])
+    assert curve["mean"][2] == pytest.approx(0.2) and curve["sd"][2] == 0.0
+
+
 def test_rl_settings_refuse_bad_values_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="final_passk_n must be >= 0"):
         RLSettings(final_passk_n=-1)

@@ -27,6 +27,9 @@ def steps_to(evals: list[dict], key: str, threshold: float) -> int | None:
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sd over the seeds that measured the value: NaN marks an evaluation that did not (pass@1 between the
+    ends with `pass_at_1_at_ends_only`), and `statistics` cannot take it."""
+    values = [v for v in values if v == v]
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
