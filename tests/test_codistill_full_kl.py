@@ -197,3 +197,23 @@ def test_full_kl_distils_faster_than_the_sampled_token_reward_when_far_apart(tin
     assert token["large_frozen"] and full["large_frozen"]
     closed = {name: r["before"] - r["after"] for name, r in (("token", token), ("full_kl", full))}
     assert closed["token"] > 0 and closed["full_kl"] > 3 * closed["token"], (token, full)
+
+
+def test_heads_cut_to_the_shared_rows_stay_gathered_for_trls_zero3_check(monkeypatch):
+    """Under ZeRO-3 TRL's kernel reads `ds_status` of both heads; the large model's head is a gathered copy marked
+    available (`full_kl.head_values`), and cutting it to the small model's rows (the paper's 152,064 vs 151,936) must
+    keep that mark, or the kernel fails."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    # TRL's `maybe_gather_lm_head_ctx` asks transformers whether ZeRO-3 is on, then checks each head's `ds_status`.
+    monkeypatch.setattr(hf_deepspeed, "is_deepspeed_zero3_enabled", lambda: True)
+    h_s, head_s, h_l, head_l = _case(small_rows=37, large_rows=41)
+    for tensor in (head_s.weight, head_s.bias, head_l.weight):
+        tensor.ds_status = ZeroParamStatus.AVAILABLE
+    kl, grads = _values_and_grads(h_s, head_s, h_l, head_l, objectives.reverse_kl_per_token)
+    direct, direct_grads = _values_and_grads(h_s, head_s, h_l, head_l, _direct_kl)
+    torch.testing.assert_close(kl, direct, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, direct_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

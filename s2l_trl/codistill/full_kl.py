@@ -92,11 +92,12 @@ def head_values(model: nn.Module) -> LMHead:
     head = _unwrapped(model).get_output_embeddings()
     weight, bias = head.weight, head.bias
     if hasattr(weight, "ds_id"):  # DeepSpeed ZeRO-3
-        import deepspeed
         from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+        from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-        params = [p for p in (weight, bias) if p is not None]
-        with deepspeed.zero.GatheredParameters(params):
+        # TRL's gather skips a head ZeRO-3 keeps available (a persistent parameter, or tied embeddings still active
+        # in the embedding module), which a plain `GatheredParameters` would try to partition again on exit.
+        with maybe_gather_lm_head_ctx(weight, bias):
             weight, bias = (None if p is None else p.detach().clone() for p in (weight, bias))
         for copy in (weight, bias):
             if copy is not None:

@@ -121,8 +121,13 @@ class LMHead:
             return self
         if hasattr(self.weight, "ds_shape"):
             raise ValueError("A head partitioned by ZeRO-3 cannot be cut to the shared vocabulary.")
-        bias = None if self.bias is None else self.bias[:rows]
-        return LMHead(self.weight[:rows], bias, self.logit_scale, self.softcap)
+        cut = [None if p is None else p[:rows] for p in (self.weight, self.bias)]
+        for whole, part in zip((self.weight, self.bias), cut):
+            # A gathered copy marked available (`full_kl.head_values` under ZeRO-3) stays marked: TRL's kernel reads
+            # `ds_status` of every head it is given when ZeRO-3 is on.
+            if part is not None and hasattr(whole, "ds_status"):
+                part.ds_status = whole.ds_status
+        return LMHead(cut[0], cut[1], self.logit_scale, self.softcap)
 
 
 def reverse_kl_per_token(
