@@ -152,11 +152,11 @@ class CoDistillConfig(S2LConfig):
             from the micro-step's one forward); TRL's chunked divergence kernel projects both LM heads over the small
             rows' positions in float32 tiles of 4,096 positions x 32,768 vocabulary entries (bounded memory whatever
             the batch: never the full `(tokens, vocabulary)` logits), about two extra LM-head projections per
-            small-model token in the forward and four in the backward (~8% of the update's compute for a 1.5B / 7B
-            pair), plus under FSDP2 / ZeRO-3 a gathered copy of the large model's LM head per process during the
-            micro-step (152,064 x 3,584 in bf16 for a Qwen2.5-7B head: 1.1 GB). The KL runs over the heads' shared
-            rows (`min` of the two vocabulary sizes). Use it when the small model should distil fast (far apart at
-            the start, or a short run); keep `"token"` to reproduce the paper."""
+            small-model token in the forward and four in the backward (about 8 percent of the update's compute for a
+            1.5B / 7B pair), plus under FSDP2 / ZeRO-3 a gathered copy of the large model's LM head per process during
+            the micro-step (152,064 x 3,584 in bf16 for a Qwen2.5-7B head: 1.1 GB). The KL runs over the heads'
+            shared rows (`min` of the two vocabulary sizes). Use it when the small model should distil fast (far apart
+            at the start, or a short run); keep `"token"` to reproduce the paper."""
         ),
     )
     kd_baseline: str = field(
