@@ -689,7 +689,12 @@ def test_cancelling_aborts_the_generation_on_the_vllm_server(explorer_server, ex
 
 
 _GENERATE_SCRIPT = """
-import sys
+import faulthandler, signal, sys
+# Ctrl-C as a terminal delivers it, whatever signal state the test process hands down (an ignored or blocked SIGINT
+# is inherited across exec); SIGUSR1 dumps every thread's stack, for the failure message.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 from concurrent.futures import ThreadPoolExecutor
 from s2l_trl.explorers import SamplingSettings, ServerExplorer
 
@@ -715,17 +720,25 @@ def test_ctrl_c_during_a_request_exits_within_seconds(fake, where):
             text=True,
             cwd=REPO,
         )
+        inherited = (signal.getsignal(signal.SIGINT), sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+        elapsed = float("inf")
         try:
             _wait_for(lambda: proxy.generation_requests >= 1, timeout=60)
             start = time.monotonic()
             child.send_signal(signal.SIGINT)
             child.wait(timeout=15)
             elapsed = time.monotonic() - start
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGUSR1)  # where it hangs, into its stderr
+            time.sleep(2)
         finally:
             if child.poll() is None:
                 child.kill()
         stderr = child.stderr.read()
-    assert elapsed < 5, f"took {elapsed:.1f} s to exit after Ctrl-C"
+    assert elapsed < 5, (
+        f"took {elapsed:.1f} s to exit after Ctrl-C (this process's SIGINT handler and blocked signals: {inherited}); "
+        f"the child's stderr, with its threads' stacks:\n{stderr[-6000:]}"
+    )
     assert child.returncode != 0 and "KeyboardInterrupt" in stderr
 
 
