@@ -12,8 +12,8 @@ Per engine it asserts:
 * the explorer's rows are those a one-process replay of its calls draws (the offline draws of a group split across
   the processes are those of one process asking for every group), and every row is the DDP run's;
 * each model's gradient norm is the DDP run's, and each model moved by exactly its own clipped norm (CoDistill: the
-  large model by `max_grad_norm`, the small one by `small_max_grad_norm`); CoDistill's exact KL (`codistill/kd_kl`:
-  the KD loss term at alpha 1, where it dominates the small model's gradient, a metric at 0.5) is the DDP run's;
+  large model by `max_grad_norm`, the small one by `small_max_grad_norm`); CoDistill's exact KL (`codistill/kd_kl`,
+  the KD loss term, dominating the small model's gradient; at 0.5 one process has no small rows) is the DDP run's;
 * under ZeRO-3, CoDistill's large model generates with only its own parameters gathered.
 
 The in-process vLLM explorer is not in the matrix: see docs/engines.md ("what it cannot cover here").

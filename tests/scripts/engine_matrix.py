@@ -14,9 +14,9 @@ unequal between the processes: S2L-PO runs G = 4 with 6 rows per process (a grou
 rows in different numbers on each process at alpha 0.5); CoDistill runs 2 rows per process (at alpha 0.5 one process
 holds only small-model rows, the other only large-model rows). Clipping is on (`max_grad_norm` 0.05, the small model's
 0.02): both models' gradients are larger, so each is clipped by its own norm; plain SGD at learning rate 1 makes the
-step the clipped gradient itself. CoDistill at alpha 1 trains the small model with the exact KL term
-(`kd_mode="full_kl"`, `kd_coef` 50, so that it dominates the small model's gradient); at 0.5 with the paper's
-sampled-token reward, `codistill/kd_kl` logged as a metric.
+step the clipped gradient itself. CoDistill trains the small model with the exact KL term (`kd_mode="full_kl"`,
+`kd_coef` 50, so that it dominates the small model's gradient): at alpha 0.5 one process computes it over no positions
+while the other does (the sampled-token reward's metric under the sharded engines: tests/test_codistill_distributed.py).
 
 Each rank writes rank<i>.json: per configuration, the weights of every model at the first step (after the engine was
 set up; gathered, per parameter: sum and sum of squares), the explorer's calls (state before, request, rows), the
@@ -186,7 +186,7 @@ def run(backend: str, alpha: float, work: Path, tiny, server_url: str) -> dict:
         **engine_kwargs(),
     )
     if codistill:
-        kd = dict(kd_mode="full_kl", kd_coef=50.0) if alpha == 1.0 else {}
+        kd = dict(kd_mode="full_kl", kd_coef=50.0)
         args = CoDistillConfig(
             small_model=str(tiny["explorer"]),
             small_max_grad_norm=SMALL_MAX_GRAD_NORM,
